@@ -1,0 +1,52 @@
+"""`cosmos-aloha` command line: one module per subcommand group in this package.
+
+Each module defines `register(subparsers)` and sets `func` on the parsers it adds; modules are
+discovered, so adding a command never edits this file.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cosmos-aloha",
+        description="Cosmos Policy on the bimanual ALOHA: sim, data, training, export, bringup.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except CosmosAlohaError as exc:  # expected, user-facing failures: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+from cosmos_policy_core.errors import CosmosAlohaError  # noqa: E402  (after main for readability)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Shared test fixtures: an isolated ROS 2 environment per test, markers for optional stacks."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+
+import pytest
+
+HAS_RCLPY = importlib.util.find_spec("rclpy") is not None
+
+
+@pytest.fixture
+def ros_env() -> dict:
+    """Environment for ROS 2 subprocesses: a private domain, localhost discovery, LARGE_DATA."""
+    if not HAS_RCLPY:
+        pytest.skip("rclpy (ros-rclpy wheels) not installed")
+    env = dict(os.environ)
+    env.update(
+        ROS_DOMAIN_ID=str(random.randint(20, 200)),
+        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+        FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
+        RMW_IMPLEMENTATION="rmw_fastrtps_cpp",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
