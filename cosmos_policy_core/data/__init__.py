@@ -1,0 +1,1 @@
+"""Data: ALOHA episodes (HDF5), rosbag2 ingestion, resampling, statistics, training samples."""

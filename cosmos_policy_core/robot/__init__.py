@@ -1,0 +1,1 @@
+"""Robot-side facts shared by drivers, sim, teleop and data conversion (no ROS)."""
