@@ -4,6 +4,8 @@
 #   scripts/install.sh            -> .venv with extras ros,sim,data,hw,dev
 #   EXTRAS=ros,sim,data,trt scripts/install.sh   (robot PC / docker)
 #   VENV=/opt/venv scripts/install.sh
+#   VENV_ARGS=--system-site-packages EXTRAS=sim,data,hw,trt scripts/install.sh
+#        (a real ROS 2 install: rclpy and messages come from /opt/ros, not from the ros-* wheels)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -24,7 +26,7 @@ stamp="$VENV/.cosmos_aloha_installed"
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$(cat "$stamp")" = "$EXTRAS" ]; then
   exit 0
 fi
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv ${VENV_ARGS:-} "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip wheel "setuptools>=68"
 # torch first and pinned: the CPU build (an unpinned torch pulls several GB of CUDA wheels).
 # GPU users: TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" scripts/install.sh
