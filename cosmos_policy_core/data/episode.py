@@ -103,25 +103,31 @@ def write_episode_hdf5(path: str | Path, episode: Episode, compress: bool = Fals
     return path
 
 
-def read_episode_hdf5(path: str | Path, cameras: tuple[str, ...] | None = None) -> Episode:
-    """Read an ALOHA episode (raw or JPEG images). Raises DataError naming the file on any problem."""
+def read_episode_hdf5(path: str | Path, cameras: tuple[str, ...] | None = None,
+                      steps: slice | None = None) -> Episode:
+    """Read an ALOHA episode (raw or JPEG images). Raises DataError naming the file on any problem.
+
+    `steps` reads only those time steps (e.g. `slice(None, None, 2)` for 50 -> 25 Hz) so long episodes are
+    never decoded whole.
+    """
     import cv2
     import h5py
 
     path = Path(path)
+    sel = slice(None) if steps is None else steps
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
         raise DataError(f"{path}: not a readable HDF5 file ({exc})") from exc
     with f:
         try:
-            qpos = f["observations/qpos"][()]
-            action = f["action"][()]
+            qpos = f["observations/qpos"][sel]
+            action = f["action"][sel]
             group = f["observations/images"]
         except KeyError as exc:
             raise DataError(f"{path}: missing dataset {exc}") from exc
-        qvel = f["observations/qvel"][()] if "observations/qvel" in f else None
-        effort = f["observations/effort"][()] if "observations/effort" in f else None
+        qvel = f["observations/qvel"][sel] if "observations/qvel" in f else None
+        effort = f["observations/effort"][sel] if "observations/effort" in f else None
         cams = tuple(cameras) if cameras is not None else tuple(sorted(group.keys()))
         missing = [c for c in cams if c not in group]
         if missing:
@@ -132,13 +138,13 @@ def read_episode_hdf5(path: str | Path, cameras: tuple[str, ...] | None = None) 
         for cam in cams:
             data = group[cam]
             if data.ndim == 4:
-                images[cam] = data[()]
+                images[cam] = data[sel]
                 continue
             if lengths is None:
                 raise DataError(f"{path}: camera {cam} is JPEG-encoded but /compress_len is missing")
             row = lengths[all_cams.index(cam)]
             frames = []
-            for t in range(data.shape[0]):
+            for t in range(data.shape[0])[sel]:
                 buf = data[t, : int(row[t])] if row[t] else data[t]
                 frame = cv2.imdecode(np.asarray(buf), cv2.IMREAD_COLOR)
                 if frame is None:

@@ -1,0 +1,326 @@
+"""rosbag2 bags through `rosbags`: a crash-tolerant split MCAP writer and a message reader for conversion.
+
+Bytes are stored exactly as they came off the wire (CDR), so bags from `ros2 bag record` and ours read alike.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import struct
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import yaml
+
+from cosmos_policy_core.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
+STRING_TYPE = "std_msgs/msg/String"
+BAG_VERSION = 9  # rosbag2 metadata version written (Jazzy/Kilted); rosbags and ros2 bag >= Iron read it
+
+
+@lru_cache(maxsize=1)
+def typestore():
+    """The message definitions used to write schemas and decode messages (ROS 2 Kilted)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+def deserialize(raw: bytes | memoryview, msgtype: str):
+    """CDR bytes -> rosbags message object.
+
+    rosbags' own `deserialize_cdr` rejects more than 3 trailing bytes, but Fast DDS serializes some
+    messages (a JointState with empty velocity/effort) with 8 bytes of tail padding; readers ignore the
+    tail, so do we.
+    """
+    store = typestore()
+    if len(raw) < 4 or bytes(raw[:2]) not in (b"\x00\x00", b"\x00\x01"):
+        raise DataError(f"a {msgtype} message has no CDR encapsulation header ({len(raw)} bytes)")
+    msgdef = store.get_msgdef(msgtype)
+    func = msgdef.deserialize_cdr_le if raw[1] else msgdef.deserialize_cdr_be
+    try:
+        message, _ = func(memoryview(raw)[4:], 0, msgdef.cls, store)
+    except (struct.error, UnicodeDecodeError, ValueError, IndexError) as exc:
+        raise DataError(f"a {msgtype} message does not decode: {exc}") from exc
+    return message
+
+
+def header_stamp_ns(raw: bytes | memoryview) -> int:
+    """header.stamp of a serialized stamped message (Header is its first field), without decoding it."""
+    fmt = "<iI" if raw[1] else ">iI"
+    sec, nanosec = struct.unpack_from(fmt, raw, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+# -- QoS as recorded in metadata.yaml (rosbag2 v9 form) ------------------------------------------------
+def qos_from_dict(qos: dict):
+    """A plain QoS description (names as in metadata.yaml) -> rosbags `Qos`."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    def when(key):
+        value = qos.get(key, {"sec": 0, "nsec": 0})
+        return QosTime(int(value["sec"]), int(value["nsec"]))
+
+    try:
+        return Qos(
+            history=QosHistory[str(qos.get("history", "keep_last")).upper()],
+            depth=int(qos.get("depth", 10)),
+            reliability=QosReliability[str(qos.get("reliability", "reliable")).upper()],
+            durability=QosDurability[str(qos.get("durability", "volatile")).upper()],
+            deadline=when("deadline"),
+            lifespan=when("lifespan"),
+            liveliness=QosLiveliness[str(qos.get("liveliness", "automatic")).upper()],
+            liveliness_lease_duration=when("liveliness_lease_duration"),
+            avoid_ros_namespace_conventions=bool(qos.get("avoid_ros_namespace_conventions", False)),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"QoS {qos} has an unknown policy value {exc}") from exc
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A recorded topic: name, ROS 2 type (`sensor_msgs/msg/Image`) and the publishers' offered QoS."""
+
+    topic: str
+    msgtype: str
+    offered_qos: tuple[dict, ...] = ()
+
+
+@dataclass
+class _FileInfo:
+    path: str
+    start_ns: int
+    end_ns: int
+    count: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class SplitBagWriter:
+    """Writes a rosbag2 directory as a sequence of complete `.mcap` files, closing one every `split_seconds`.
+
+    metadata.yaml is written at open and rewritten atomically after every closed file, and only lists
+    closed files, so a recorder killed at any moment leaves a bag that `ros2 bag info`/`play`, rosbags
+    and mcap readers open; it loses at most the file being written (<= `split_seconds` of data).
+    """
+
+    def __init__(self, path: str | Path, split_seconds: float = 2.0, compress: bool = False,
+                 custom_data: dict[str, str] | None = None):
+        self.path = Path(path)
+        if self.path.exists() and any(self.path.iterdir()):
+            raise DataError(f"{self.path} exists and is not empty; choose a new bag directory")
+        if split_seconds <= 0:
+            raise ConfigError(f"split_seconds must be > 0, got {split_seconds}")
+        self.split_ns = int(split_seconds * 1e9)
+        self.compress = compress
+        self.custom_data = dict(custom_data or {})
+        self.topics: dict[str, TopicSpec] = {}
+        self.files: list[_FileInfo] = []
+        self._writer = None
+        self._connections: dict[str, object] = {}
+        self._current: _FileInfo | None = None
+        self._closed = False
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._write_metadata()
+
+    # -- public API ------------------------------------------------------------------------------
+    def add_topic(self, spec: TopicSpec) -> None:
+        if spec.topic in self.topics:
+            return
+        if spec.msgtype not in typestore().types:
+            raise ConfigError(f"topic {spec.topic}: type {spec.msgtype} is unknown to the rosbags typestore")
+        self.topics[spec.topic] = spec
+        if self._writer is not None:
+            self._add_connection(spec)
+
+    def write(self, topic: str, t_ns: int, data: bytes | memoryview) -> None:
+        """Append one serialized message received at `t_ns` (log time)."""
+        if topic not in self.topics:
+            raise ConfigError(f"topic {topic} was not added to the bag before writing")
+        if self._current is not None and t_ns - self._current.start_ns >= self.split_ns:
+            self.split()
+        if self._writer is None:
+            self._open_file(t_ns)
+        self._writer.write(self._connections[topic], t_ns, data)
+        info = self._current
+        info.start_ns = min(info.start_ns, t_ns)
+        info.end_ns = max(info.end_ns, t_ns)
+        info.count += 1
+        info.counts[topic] = info.counts.get(topic, 0) + 1
+
+    def split_if_due(self, now_ns: int) -> None:
+        """Close the current file when it is older than `split_seconds` (call from a timer when idle)."""
+        if self._current is not None and now_ns - self._current.start_ns >= self.split_ns:
+            self.split()
+
+    def split(self) -> None:
+        """Close the file being written (it becomes part of the bag) and rewrite metadata.yaml."""
+        if self._writer is None:
+            return
+        writer, info = self._writer, self._current
+        self._writer, self._current, self._connections = None, None, {}
+        writer.close()
+        tmp_dir = writer.path
+        final = self.path / info.path
+        (tmp_dir / f"{tmp_dir.name}.mcap").replace(final)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        self.files.append(info)
+        self._write_metadata()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.split()
+        self._closed = True
+        self._write_metadata()
+        log.info("closed bag %s: %d files, %d messages", self.path, len(self.files),
+                 sum(f.count for f in self.files))
+
+    @property
+    def message_count(self) -> int:
+        return sum(f.count for f in self.files) + (self._current.count if self._current else 0)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _open_file(self, t_ns: int) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
+
+        index = len(self.files)
+        tmp_dir = self.path / f".writing_{index}"
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+        writer = Writer(tmp_dir, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
+        if self.compress:
+            writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+        for key, value in self.custom_data.items():
+            writer.set_custom_data(key, value)
+        writer.open()
+        self._writer = writer
+        self._current = _FileInfo(f"{self.path.name}_{index}.mcap", t_ns, t_ns, 0)
+        for spec in self.topics.values():
+            self._add_connection(spec)
+
+    def _add_connection(self, spec: TopicSpec) -> None:
+        qos = [qos_from_dict(q) for q in spec.offered_qos]
+        self._connections[spec.topic] = self._writer.add_connection(
+            spec.topic, spec.msgtype, typestore=typestore(), offered_qos_profiles=qos
+        )
+
+    def _write_metadata(self) -> None:
+        from rosbags.rosbag2.metadata import dump_qos_v9
+
+        store = typestore()
+        files = self.files
+        start = min((f.start_ns for f in files), default=0)
+        end = max((f.end_ns for f in files), default=0)
+        totals: dict[str, int] = {}
+        for f in files:
+            for topic, n in f.counts.items():
+                totals[topic] = totals.get(topic, 0) + n
+        info = {
+            "version": BAG_VERSION,
+            "storage_identifier": "mcap",
+            "relative_file_paths": [f.path for f in files],
+            "duration": {"nanoseconds": max(0, end - start)},
+            "starting_time": {"nanoseconds_since_epoch": start},
+            "message_count": sum(f.count for f in files),
+            "topics_with_message_count": [
+                {
+                    "topic_metadata": {
+                        "name": spec.topic,
+                        "type": spec.msgtype,
+                        "serialization_format": "cdr",
+                        "offered_qos_profiles": dump_qos_v9([qos_from_dict(q) for q in spec.offered_qos]),
+                        "type_description_hash": store.hash_rihs01(spec.msgtype),
+                    },
+                    "message_count": totals.get(spec.topic, 0),
+                }
+                for spec in self.topics.values()
+            ],
+            "compression_format": "",
+            "compression_mode": "",
+            "files": [
+                {
+                    "path": f.path,
+                    "starting_time": {"nanoseconds_since_epoch": f.start_ns},
+                    "duration": {"nanoseconds": f.end_ns - f.start_ns},
+                    "message_count": f.count,
+                }
+                for f in files
+            ],
+            "custom_data": self.custom_data or None,
+            "ros_distro": "rosbags",
+        }
+        tmp = self.path / "metadata.yaml.tmp"
+        tmp.write_text(yaml.safe_dump({"rosbag2_bagfile_information": info}, sort_keys=False))
+        tmp.replace(self.path / "metadata.yaml")
+
+
+# -- reading ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BagMessage:
+    topic: str
+    msgtype: str
+    log_ns: int
+    raw: bytes | memoryview
+
+
+class BagReader:
+    """Reads a rosbag2 bag (directory with metadata.yaml, or a single .mcap / .db3 file).
+
+    Every failure of the underlying reader (missing files, truncated storage) becomes a DataError
+    naming the bag.
+    """
+
+    def __init__(self, path: str | Path):
+        from rosbags.rosbag2 import Reader
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: bag does not exist")
+        try:
+            self._reader = Reader(self.path)
+            self._reader.open()
+        except Exception as exc:  # rosbags raises several types (ReaderError, OSError, KeyError...)
+            raise DataError(f"{self.path}: cannot open bag ({type(exc).__name__}: {exc})") from exc
+        self.topics: dict[str, str] = {c.topic: c.msgtype for c in self._reader.connections}
+        metadata = getattr(self._reader, "metadata", None)
+        self.custom_data: dict = dict(getattr(metadata, "custom", None) or {})
+
+    def __enter__(self) -> "BagReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._reader.close()
+        except Exception:  # noqa: BLE001 - closing a broken bag must not hide the original error
+            pass
+
+    def require(self, topics: Iterable[str], why: str = "") -> None:
+        missing = sorted(set(topics) - set(self.topics))
+        if missing:
+            raise DataError(
+                f"{self.path}: bag has no topic {', '.join(missing)}{' (' + why + ')' if why else ''}; "
+                f"it has {sorted(self.topics)}. Record those topics or pick the matching --profile."
+            )
+
+    def messages(self, topics: Iterable[str], start_ns: int | None = None,
+                 stop_ns: int | None = None) -> Iterator[BagMessage]:
+        wanted = set(topics)
+        connections = [c for c in self._reader.connections if c.topic in wanted]
+        try:
+            for conn, log_ns, raw in self._reader.messages(connections=connections, start=start_ns,
+                                                           stop=stop_ns):
+                yield BagMessage(conn.topic, conn.msgtype, int(log_ns), raw)
+        except DataError:
+            raise
+        except Exception as exc:  # a truncated or corrupt storage file surfaces here
+            raise DataError(f"{self.path}: bag is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
