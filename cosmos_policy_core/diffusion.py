@@ -4,7 +4,6 @@ Also the Karras σ grid, the deterministic 2nd-order multistep (RES / Adams-Bash
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Mapping, NamedTuple, Protocol, Sequence
@@ -14,7 +13,6 @@ import torch
 
 from cosmos_policy_core.errors import ConfigError, ShapeError
 
-log = logging.getLogger(__name__)
 
 
 class X0Fn(Protocol):
@@ -147,7 +145,7 @@ def denoise(
     if mask_B_1_T_H_W.shape != (B, 1, T, H, W):
         raise ShapeError(f"condition mask has shape {tuple(mask_B_1_T_H_W.shape)}, expected {(B, 1, T, H, W)}")
 
-    sigma_B_T = _per_frame_sigma(sigma.to(x_sigma_B_C_T_H_W.device, dtype), B, T)
+    sigma_B_T = _per_frame_sigma(torch.as_tensor(sigma).to(x_sigma_B_C_T_H_W.device, dtype), B, T)
     sigma_B_1_T_1_1 = sigma_B_T[:, None, :, None, None]
     c_skip, c_out, c_in, c_noise = rectified_flow_scaling(sigma_B_1_T_1_1)
     mask = mask_B_1_T_H_W.to(dtype)
@@ -246,7 +244,7 @@ def diffusion_loss(
     B, C, T, H, W = x0_B_C_T_H_W.shape
     if epsilon_B_C_T_H_W.shape != x0_B_C_T_H_W.shape:
         raise ShapeError(f"noise {tuple(epsilon_B_C_T_H_W.shape)} != latent {tuple(x0_B_C_T_H_W.shape)}")
-    sigma_B_T = _per_frame_sigma(sigma_B.to(x0_B_C_T_H_W.device, x0_B_C_T_H_W.dtype), B, T)
+    sigma_B_T = _per_frame_sigma(torch.as_tensor(sigma_B).to(x0_B_C_T_H_W.device, x0_B_C_T_H_W.dtype), B, T)
     sigma_B_1_T_1_1 = sigma_B_T[:, None, :, None, None]
     x_sigma = x0_B_C_T_H_W + sigma_B_1_T_1_1 * epsilon_B_C_T_H_W
     x0_pred = denoise(
@@ -374,7 +372,7 @@ def initial_noise(
     """(B, C, T, H, W) start of sampling: per-seed standard normal × σ_max.
 
     Row i equals the reference's single-sample noise for seeds[i] (its arch_invariant_rand draws
-    float32, is multiplied by σ_max in float32, then cast), so each best-of-N candidate keeps its
+    float32, casts it to `dtype`, then multiplies by σ_max), so each best-of-N candidate keeps its
     own reproducible noise whatever the batch size.
     """
     seeds = [seeds] if isinstance(seeds, (int, np.integer)) else list(seeds)
@@ -382,7 +380,8 @@ def initial_noise(
         raise ConfigError("initial_noise needs at least one seed")
     shape = (1, *latent_shape_C_T_H_W)
     noise = torch.cat([seeded_normal(int(s), shape) for s in seeds])
-    return (noise.to(device) * sigma_max).to(dtype)
+    # Cast first, then scale, in that order like the reference (it matters for bf16).
+    return noise.to(device=device, dtype=dtype) * sigma_max
 
 
 __all__ = [

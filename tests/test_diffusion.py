@@ -122,7 +122,9 @@ def test_noise_is_numpy_randomstate_per_seed():
     assert torch.equal(batch[0:1], a) and torch.equal(batch[2:3], a)
     assert torch.equal(batch[1:2], initial_noise(196, SHAPE))
     assert not torch.equal(batch[0], batch[1])
-    assert initial_noise(1, SHAPE, dtype=torch.bfloat16).dtype == torch.bfloat16
+    bf16 = initial_noise(1, SHAPE, dtype=torch.bfloat16)
+    expect = torch.from_numpy(np.random.RandomState(1).standard_normal((1, *SHAPE)).astype(np.float32))
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, expect.to(torch.bfloat16) * 80.0)
 
 
 class AffineNet(torch.nn.Module):
