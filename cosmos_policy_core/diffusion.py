@@ -14,7 +14,6 @@ import torch
 from cosmos_policy_core.errors import ConfigError, ShapeError
 
 
-
 class X0Fn(Protocol):
     """Anything that predicts the clean latent: torch eager, ONNX Runtime or TensorRT backends.
 
