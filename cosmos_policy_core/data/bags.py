@@ -324,3 +324,49 @@ class BagReader:
             raise
         except Exception as exc:  # a truncated or corrupt storage file surfaces here
             raise DataError(f"{self.path}: bag is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
+
+
+# -- the recording preset (ros2_ws/src/cosmos_aloha/config/record_topics.yaml) --------------------------
+@dataclass(frozen=True)
+class RecordPreset:
+    topics: tuple[tuple[str, str], ...]      # (topic, ROS 2 type)
+    episode_topic: str = "/cosmos/episode"
+    split_seconds: float = 2.0
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "RecordPreset":
+        path = Path(path) if path else default_record_preset_path()
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+            topics = tuple((str(t["name"]), str(t["type"])) for t in data["topics"])
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read recording preset {path}: {exc}") from exc
+        unknown = [f"{t} ({m})" for t, m in topics if m not in typestore().types]
+        if unknown:
+            raise ConfigError(f"recording preset {path}: unknown message types {unknown}")
+        return cls(topics, str(data.get("episode_topic", "/cosmos/episode")),
+                   float(data.get("split_seconds", 2.0)))
+
+    def ros2_bag_command(self, out: str = "BAGDIR") -> str:
+        """The equivalent `ros2 bag record` command line (MCAP storage) for real ROS 2 installs."""
+        return f"ros2 bag record -s mcap -o {out} " + " ".join(t for t, _ in self.topics)
+
+
+def default_record_preset_path() -> Path:
+    """config/record_topics.yaml of the cosmos_aloha package: source tree first, then the colcon install."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("cosmos_aloha")
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent.parent / "config" / "record_topics.yaml"
+        if candidate.exists():
+            return candidate
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidate = Path(get_package_share_directory("cosmos_aloha")) / "config" / "record_topics.yaml"
+        if candidate.exists():
+            return candidate
+    except Exception:  # noqa: BLE001 - ament index absent or package not installed: report below
+        pass
+    raise ConfigError("cannot find cosmos_aloha's config/record_topics.yaml; pass --preset PATH")
