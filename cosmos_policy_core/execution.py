@@ -243,14 +243,14 @@ class ChunkExecutor:
         if qpos.shape != (NUM_JOINTS,):
             raise ShapeError(f"joint state has shape {qpos.shape}, expected ({NUM_JOINTS},)")
         if not np.isfinite(qpos).all():
-            self._count("observation_rejected_nonfinite")
+            self.count("observation_rejected_nonfinite")
             return
         self._observation, self._observation_ns = qpos, int(now_ns)
 
     def submit(self, chunk: TimedChunk, now_ns: int) -> str:
         """Offer a chunk; returns "accepted" or the reason it was rejected."""
         reason = self._check(chunk, now_ns)
-        self._count(f"chunk_{reason}")
+        self.count(f"chunk_{reason}")
         if reason == "accepted":
             self._chunks[chunk.source] = chunk
         return reason
@@ -268,7 +268,7 @@ class ChunkExecutor:
     def tick(self, now_ns: int) -> Tick:
         reference = self._last_command if self._last_command is not None else self._observation
         if reference is None:
-            self._count("tick_waiting")
+            self.count("tick_waiting")
             return Tick(None, ExecState.WAITING)
         hold = None
         chosen = None
@@ -286,7 +286,7 @@ class ChunkExecutor:
             result = self.safety(reference, reference)
             age = (now_ns - newest.stamp_ns) / 1e9 if newest is not None else math.nan
             self._last_command = result.command
-            self._count(f"tick_{hold.value}")
+            self.count(f"tick_{hold.value}")
             return Tick(result.command, hold, chunk_age_s=age, filter=result)
 
         chunk, step = chosen
@@ -296,7 +296,7 @@ class ChunkExecutor:
             self._active = key
             self._offset = reference - raw
             self._blend_left = self.config.blend_steps
-            self._count("switch")
+            self.count("switch")
         if self._blend_left > 0:
             weight = self._blend_left / (self.config.blend_steps + 1)
             target = raw + weight * self._offset
@@ -307,9 +307,9 @@ class ChunkExecutor:
             state = ExecState.PLAYING
         result = self.safety(target, reference)
         if result.rejected:
-            self._count("tick_rejected_nonfinite")
+            self.count("tick_rejected_nonfinite")
         self._last_command = result.command
-        self._count(f"tick_{state.value}")
+        self.count(f"tick_{state.value}")
         return Tick(result.command, state, chunk.source, step, (now_ns - chunk.stamp_ns) / 1e9, result)
 
     # -- internals ----------------------------------------------------------------------------
@@ -343,7 +343,8 @@ class ChunkExecutor:
             return planner
         return policy if policy is not None else planner
 
-    def _count(self, key: str) -> None:
+    def count(self, key: str) -> None:
+        """Bump a diagnostics counter (also used by callers for rejections they detect, e.g. bad messages)."""
         self.counters[key] = self.counters.get(key, 0) + 1
 
 

@@ -20,6 +20,7 @@ NODES = {
     "executor": "cosmos_aloha.executor_node:main",
     "teleop": "cosmos_aloha.teleop_node:main",
     "recorder": "cosmos_aloha.recorder_node:main",
+    "replay_chunks": "cosmos_aloha.replay_chunk_node:main",
 }
 
 setup(

@@ -1,0 +1,150 @@
+"""Observe a running cosmos_aloha graph for a while and report rates, latencies and task state as JSON.
+
+    python -m cosmos_aloha.graph_monitor --seconds 15 --json out.json
+Used by `cosmos-aloha demo`, the composed-graph test and by hand; run it with the graph's environment.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Int32
+from trajectory_msgs.msg import JointTrajectory
+
+from cosmos_aloha.chunks import CHUNK_TOPIC, PLAN_CHUNK_TOPIC
+from cosmos_aloha.conversions import stamp_to_ns
+from cosmos_aloha.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
+
+CAMERA_TOPICS = ("/cam_high/image_raw", "/cam_left_wrist/image_raw", "/cam_right_wrist/image_raw")
+PREDICTED_TOPICS = tuple(f"/cosmos/predicted/{c}" for c in ("cam_high", "cam_left_wrist", "cam_right_wrist"))
+
+
+class TopicLog:
+    """Receive times, header-stamp latencies and (for images) sizes of one topic."""
+
+    def __init__(self) -> None:
+        self.receive_ns: list[int] = []
+        self.latency_ms: list[float] = []
+        self.shapes: set[tuple[int, int]] = set()
+        self.values: list = []
+
+    def add(self, receive_ns: int, stamp_ns: int | None) -> None:
+        self.receive_ns.append(receive_ns)
+        if stamp_ns:
+            self.latency_ms.append((receive_ns - stamp_ns) / 1e6)
+
+    def summary(self, skip_s: float) -> dict:
+        times = np.asarray(self.receive_ns, dtype=np.int64)
+        out: dict = {"count": int(times.size)}
+        if times.size:
+            # The first seconds include discovery and start-up; rates are measured after `skip_s`.
+            window = times[times >= times[0] + skip_s * 1e9]
+            if window.size > 2:
+                periods = np.diff(window) / 1e6
+                out["rate_hz"] = float((window.size - 1) / ((window[-1] - window[0]) / 1e9))
+                out["period_ms_p50"] = float(np.percentile(periods, 50))
+                out["period_ms_p99"] = float(np.percentile(periods, 99))
+                out["period_ms_max"] = float(periods.max())
+        if self.latency_ms:
+            lat = np.asarray(self.latency_ms)
+            out["latency_ms_p50"] = float(np.percentile(lat, 50))
+            out["latency_ms_p99"] = float(np.percentile(lat, 99))
+        if self.shapes:
+            out["shapes"] = sorted(self.shapes)
+        return out
+
+
+class GraphMonitor(Node):
+    def __init__(self):
+        super().__init__("graph_monitor")
+        self.logs: dict[str, TopicLog] = {}
+        for topic in CAMERA_TOPICS + PREDICTED_TOPICS:
+            self._watch(Image, topic, SENSOR_QOS, image=True)
+        self._watch(JointState, "/joint_states", SENSOR_QOS)
+        self._watch(JointState, "/cosmos/joint_command", COMMAND_QOS, keep=True)
+        self._watch(JointTrajectory, CHUNK_TOPIC, COMMAND_QOS)
+        self._watch(JointTrajectory, PLAN_CHUNK_TOPIC, COMMAND_QOS)
+        self.success = False
+        self.max_reward = 0
+        self.executor_status: dict[str, str] = {}
+        self.create_subscription(Bool, "/cosmos/sim/success", self._on_success, LATCHED_QOS)
+        self.create_subscription(Int32, "/cosmos/sim/reward", self._on_reward, 10)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    def _watch(self, msg_type, topic: str, qos, image: bool = False, keep: bool = False) -> None:
+        log = self.logs.setdefault(topic, TopicLog())
+
+        def callback(msg) -> None:
+            log.add(self.get_clock().now().nanoseconds, stamp_to_ns(msg.header.stamp))
+            if image:
+                log.shapes.add((int(msg.height), int(msg.width)))
+            if keep:
+                log.values.append(list(msg.position))
+
+        self.create_subscription(msg_type, topic, callback, qos)
+
+    def _on_success(self, msg: Bool) -> None:
+        self.success = self.success or bool(msg.data)
+
+    def _on_reward(self, msg: Int32) -> None:
+        self.max_reward = max(self.max_reward, int(msg.data))
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == "cosmos_aloha/executor":
+                self.executor_status = {kv.key: kv.value for kv in status.values}
+                self.executor_status["message"] = status.message
+
+    def summary(self, skip_s: float) -> dict:
+        commands = np.asarray(self.logs["/cosmos/joint_command"].values, dtype=float)
+        steps = np.abs(np.diff(commands, axis=0)).max(axis=1) if len(commands) > 1 else np.zeros(0)
+        return {
+            "topics": {t: log.summary(skip_s) for t, log in self.logs.items()},
+            "command_step_max": float(steps.max()) if steps.size else None,
+            "command_finite": bool(np.isfinite(commands).all()) if commands.size else None,
+            "sim_success": self.success,
+            "sim_max_reward": self.max_reward,
+            "executor": self.executor_status,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--skip", type=float, default=3.0, help="seconds of start-up excluded from rates")
+    parser.add_argument("--json", help="write the summary here")
+    parser.add_argument("--commands", help="write every received joint command (T, 14) here as .npy")
+    args = parser.parse_args(argv)
+    rclpy.init()
+    node = GraphMonitor()
+    try:
+        executor = rclpy.executors.SingleThreadedExecutor()
+        executor.add_node(node)
+        deadline = time.monotonic() + args.seconds
+        while time.monotonic() < deadline and rclpy.ok():
+            executor.spin_once(timeout_sec=0.05)
+    except KeyboardInterrupt:
+        pass
+    summary = node.summary(args.skip)
+    if args.commands:
+        np.save(args.commands, np.asarray(node.logs["/cosmos/joint_command"].values, dtype=float))
+    node.destroy_node()
+    rclpy.try_shutdown()
+    text = json.dumps(summary)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
