@@ -177,6 +177,10 @@ class BimanualSim:
     def _reset_controls(self) -> None:
         raise NotImplementedError
 
+    def object_state(self) -> np.ndarray:
+        """(n_objects, 7) current xyz + wxyz of the task's free objects."""
+        return np.stack([self.data.qpos[adr: adr + 7] for adr in self._object_qpos]).copy()
+
     def qpos(self) -> np.ndarray:
         return qpos_from_model(self.data.qpos[:16], self.gripper)
 

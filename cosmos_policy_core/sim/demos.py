@@ -1,0 +1,105 @@
+"""Scripted demonstrations: mocap waypoints -> joint commands -> executed at 25 Hz in the joint-space sim.
+
+Every recorded action is exactly the joint command the joint-space sim executed, with the observations
+it produced; callers keep only the episodes whose joint-space run succeeded (reward 4).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cosmos_policy_core.data.episode import CAMERAS, Episode
+from cosmos_policy_core.sim.ee_env import AlohaMocapEnv
+from cosmos_policy_core.sim.env import PHYSICS_HZ, AlohaSimEnv
+from cosmos_policy_core.sim.scripted import make_scripted_policy
+from cosmos_policy_core.sim.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+DEMO_HZ = 25
+HOLD = PHYSICS_HZ // DEMO_HZ     # physics control steps per recorded step
+
+
+@dataclass
+class DemoResult:
+    seed: int
+    success: bool                     # the joint-space sim reached reward 4 at some step
+    max_reward: int                   # of the joint-space sim
+    final_reward: int                 # at the last step (4 = still holding / still inserted)
+    ee_max_reward: int                # of the mocap rollout that produced the commands
+    episode: Episode | None = None    # the recorded (obs, action) pairs
+    rewards: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"seed": self.seed, "success": self.success, "max_reward": self.max_reward,
+                "final_reward": self.final_reward, "ee_max_reward": self.ee_max_reward}
+
+
+def run_scripted_demo(task: str, seed: int, ee_env: AlohaMocapEnv, env: AlohaSimEnv) -> DemoResult:
+    """One scripted demo: the mocap sim turns waypoints into joints, the joint-space sim executes them.
+
+    Both sims start from the same object poses. Every 2 physics steps (25 Hz) the mocap arm's joints
+    become command k, held by the joint-space sim for the same 2 steps; the arm joints are where the
+    mocap arm arrived (a position servo is commanded where the arm should be), the grippers the
+    normalised finger command in effect (ACT records the gripper *command*, not its state). The
+    policy's replanning looks at the objects in the joint-space sim, so its corrections compensate
+    for how the joint servos (which sag under load, unlike the weld) actually carry them. The
+    recorded actions, replayed from `reset(object_poses=...)`, reproduce the episode exactly.
+    """
+    spec = get_task(task)
+    ee_env.reset(seed=seed)
+    obs = env.reset(object_poses=ee_env.object_poses)
+    policy = make_scripted_policy(task, ee_env.initial_mocap, ee_env.object_poses)
+    n_steps = spec.episode_len_50hz // HOLD
+    qpos, actions, rewards = [], [], []
+    images = {cam: [] for cam in env.cameras}
+    for k in range(n_steps):
+        for t in range(k * HOLD, (k + 1) * HOLD):
+            ee_env.step(policy(t, env.object_state()))
+        command = ee_env.qpos()
+        command[[6, 13]] = ee_env.gripper_ctrl_normalized()
+        qpos.append(obs["qpos"])
+        for cam, frame in obs["images"].items():
+            images[cam].append(frame)
+        actions.append(command)
+        obs, reward = env.step(command)
+        rewards.append(reward)
+    episode = Episode(
+        qpos=np.stack(qpos),
+        action=np.stack(actions),
+        images={cam: np.stack(frames) for cam, frames in images.items() if frames},
+        fps=float(DEMO_HZ),
+        task=spec.description,
+        success=env.success,
+        sim=True,
+        attrs={"sim_task": spec.name, "seed": int(seed), "scripted": True,
+               "object_poses": ee_env.object_poses.ravel()},
+    )
+    return DemoResult(seed, env.success, env.max_reward, env.reward, ee_env.max_reward, episode, rewards)
+
+
+class DemoGenerator:
+    """Reusable mocap + joint-space sims for one task; `generate(seed)` makes one checked demo."""
+
+    def __init__(self, task: str, height: int = 480, width: int = 640, cameras: tuple[str, ...] = CAMERAS,
+                 render: bool = True):
+        self.task = get_task(task).name
+        self.ee_env = AlohaMocapEnv(self.task, render=False)
+        self.env = AlohaSimEnv(self.task, height, width, cameras, control_hz=DEMO_HZ, render=render)
+
+    def generate(self, seed: int) -> DemoResult:
+        result = run_scripted_demo(self.task, seed, self.ee_env, self.env)
+        log.debug("seed %d: %s", seed, result.summary())
+        return result
+
+    def close(self) -> None:
+        self.env.close()
+        self.ee_env.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
