@@ -80,6 +80,26 @@ def run_scripted_demo(task: str, seed: int, ee_env: AlohaMocapEnv, env: AlohaSim
     return DemoResult(seed, env.success, env.max_reward, env.reward, ee_env.max_reward, episode, rewards)
 
 
+@dataclass
+class ScriptedRollout:
+    """The joint commands of one scripted demo, for playing it back elsewhere (e.g. the sim teleop)."""
+
+    seed: int
+    object_poses: np.ndarray          # (n_objects, 7) initial object poses (= the seed's draw)
+    commands: np.ndarray              # (T, 14) 25 Hz joint commands, normalised grippers
+    success: bool                     # whether these commands succeed in the joint-space sim
+    max_reward: int
+
+
+def scripted_rollout(task: str, seed: int) -> ScriptedRollout:
+    """The scripted demo of `task` for scene `seed`, physics only (no images)."""
+    ee_env = AlohaMocapEnv(task, render=False)
+    env = AlohaSimEnv(task, control_hz=DEMO_HZ, render=False)
+    result = run_scripted_demo(task, seed, ee_env, env)
+    return ScriptedRollout(seed, ee_env.object_poses.copy(), result.episode.action, result.success,
+                           result.max_reward)
+
+
 class DemoGenerator:
     """Reusable mocap + joint-space sims for one task; `generate(seed)` makes one checked demo."""
 
