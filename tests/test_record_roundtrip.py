@@ -1,5 +1,7 @@
 """Recording round trip: a publisher process -> `cosmos-aloha record` -> bag (rosbags + mcap) -> 25 Hz episode.
 
+Episode markers go through the recorder's Trigger services in one test and the /cosmos/episode topic in the other.
+
 Run as a script, this file is the test publisher: a synthetic episode with known content at 25 Hz.
 """
 from __future__ import annotations
@@ -32,11 +34,13 @@ def expected_command(tick: int) -> np.ndarray:
 
 
 # -- the publisher process -------------------------------------------------------------------------
-def publish(ticks: int, task: str) -> int:
+def publish(ticks: int, task: str, markers: str) -> int:
+    """Publish `ticks` steps; episode markers through the recorder's services or on the topic."""
     import rclpy
     from rclpy.node import Node
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
+    from std_srvs.srv import Trigger
 
     from cosmos_aloha.conversions import image_to_msg, joints_to_msg
     from cosmos_aloha.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
@@ -46,8 +50,17 @@ def publish(ticks: int, task: str) -> int:
     cams = [node.create_publisher(Image, f"/{c}/image_raw", SENSOR_QOS) for c in CAMS]
     joints = node.create_publisher(JointState, "/joint_states", SENSOR_QOS)
     command = node.create_publisher(JointState, "/cosmos/joint_command", COMMAND_QOS)
-    episode = node.create_publisher(String, "/cosmos/episode", LATCHED_QOS)
-    publishers = cams + [joints, command, episode]
+    publishers = cams + [joints, command]
+    if markers == "topic":
+        episode = node.create_publisher(String, "/cosmos/episode", LATCHED_QOS)
+        publishers.append(episode)
+
+    def call(service: str) -> None:
+        client = node.create_client(Trigger, service)
+        assert client.wait_for_service(timeout_sec=10), service
+        future = client.call_async(Trigger.Request())
+        rclpy.spin_until_future_complete(node, future, timeout_sec=10)
+        assert future.result() is not None and future.result().success, (service, future.result())
     deadline = time.monotonic() + 30
     while any(p.get_subscription_count() == 0 for p in publishers):   # the recorder subscribed to all
         if time.monotonic() > deadline:
@@ -55,8 +68,11 @@ def publish(ticks: int, task: str) -> int:
             return 1
         rclpy.spin_once(node, timeout_sec=0.05)
     time.sleep(0.5)
+    if markers == "services":
+        call("/cosmos/recorder/start")
     t0 = time.time_ns()
-    episode.publish(String(data=json.dumps({"event": "start", "task": task, "stamp_ns": t0 - 1_000_000})))
+    if markers == "topic":
+        episode.publish(String(data=json.dumps({"event": "start", "task": task, "stamp_ns": t0 - 1_000_000})))
     print("publishing", flush=True)
     start = time.monotonic()
     for k in range(ticks):
@@ -66,8 +82,11 @@ def publish(ticks: int, task: str) -> int:
         joints.publish(joints_to_msg(expected_joints(k), stamp))
         command.publish(joints_to_msg(expected_command(k), stamp))
         time.sleep(max(0.0, start + (k + 1) * PERIOD_NS / 1e9 - time.monotonic()))
-    stop_ns = t0 + (ticks - 1) * PERIOD_NS + 1_000_000
-    episode.publish(String(data=json.dumps({"event": "stop", "success": True, "stamp_ns": stop_ns})))
+    if markers == "services":
+        call("/cosmos/recorder/stop")
+    else:
+        stop_ns = t0 + (ticks - 1) * PERIOD_NS + 1_000_000
+        episode.publish(String(data=json.dumps({"event": "stop", "success": True, "stamp_ns": stop_ns})))
     end = time.monotonic() + 1.0
     while time.monotonic() < end:   # let reliable / latched traffic drain
         rclpy.spin_once(node, timeout_sec=0.05)
@@ -82,9 +101,9 @@ def _record(bag: Path, env: dict, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([str(cli), "record", "--out", str(bag), "--task", "stack cups", *extra], env=env)
 
 
-def _publisher(env: dict, ticks: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, __file__, "--ticks", str(ticks), "--task", "stack cups"],
-                            env=env, stdout=subprocess.PIPE, text=True)
+def _publisher(env: dict, ticks: int, markers: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, "--ticks", str(ticks), "--task", "stack cups",
+                             "--markers", markers], env=env, stdout=subprocess.PIPE, text=True)
 
 
 def test_record_then_convert_round_trip(ros_env, tmp_path):
@@ -99,11 +118,11 @@ def test_record_then_convert_round_trip(ros_env, tmp_path):
     bag = tmp_path / "bag"
     recorder = _record(bag, ros_env, "--split-seconds", "0.5")
     try:
-        pub = _publisher(ros_env, ticks)
+        pub = _publisher(ros_env, ticks, markers="services")
         out, _ = pub.communicate(timeout=90)
         assert pub.returncode == 0, out
     finally:
-        recorder.send_signal(signal.SIGINT)
+        recorder.send_signal(signal.SIGTERM)   # SIGTERM (like SIGINT) closes the bag cleanly
         assert recorder.wait(timeout=30) == 0
 
     # rosbags: the directory opens, every message is there, the offered QoS are recorded.
@@ -150,7 +169,7 @@ def test_killed_recorder_leaves_an_openable_bag(ros_env, tmp_path):
     split_s = 0.5
     bag = tmp_path / "bag"
     recorder = _record(bag, ros_env, "--split-seconds", str(split_s))
-    pub = _publisher(ros_env, ticks=100)
+    pub = _publisher(ros_env, ticks=100, markers="topic")
     try:
         assert pub.stdout.readline().strip() == "publishing"
         time.sleep(2.0)
@@ -178,5 +197,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--ticks", type=int, default=25)
     parser.add_argument("--task", default="")
+    parser.add_argument("--markers", choices=["services", "topic"], default="topic")
     args = parser.parse_args()
-    sys.exit(publish(args.ticks, args.task))
+    sys.exit(publish(args.ticks, args.task, args.markers))
