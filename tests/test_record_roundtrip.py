@@ -184,9 +184,9 @@ def test_killed_recorder_leaves_an_openable_bag(ros_env, tmp_path):
     with Reader(bag) as reader:
         last = max(t for _, t, _ in reader.messages())
         images = sum(c.msgcount for c in reader.connections if c.topic == "/cam_high/image_raw")
-    # Everything up to the last closed file survives: at most split_s (+ scheduling slack) is lost.
+    # Everything up to the last closed file survives: at most split_s (+ slack for a loaded machine) is lost.
     assert images > 0
-    assert killed_at - last < (split_s + 0.5) * 1e9, (killed_at - last) / 1e9
+    assert killed_at - last < (split_s + 1.0) * 1e9, (killed_at - last) / 1e9
     report = convert_bags([bag], tmp_path / "dataset", profile="cosmos")
     d = report.to_dict()
     assert d["episode_count"] == 1, report.summary()
