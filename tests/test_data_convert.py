@@ -52,7 +52,8 @@ def frame_rgb(cam: str, index: int) -> np.ndarray:
 
 
 def write_interbotix_bag(path: Path, seconds: float = 1.0, storage: str = "mcap", arms=None,
-                         finger_entries: int = 9) -> None:
+                         finger_entries: int = 9, high_encoding: str | None = None,
+                         high_gap_s: tuple[float, float] | None = None) -> None:
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -78,8 +79,12 @@ def write_interbotix_bag(path: Path, seconds: float = 1.0, storage: str = "mcap"
                 messages.append((ns + 1_000_000, conn, ts.serialize_cdr(msg, "sensor_msgs/msg/JointState")))
         for cam, (topic, hz, encoding) in CAM_TOPICS.items():
             conn = writer.add_connection(topic, "sensor_msgs/msg/Image", typestore=ts)
+            if cam == "cam_high" and high_encoding:
+                encoding = high_encoding
             for i in range(int(round(seconds * hz)) + 1):
                 ns = T0 + int(round(i * 1e9 / hz))
+                if cam == "cam_high" and high_gap_s and high_gap_s[0] * 1e9 < ns - T0 < high_gap_s[1] * 1e9:
+                    continue   # the camera stalled
                 rgb = frame_rgb(cam, i)
                 data = rgb[..., ::-1] if encoding == "bgr8" else rgb
                 msg = Image(header=header(ns), height=H, width=W, encoding=encoding, is_bigendian=0,
@@ -259,13 +264,20 @@ def test_bad_bags_are_skipped_and_reported(tmp_path):
     write_interbotix_bag(truncated, seconds=0.5)
     mcap = next(truncated.glob("*.mcap"))
     mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])
-    report = convert_bags([good, no_leader, short_joints, truncated], tmp_path / "out", profile="interbotix")
+    mono = tmp_path / "mono"
+    write_interbotix_bag(mono, seconds=0.5, high_encoding="mono8")
+    stalled = tmp_path / "stalled"
+    write_interbotix_bag(stalled, seconds=0.5, high_gap_s=(0.1, 0.35))
+    report = convert_bags([good, no_leader, short_joints, truncated, mono, stalled], tmp_path / "out",
+                          profile="interbotix")
     d = report.to_dict()
-    assert d["episode_count"] == 1 and d["skipped_count"] == 3, report.summary()
+    assert d["episode_count"] == 1 and d["skipped_count"] == 5, report.summary()
     reasons = {Path(s["source"]).name: s["reason"] for s in d["skipped"]}
     assert "/leader_right/joint_states" in reasons["no_leader"] and "no_leader" in reasons["no_leader"]
     assert "has 7 positions" in reasons["short_joints"]
     assert "truncated" in reasons["truncated"] or "cannot open" in reasons["truncated"]
+    assert "'mono8'" in reasons["mono"] and "/cam_high/camera/color/image_rect_raw" in reasons["mono"]
+    assert "ms apart" in reasons["stalled"] and "cam_high" in reasons["stalled"]
     assert read_episode_hdf5(tmp_path / "out" / "episode_0.hdf5").qpos.shape == (13, 14)
 
 

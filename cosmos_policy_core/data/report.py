@@ -38,6 +38,7 @@ class ConversionReport:
     fps: float
     episodes: list[EpisodeRecord] = field(default_factory=list)
     skipped: list[SkippedRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         lengths = [e.length for e in self.episodes]
@@ -56,6 +57,7 @@ class ConversionReport:
             "max_skew_ms": float(max((e.max_skew_ms for e in self.episodes), default=0.0)),
             "episodes": [asdict(e) for e in self.episodes],
             "skipped": [asdict(s) for s in self.skipped],
+            "notes": list(self.notes),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -81,4 +83,5 @@ class ConversionReport:
             lines.extend(f"    warning: {w}" for w in e.warnings)
         for s in self.skipped:
             lines.append(f"  SKIPPED {s.source}: {s.reason}")
+        lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
