@@ -167,7 +167,9 @@ def test_25hz_mode_holds_each_command_for_two_physics_steps():
 
 def test_do_nothing_episode_stays_at_zero_reward():
     env = AlohaSimEnv("transfer_cube", render=False, control_hz=25)
-    a = env.reset(seed=0)["qpos"]
+    obs = env.reset(seed=0)
+    assert obs["images"] == {}                  # render=False: physics only
+    a = obs["qpos"]
     for _ in range(100):
         _, r = env.step(a)
         assert r == 0
