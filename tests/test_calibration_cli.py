@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from cosmos_policy_core.calibration.cameras import BoardSpec, CameraIntrinsics
 from cosmos_policy_core.cli import main
 from cosmos_policy_core.robot.arm_layout import SLEEP_ARM_POSE
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # the synthetic board renderer lives in test_calibration
 from test_calibration import render_views  # noqa: E402
 
 

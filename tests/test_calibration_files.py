@@ -3,7 +3,6 @@ gripper presets load and equal the published tables; the hardware guide document
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 

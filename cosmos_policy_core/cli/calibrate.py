@@ -5,7 +5,6 @@ image files of a chessboard or ChArUco board.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""The one interface the `aloha_driver` node talks to, and the factory that picks a backend.
+"""The one interface the `aloha_driver` node talks to, and the error type of hardware failures.
 
 A backend turns the 14-D policy layout into motor commands and motor readings back into the 14-D
 observation; everything hardware-specific (Interbotix toolbox or raw Dynamixel packets) sits behind it.
@@ -9,9 +9,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from cosmos_policy_core.errors import ConfigError, CosmosAlohaError
+from cosmos_policy_core.errors import CosmosAlohaError
 from cosmos_policy_core.robot.arm_layout import ArmState
-from cosmos_policy_core.robot.gripper import GripperConstants
 
 
 class HardwareError(CosmosAlohaError):
@@ -35,15 +34,3 @@ class RobotBackend(Protocol):
     def close(self) -> None:
         """Release the hardware (torque policy documented per backend)."""
 
-
-def make_backend(name: str, constants: GripperConstants, **options) -> RobotBackend:
-    """`interbotix` or `dynamixel`; options go to that backend's config (see each module)."""
-    if name == "interbotix":
-        from cosmos_policy_core.robot.interbotix_backend import InterbotixBackend, InterbotixConfig
-
-        return InterbotixBackend(InterbotixConfig.followers(**options), constants)
-    if name == "dynamixel":
-        from cosmos_policy_core.robot.dynamixel_backend import DynamixelBackend, DynamixelConfig
-
-        return DynamixelBackend(DynamixelConfig.followers(**options), constants)
-    raise ConfigError(f"unknown robot backend {name!r}; use 'interbotix' or 'dynamixel'")
