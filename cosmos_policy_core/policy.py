@@ -1,0 +1,465 @@
+"""Cosmos Policy inference: observation -> cached conditioning latents -> action chunk, future state and value.
+
+Owns the policy, world-model and value roles (masks of reference §3.2), the test-time preprocessing and the decode of predicted frames.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from cosmos_policy_core.diffusion import DiffusionConfig, initial_noise, sample
+from cosmos_policy_core.engines.base import Denoiser
+from cosmos_policy_core.errors import ConfigError, ShapeError
+from cosmos_policy_core.images import TRAIN_CROP_AREA, prepare_images
+from cosmos_policy_core.layout import (
+    DECODE_RESTORE_SLOTS, LatentLayout, build_pixel_clip, clip_to_vae_input, condition_mask, extract_action_chunk,
+    extract_proprio, extract_value, inject_proprio, restore_frames,
+)
+
+log = logging.getLogger(__name__)
+
+# Value modes of the reference and the layout role that implements each (reference §3.2 c1-c3).
+VALUE_MODES = {"V(s')": "value_v_s", "V(s,a,s')": "value_v_sas", "Q(s,a)": "q_sa"}
+TIMING_KEYS = ("preprocess", "vae_encode", "denoise", "decode", "postprocess")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One synchronized observation in robot units.
+
+    images: camera name (cam_high, cam_left_wrist, cam_right_wrist — the layout's camera_sources —
+    or the model's slot names) -> (H, W, 3) uint8 RGB of any size. proprio: 14 joint values (rad,
+    normalized grippers) as the robot reports them. timestamp: seconds of the observation's clock.
+    """
+
+    images: Mapping[str, np.ndarray]
+    proprio: np.ndarray
+    task: str
+    timestamp: float = 0.0
+
+
+@dataclass
+class ActionChunk:
+    """One policy output in robot units, stamped with the time of the observation it answers."""
+
+    actions: np.ndarray                                  # (chunk, action_dim) float64, unnormalized
+    value: float                                         # in [0, 1]
+    timestamp: float
+    seed: int
+    num_steps: int
+    future_proprio: np.ndarray | None = None             # (proprio_dim,) robot units, predicted at t + chunk
+    future_images: dict[str, np.ndarray] | None = None   # camera source name -> (S, S, 3) uint8
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (TIMING_KEYS)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Inference options (defaults: the reference ALOHA deployment, plus action clipping)."""
+
+    num_steps: int = 10            # denoising steps of the action sample (deploy.py: 10)
+    crop_area: float | None = TRAIN_CROP_AREA  # test-time center crop matching the training crops
+    # Clamp normalized actions to [-1, 1] before unnormalizing, so a chunk never leaves the range of
+    # the demonstrations. The reference does not clip; a trained model stays inside anyway.
+    clip_actions: bool = True
+    vae_chunk_frames: int | None = None  # None: one causal pass over the clip (same latents as chunks)
+    vae_decode_chunk: int | None = None  # latent frames per decoder call; None: one pass (same images)
+    sample_batch: int = 64         # most rows per network call (larger batches are split)
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.sample_batch < 1:
+            raise ConfigError(f"sample_batch must be >= 1, got {self.sample_batch}")
+
+
+@dataclass(frozen=True)
+class ConditioningCache:
+    """What one observation contributes to every sample: computed once, shared by all candidates and roles.
+
+    clean: the VAE latent of the 41-frame clip before any injection (what the decoder needs in the
+    injected slots); gt: clean with the normalized proprio injected (the conditioning latent).
+    """
+
+    clean_1_C_T_H_W: torch.Tensor
+    gt_1_C_T_H_W: torch.Tensor
+    proprio_1_D: torch.Tensor          # normalized to [-1, 1]
+    text_1_L_D: torch.Tensor
+    images: dict[str, np.ndarray]      # camera source name -> preprocessed (S, S, 3) uint8
+    task: str
+    timestamp: float
+    timings: dict[str, float]
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+class CosmosPolicy:
+    """The policy, world model and value function of one Cosmos Policy checkpoint.
+
+    `denoiser` runs the policy network; `planning_denoiser` (optional) the separately fine-tuned
+    planning network used by `predict_future` and `value` (the policy network otherwise).
+    """
+
+    def __init__(
+        self,
+        layout: LatentLayout,
+        vae: torch.nn.Module,
+        denoiser: Denoiser,
+        stats,
+        text_embeddings: Mapping[str, torch.Tensor],
+        *,
+        diffusion: DiffusionConfig = DiffusionConfig(),
+        planning_denoiser: Denoiser | None = None,
+        vae_encoder: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        config: PolicyConfig = PolicyConfig(),
+    ) -> None:
+        if stats is None:
+            raise ConfigError("a policy needs dataset statistics (stats.json) to normalize proprio and actions")
+        stats.check_layout(layout)
+        if not text_embeddings:
+            raise ConfigError("a policy needs at least one task text embedding; compute some with "
+                              "`cosmos-aloha text-embed`")
+        self.layout = layout
+        self.vae = vae.eval()
+        self.denoiser = denoiser
+        self.planning_denoiser = planning_denoiser
+        self.stats = stats
+        self.diffusion = diffusion
+        self.config = config
+        self.device = denoiser.device
+        self._vae_encoder = vae_encoder
+        self._text = {task: emb.detach().float().reshape(1, *emb.shape[-2:]) for task, emb in text_embeddings.items()}
+
+    # --- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        engine: str = "torch",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        compile: str | None = None,
+        onnx_dir: str | Path | None = None,
+        planning_checkpoint: str | Path | None = None,
+        config: PolicyConfig = PolicyConfig(),
+    ) -> "CosmosPolicy":
+        """Load our checkpoint directory (config.json + safetensors + stats + text embeddings).
+
+        engine: "torch" (eager, or torch.compile with `compile`), "onnx" (ONNX Runtime on the
+        graphs of `cosmos-aloha export`, in `onnx_dir`) or "tensorrt" (engines built by the export
+        command, in `onnx_dir`; needs TensorRT and a GPU).
+        """
+        from cosmos_policy_core.checkpoint import load_checkpoint_dir
+
+        ckpt = load_checkpoint_dir(path)
+        vae = ckpt.build_vae().to(device)
+        net = ckpt.build_dit(dtype).to(device)
+        denoiser, vae_encoder = _make_engine(engine, net, ckpt.diffusion, compile=compile, onnx_dir=onnx_dir,
+                                             device=device)
+        planning = None
+        if planning_checkpoint is not None:
+            planning_ckpt = load_checkpoint_dir(planning_checkpoint, load_vae=False)
+            planning, _ = _make_engine("torch", planning_ckpt.build_dit(dtype).to(device), planning_ckpt.diffusion,
+                                       compile=compile, onnx_dir=None, device=device, name="planning")
+        return cls(ckpt.layout, vae, denoiser, ckpt.stats, ckpt.text_embeddings, diffusion=ckpt.diffusion,
+                   planning_denoiser=planning, vae_encoder=vae_encoder, config=config)
+
+    @classmethod
+    def from_reference(
+        cls,
+        pt: str | Path,
+        stats_json: str | Path,
+        t5_pickle: str | Path,
+        vae_path: str | Path,
+        *,
+        model_config=None,
+        layout: LatentLayout | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        compile: str | None = None,
+        planning_pt: str | Path | None = None,
+        config: PolicyConfig = PolicyConfig(),
+        trust_pickle: bool = False,
+    ) -> "CosmosPolicy":
+        """The released files: policy `.pt` (`net.` keys), aloha_dataset_statistics.json,
+        aloha_t5_embeddings.pkl and the Wan2.1 tokenizer.pth; optionally the planning model `.pt`."""
+        from cosmos_policy_core.checkpoint import load_reference_checkpoint, read_dataset_stats, read_t5_embeddings
+        from cosmos_policy_core.nn.config import ModelConfig
+        from cosmos_policy_core.nn.dit import CosmosDiT
+        from cosmos_policy_core.nn.wan_vae import WanVAE
+
+        layout = layout or LatentLayout.aloha()
+        model_config = model_config or ModelConfig.cosmos_predict2_2b()
+        stats = read_dataset_stats(stats_json, layout)
+        text = read_t5_embeddings(t5_pickle)
+        # The reference runs both networks in bf16 (VAE included, is_amp=False).
+        vae = WanVAE.from_checkpoint(vae_path, dtype=dtype, device=device)
+
+        def load(path) -> torch.nn.Module:
+            net = CosmosDiT(model_config)
+            load_reference_checkpoint(net, path, trust_pickle=trust_pickle)
+            return net.to(device=device, dtype=dtype)
+
+        diffusion = DiffusionConfig.reference()
+        denoiser, _ = _make_engine("torch", load(pt), diffusion, compile=compile, onnx_dir=None, device=device)
+        planning = None
+        if planning_pt is not None:
+            planning, _ = _make_engine("torch", load(planning_pt), diffusion, compile=compile, onnx_dir=None,
+                                       device=device, name="planning")
+        return cls(layout, vae, denoiser, stats, text, diffusion=diffusion, planning_denoiser=planning, config=config)
+
+    # --- tasks -------------------------------------------------------------------------------------
+    @property
+    def known_tasks(self) -> tuple[str, ...]:
+        return tuple(sorted(self._text))
+
+    def text_embedding(self, task: str) -> torch.Tensor:
+        """(1, L, D) float32 embedding of a known task; unknown tasks fail (no silent T5-11B run)."""
+        emb = self._text.get(task)
+        if emb is None:
+            known = "\n  ".join(repr(t) for t in self.known_tasks)
+            raise ConfigError(
+                f"unknown task {task!r}; this checkpoint has embeddings for:\n  {known}\n"
+                "use one of these strings exactly, or compute an embedding with `cosmos-aloha text-embed` "
+                "and add it to the checkpoint's text_embeddings.safetensors"
+            )
+        return emb
+
+    # --- conditioning ------------------------------------------------------------------------------
+    def preprocess_images(self, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """camera source name -> the (S, S, 3) uint8 image the model sees (reference test-time pipeline)."""
+        lay = self.layout
+        frames, names = [], []
+        for slot, source in zip(lay.cameras, lay.camera_sources):
+            if source in images:
+                frames.append(images[source])
+            elif slot in images:
+                frames.append(images[slot])
+            else:
+                raise ShapeError(f"observation lacks camera {source!r}; it has {sorted(images)}")
+            names.append(source)
+        processed = prepare_images(frames, lay.image_size, names, self.config.crop_area)
+        return dict(zip(names, processed))
+
+    def normalize_proprio(self, proprio) -> torch.Tensor:
+        p = np.asarray(proprio, dtype=np.float64).reshape(-1)
+        if p.shape[0] != self.layout.proprio_dim:
+            raise ShapeError(f"proprio has {p.shape[0]} values, the {self.layout.name} layout needs "
+                             f"{self.layout.proprio_dim}")
+        if not np.isfinite(p).all():
+            raise ShapeError(f"proprio has non-finite values: {p.tolist()}")
+        return torch.from_numpy(self.stats.normalize_proprio(p)).float().reshape(1, -1)
+
+    @torch.no_grad()
+    def encode_clip(self, clip_B_T_H_W_3: torch.Tensor) -> torch.Tensor:
+        """uint8 pixel clip -> normalized latent (B, C, T', H', W') float32 on the policy's device."""
+        video = clip_to_vae_input(clip_B_T_H_W_3.to(self.device))
+        if self._vae_encoder is not None:
+            return self._vae_encoder(video).float().to(self.device)
+        return self.vae.encode(video, chunk_frames=self.config.vae_chunk_frames).float()
+
+    @torch.no_grad()
+    def encode_observation(self, obs: Observation) -> ConditioningCache:
+        """Preprocess + one causal VAE encode of the whole clip (reference §2.2): the shared conditioning."""
+        t0 = _now()
+        text = self.text_embedding(obs.task).to(self.device)
+        images = self.preprocess_images(obs.images)
+        proprio = self.normalize_proprio(obs.proprio).to(self.device)
+        clip = build_pixel_clip(self.layout, {k: torch.from_numpy(v) for k, v in images.items()})
+        t1 = _now()
+        clean = self.encode_clip(clip)
+        gt = inject_proprio(clean, proprio, self.layout.index("proprio"))
+        t2 = _now()
+        return ConditioningCache(clean, gt, proprio, text, images, obs.task, float(obs.timestamp),
+                                 {"preprocess": t1 - t0, "vae_encode": t2 - t1})
+
+    # --- sampling per role -------------------------------------------------------------------------
+    def _denoiser_for(self, model: str) -> Denoiser:
+        if model == "policy":
+            return self.denoiser
+        if model == "planning":
+            return self.planning_denoiser or self.denoiser
+        raise ConfigError(f"model must be 'policy' or 'planning', got {model!r}")
+
+    @torch.no_grad()
+    def sample_role(
+        self,
+        cond: ConditioningCache,
+        role: str,
+        prior_B_C_T_H_W: torch.Tensor,
+        seeds: Sequence[int],
+        num_steps: int,
+        *,
+        proprio_B_D: torch.Tensor | None = None,
+        model: str = "policy",
+    ) -> torch.Tensor:
+        """One sample per seed of a model role, conditioned on `prior`'s conditioning frames.
+
+        The proprio frame is re-injected from `proprio_B_D` (default: the observation's) before the
+        role's mask applies, as the reference does; with V(s') the mask then hides it. Rows are
+        independent: row i equals a batch-1 call with seeds[i] (up to float rounding).
+        """
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise ConfigError("sample_role needs at least one seed")
+        B = len(seeds)
+        if prior_B_C_T_H_W.shape[0] not in (1, B):
+            raise ShapeError(f"prior latent has batch {prior_B_C_T_H_W.shape[0]}, expected 1 or {B} (one per seed)")
+        proprio = cond.proprio_1_D if proprio_B_D is None else proprio_B_D.to(self.device, torch.float32)
+        if proprio.shape[0] not in (1, B):
+            raise ShapeError(f"proprio has batch {proprio.shape[0]}, expected 1 or {B}")
+        prior = prior_B_C_T_H_W.to(self.device, torch.float32)
+        rows = max(prior.shape[0], proprio.shape[0])
+        gt = inject_proprio(prior.expand(rows, *prior.shape[1:]), proprio.expand(rows, -1),
+                            self.layout.index("proprio"))
+        mask = condition_mask(self.layout, role, 1, device=self.device)
+        denoiser = self._denoiser_for(model)
+        out = []
+        step = self.config.sample_batch
+        for start in range(0, B, step):
+            sl = slice(start, min(B, start + step))
+            gt_part = gt if gt.shape[0] == 1 else gt[sl]
+            noise = initial_noise(seeds[sl], self.layout.latent_shape, self.diffusion.sigma_max, device=self.device)
+            x0_fn = denoiser.bind(gt_part, mask, cond.text_1_L_D)
+            out.append(sample(x0_fn, noise, num_steps, self.diffusion))
+        return torch.cat(out)
+
+    def sample_actions(self, cond: ConditioningCache, seeds: Sequence[int], num_steps: int | None = None,
+                       *, prior_B_C_T_H_W: torch.Tensor | None = None,
+                       proprio_B_D: torch.Tensor | None = None) -> torch.Tensor:
+        """Policy samples (frames 0-4 conditioning): action chunk, future state and value in one latent."""
+        prior = cond.gt_1_C_T_H_W if prior_B_C_T_H_W is None else prior_B_C_T_H_W
+        return self.sample_role(cond, "policy", prior, seeds, num_steps or self.config.num_steps,
+                                proprio_B_D=proprio_B_D)
+
+    def predict_future(self, cond: ConditioningCache, action_latent_B_C_T_H_W: torch.Tensor, seeds: Sequence[int],
+                       num_steps: int = 1, *, proprio_B_D: torch.Tensor | None = None,
+                       model: str = "planning") -> torch.Tensor:
+        """World model (frames 0-5 conditioning): the future state given the generated action latent as-is."""
+        return self.sample_role(cond, "world_model", action_latent_B_C_T_H_W, seeds, num_steps,
+                                proprio_B_D=proprio_B_D, model=model)
+
+    def value(self, cond: ConditioningCache, latent_B_C_T_H_W: torch.Tensor, seeds: Sequence[int],
+              num_steps: int = 1, *, mode: str = "V(s')", proprio_B_D: torch.Tensor | None = None,
+              model: str = "planning") -> torch.Tensor:
+        """(B,) values in [0, 1] of a value sample.
+
+        V(s') and V(s,a,s') condition on a world-model sample's future frames; Q(s,a) on the action
+        sample (frames 0-5) with the future frames fed as noise.
+        """
+        if mode not in VALUE_MODES:
+            raise ConfigError(f"unknown value mode {mode!r}; choose one of {tuple(VALUE_MODES)}")
+        latent = self.sample_role(cond, VALUE_MODES[mode], latent_B_C_T_H_W, seeds, num_steps,
+                                  proprio_B_D=proprio_B_D, model=model)
+        return extract_value(latent, self.layout.index("value"))
+
+    # --- decoding ----------------------------------------------------------------------------------
+    def actions_from_latent(self, latent_B_C_T_H_W: torch.Tensor) -> np.ndarray:
+        """(B, chunk, action_dim) float64 in robot units (17-copy mean, then min/max unnormalization)."""
+        lay = self.layout
+        norm = extract_action_chunk(latent_B_C_T_H_W, lay.index("action"), lay.chunk_size, lay.action_dim)
+        norm = norm.double().cpu().numpy()
+        if self.config.clip_actions:
+            norm = np.clip(norm, -1.0, 1.0)
+        return self.stats.unnormalize_actions(norm)
+
+    def normalized_future_proprio(self, latent_B_C_T_H_W: torch.Tensor) -> torch.Tensor:
+        return extract_proprio(latent_B_C_T_H_W, self.layout.index("future_proprio"), self.layout.proprio_dim)
+
+    def future_proprio_from_latent(self, latent_B_C_T_H_W: torch.Tensor) -> np.ndarray:
+        """(B, proprio_dim) predicted proprio at t + chunk in robot units (the reference never decodes it)."""
+        norm = self.normalized_future_proprio(latent_B_C_T_H_W).double().cpu().numpy()
+        return self.stats.unnormalize_proprio(norm)
+
+    def values_from_latent(self, latent_B_C_T_H_W: torch.Tensor) -> np.ndarray:
+        return extract_value(latent_B_C_T_H_W, self.layout.index("value")).double().cpu().numpy()
+
+    @torch.no_grad()
+    def decode_future_images(self, cond: ConditioningCache, latent_B_C_T_H_W: torch.Tensor) -> list[dict[str, np.ndarray]]:
+        """Per row: camera source name -> predicted (S, S, 3) uint8 image at t + chunk.
+
+        Injected slots are reset to the clean black-frame latents first (reference §2.4). The
+        decoder is causal, so the value frame after the last image is not decoded at all.
+        """
+        lay = self.layout
+        B = latent_B_C_T_H_W.shape[0]
+        restore = [lay.index(s) for s in DECODE_RESTORE_SLOTS]
+        clean = cond.clean_1_C_T_H_W.expand(B, *cond.clean_1_C_T_H_W.shape[1:])
+        z = restore_frames(latent_B_C_T_H_W.to(self.device, torch.float32), clean, restore)
+        future_idx = [lay.index(f"future_{c}") for c in lay.cameras]
+        z = z[:, :, : max(future_idx) + 1]
+        video_B_3_T_H_W = self.vae.decode(z.to(self.vae_dtype), chunk_latents=self.config.vae_decode_chunk).float()
+        pixels = ((video_B_3_T_H_W + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
+        out = []
+        for b in range(B):
+            out.append({source: pixels[b, :, lay.pixel_frame(i)].permute(1, 2, 0).cpu().numpy()
+                        for source, i in zip(lay.camera_sources, future_idx)})
+        return out
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    # --- the policy call -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: Observation | ConditioningCache, seed: int = 0, num_steps: int | None = None,
+            return_future_images: bool = True) -> ActionChunk:
+        """One action chunk (value and future state from the same sample, as the base deployment).
+
+        Pass a `ConditioningCache` instead of an observation to reuse an earlier encode.
+        """
+        num_steps = num_steps or self.config.num_steps
+        cond = obs if isinstance(obs, ConditioningCache) else self.encode_observation(obs)
+        timings = dict.fromkeys(TIMING_KEYS, 0.0)
+        if not isinstance(obs, ConditioningCache):
+            timings.update(cond.timings)
+        t0 = _now()
+        latent = self.sample_actions(cond, [seed], num_steps)
+        t1 = _now()
+        images = self.decode_future_images(cond, latent)[0] if return_future_images else None
+        t2 = _now()
+        chunk = ActionChunk(
+            actions=self.actions_from_latent(latent)[0],
+            value=float(self.values_from_latent(latent)[0]),
+            timestamp=cond.timestamp, seed=int(seed), num_steps=int(num_steps),
+            future_proprio=self.future_proprio_from_latent(latent)[0],
+            future_images=images,
+        )
+        timings.update(denoise=t1 - t0, decode=t2 - t1, postprocess=_now() - t2)
+        chunk.timings = timings
+        return chunk
+
+    def with_config(self, **changes) -> "CosmosPolicy":
+        """A policy sharing these networks with some PolicyConfig fields changed."""
+        twin = object.__new__(CosmosPolicy)
+        twin.__dict__.update(self.__dict__)
+        twin.config = replace(self.config, **changes)
+        return twin
+
+
+def _make_engine(engine: str, net: torch.nn.Module, diffusion: DiffusionConfig, *, compile: str | None,
+                 onnx_dir, device, name: str = "policy"):
+    """(Denoiser, optional VAE encoder) of a backend name."""
+    if engine == "torch":
+        from cosmos_policy_core.engines.torch_engine import TorchDenoiser
+
+        return TorchDenoiser(net, compile=compile, sigma_conditional=diffusion.sigma_conditional, name=name), None
+    if engine in ("onnx", "tensorrt"):
+        if onnx_dir is None:
+            raise ConfigError(f"engine={engine!r} needs the directory written by `cosmos-aloha export` (onnx_dir)")
+        from cosmos_policy_core.engines.export import load_exported
+
+        return load_exported(onnx_dir, engine=engine, device=device)
+    raise ConfigError(f"unknown engine {engine!r}; choose 'torch', 'onnx' or 'tensorrt'")
+
+
+__all__ = ["Observation", "ActionChunk", "PolicyConfig", "ConditioningCache", "CosmosPolicy", "VALUE_MODES",
+           "TIMING_KEYS"]
