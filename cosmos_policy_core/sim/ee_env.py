@@ -1,6 +1,6 @@
 """End-effector (mocap) ALOHA sim: each gripper welded to a mocap body, the way scripted demos are driven.
 
-Only the scripted-demo generator uses it; its joint trajectory is replayed in the joint-space env.
+Only the scripted-demo generator uses it: its arm joints become the joint-space sim's commands.
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class AlohaMocapEnv(BimanualSim):
         return self.observation(), self.reward
 
     def gripper_ctrl_normalized(self) -> np.ndarray:
-        """(2,) the finger commands in effect, normalised (what a joint-space replay must command)."""
+        """(2,) the finger commands in effect, normalised (what the joint-space sim is commanded)."""
         return self.gripper.follower_position_normalize(self.data.ctrl[[0, 2]])
 
     def gripper_pose(self, arm: int) -> np.ndarray:
