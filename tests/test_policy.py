@@ -1,0 +1,193 @@
+"""CosmosPolicy on a tiny random checkpoint: act end to end, seeds, tasks, image pipeline, role masks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cosmos_policy_core.errors import ConfigError, ShapeError
+from cosmos_policy_core.images import center_crop_resize, center_crop_size, client_resize, prepare_images
+from cosmos_policy_core.layout import build_pixel_clip, condition_mask, conditioning_frames
+from cosmos_policy_core.policy import TIMING_KEYS, CosmosPolicy, PolicyConfig
+from cosmos_policy_core.testing import DEFAULT_TASKS, build_random_checkpoint, random_observation
+
+IMAGE_SIZE = 64  # 8x8 latents: the ALOHA frame order and chunk sizes, at a CPU-friendly resolution
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory) -> CosmosPolicy:
+    path = build_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", image_size=IMAGE_SIZE, text_len=16)
+    return CosmosPolicy.from_checkpoint(path)
+
+
+@pytest.fixture(scope="module")
+def obs(policy):
+    return random_observation(policy.layout, stats=policy.stats, height=120, width=160, timestamp=12.5)
+
+
+@pytest.fixture(scope="module")
+def cond(policy, obs):
+    return policy.encode_observation(obs)
+
+
+def test_act_end_to_end(policy, obs):
+    chunk = policy.act(obs, seed=7, num_steps=2, return_future_images=True)
+    st = policy.stats
+    assert chunk.actions.shape == (50, 14) and np.isfinite(chunk.actions).all()
+    assert (chunk.actions >= st.actions_min - 1e-9).all() and (chunk.actions <= st.actions_max + 1e-9).all()
+    assert 0.0 <= chunk.value <= 1.0
+    assert chunk.timestamp == 12.5 and chunk.seed == 7 and chunk.num_steps == 2
+    assert chunk.future_proprio.shape == (14,) and np.isfinite(chunk.future_proprio).all()
+    assert set(chunk.future_images) == {"cam_high", "cam_left_wrist", "cam_right_wrist"}
+    for img in chunk.future_images.values():
+        assert img.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and img.dtype == np.uint8
+    assert set(chunk.timings) == set(TIMING_KEYS) and chunk.timings["vae_encode"] > 0 and chunk.timings["decode"] > 0
+
+
+def test_seeds_reproducible_and_distinct(policy, cond):
+    a = policy.act(cond, seed=3, num_steps=1, return_future_images=False)
+    b = policy.act(cond, seed=3, num_steps=1, return_future_images=False)
+    c = policy.act(cond, seed=4, num_steps=1, return_future_images=False)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    assert a.value == b.value
+    assert np.abs(a.actions - c.actions).max() > 1e-3
+
+
+def test_batched_rows_equal_single_samples(policy, cond):
+    batched = policy.sample_actions(cond, [5, 6, 7], 1)
+    for i, seed in enumerate([5, 6, 7]):
+        single = policy.sample_actions(cond, [seed], 1)
+        torch.testing.assert_close(batched[i:i + 1], single, atol=1e-4, rtol=1e-4)
+
+
+def test_clipping_only_removes_out_of_range(policy, cond):
+    latent = policy.sample_actions(cond, [11], 1)
+    raw = policy.with_config(clip_actions=False).actions_from_latent(latent)[0]
+    clipped = policy.actions_from_latent(latent)[0]
+    inside = (raw >= policy.stats.actions_min) & (raw <= policy.stats.actions_max)
+    np.testing.assert_allclose(clipped[inside], raw[inside])
+    # an untrained network does leave [-1, 1]: the clamp is what keeps the chunk in range
+    assert not inside.all()
+
+
+def test_unknown_task_lists_known_tasks(policy, obs):
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError) as err:
+        policy.act(replace(obs, task="make coffee"), num_steps=1, return_future_images=False)
+    for task in DEFAULT_TASKS:
+        assert repr(task) in str(err.value)
+
+
+def test_bad_proprio_and_missing_camera(policy, obs):
+    from dataclasses import replace
+
+    with pytest.raises(ShapeError, match="14"):
+        policy.encode_observation(replace(obs, proprio=np.zeros(7)))
+    images = dict(obs.images)
+    del images["cam_high"]
+    with pytest.raises(ShapeError, match="cam_high"):
+        policy.encode_observation(replace(obs, images=images))
+
+
+# --- image pipeline --------------------------------------------------------------------------------
+def test_image_pipeline_sizes_and_crop():
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    assert client_resize(raw).shape == (224, 224, 3)
+    already = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    assert client_resize(already) is already  # the reference server leaves 224² images alone
+    assert center_crop_size(224) == 212
+    out = prepare_images([raw, already], 224)
+    assert out.shape == (2, 224, 224, 3) and out.dtype == np.uint8
+
+
+def test_center_crop_matches_float_resize_within_one_level():
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    got = center_crop_resize(imgs)
+    crop = torch.from_numpy(imgs).permute(0, 3, 1, 2)[:, :, 6:218, 6:218].float()
+    ref = F.interpolate(crop, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    ref = ref.round().clamp(0, 255).permute(0, 2, 3, 1).numpy()
+    assert np.abs(got.astype(np.int32) - ref.astype(np.int32)).max() <= 1
+    # a constant image stays constant: the crop is centered and the kernel normalized
+    flat = np.full((1, 224, 224, 3), 77, np.uint8)
+    assert (center_crop_resize(flat) == 77).all()
+
+
+def test_image_shape_errors():
+    with pytest.raises(ShapeError, match="uint8"):
+        prepare_images([np.zeros((10, 10, 3), np.float32)], 224)
+    with pytest.raises(ShapeError, match="RGB"):
+        prepare_images([np.zeros((10, 10), np.uint8)], 224)
+
+
+# --- role masks (reference §3.2) -------------------------------------------------------------------
+SECTION_3_2 = {
+    "policy": [0, 1, 2, 3, 4],
+    "world_model": [0, 1, 2, 3, 4, 5],
+    "value_v_sas": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    "value_v_s": [0, 6, 7, 8, 9],
+    "q_sa": [0, 1, 2, 3, 4, 5],
+}
+
+
+@pytest.mark.parametrize("role", sorted(SECTION_3_2))
+def test_role_feeds_exactly_its_conditioning_frames(policy, cond, role):
+    lay = policy.layout
+    mask = condition_mask(lay, role)
+    assert torch.nonzero(mask[0, 0, :, 0, 0]).flatten().tolist() == SECTION_3_2[role]
+    assert list(conditioning_frames(lay, role)) == SECTION_3_2[role]
+
+    g = torch.Generator().manual_seed(0)
+    prior = cond.gt_1_C_T_H_W + 0.5 * torch.randn(cond.gt_1_C_T_H_W.shape, generator=g)
+    out = policy.sample_role(cond, role, prior, [1], 1)
+    expected_gt = prior.clone()
+    expected_gt[:, :, 1] = cond.gt_1_C_T_H_W[:, :, 1]  # the observation's proprio is re-injected
+    for f in SECTION_3_2[role]:
+        torch.testing.assert_close(out[:, :, f], expected_gt[:, :, f])
+
+    others = [f for f in range(lay.num_latent_frames) if f not in SECTION_3_2[role] and f != 1]
+    perturbed = prior.clone()
+    perturbed[:, :, others] += 3.0 * torch.randn(perturbed[:, :, others].shape, generator=g)
+    torch.testing.assert_close(policy.sample_role(cond, role, perturbed, [1], 1), out)
+
+    cond_frame = SECTION_3_2[role][-1]
+    changed = prior.clone()
+    changed[:, :, cond_frame] += 1.0
+    assert (policy.sample_role(cond, role, changed, [1], 1)[:, :, -1] - out[:, :, -1]).abs().max() > 1e-4
+
+
+def test_conditioning_latents_ignore_later_pixels(policy, cond):
+    """The causal encode: the policy's conditioning latents (frames 0-4) depend only on their own pixels."""
+    lay = policy.layout
+    base = build_pixel_clip(lay, {k: torch.from_numpy(v) for k, v in cond.images.items()})
+    noisy = base.clone()
+    start = lay.pixel_frame(lay.index("action"))
+    noisy[:, start:] = torch.randint(0, 256, noisy[:, start:].shape, dtype=torch.uint8)
+    a, b = policy.encode_clip(base), policy.encode_clip(noisy)
+    torch.testing.assert_close(a[:, :, :5], b[:, :, :5])
+    torch.testing.assert_close(a, cond.clean_1_C_T_H_W)
+    assert (a[:, :, 5:] - b[:, :, 5:]).abs().max() > 1e-3
+
+
+def test_value_modes(policy, cond):
+    action = policy.sample_actions(cond, [2], 1)
+    future = policy.predict_future(cond, action, [2], 1)
+    for mode, latent in (("V(s')", future), ("V(s,a,s')", future), ("Q(s,a)", action)):
+        v = policy.value(cond, latent, [2, 3], 1, mode=mode)
+        assert v.shape == (2,) and ((v >= 0) & (v <= 1)).all()
+    with pytest.raises(ConfigError, match="V\\(s'\\)"):
+        policy.value(cond, future, [2], 1, mode="V(s)")
+
+
+@pytest.mark.slow
+def test_act_at_224_decodes_224_images(tmp_path):
+    path = build_random_checkpoint(tmp_path / "tiny224", text_len=16)
+    pol = CosmosPolicy.from_checkpoint(path, config=PolicyConfig(num_steps=1))
+    chunk = pol.act(random_observation(pol.layout, stats=pol.stats), seed=0)
+    assert chunk.actions.shape == (50, 14)
+    for img in chunk.future_images.values():
+        assert img.shape == (224, 224, 3) and img.dtype == np.uint8
