@@ -111,6 +111,7 @@ def test_record_then_convert_round_trip(ros_env, tmp_path):
     from mcap_ros2.decoder import DecoderFactory
     from rosbags.rosbag2 import Reader
 
+    from cosmos_aloha.qos import SENSOR_QOS
     from cosmos_policy_core.data.convert import convert_bags
     from cosmos_policy_core.data.episode import read_episode_hdf5
 
@@ -131,7 +132,7 @@ def test_record_then_convert_round_trip(ros_env, tmp_path):
         qos = {c.topic: c.ext.offered_qos_profiles for c in reader.connections}
     for cam in CAMS:
         assert counts[f"/{cam}/image_raw"] == ticks, counts
-        assert qos[f"/{cam}/image_raw"][0].reliability.name == "BEST_EFFORT"
+        assert qos[f"/{cam}/image_raw"][0].reliability.name == SENSOR_QOS.reliability.name   # as offered
     assert counts["/joint_states"] == ticks and counts["/cosmos/joint_command"] == ticks
     assert counts["/cosmos/episode"] == 2
     assert qos["/cosmos/episode"][0].durability.name == "TRANSIENT_LOCAL"

@@ -107,6 +107,9 @@ class SplitBagWriter:
     metadata.yaml is written at open and rewritten atomically after every closed file, and only lists
     closed files, so a recorder killed at any moment leaves a bag that `ros2 bag info`/`play`, rosbags
     and mcap readers open; it loses at most the file being written (<= `split_seconds` of data).
+    Files go through rosbags' MCAP storage writer; message definitions and QoS strings are computed once
+    per topic, because rosbags' high-level Writer re-serializes them with ruamel.yaml (~80 ms each), which
+    stalled the recorder long enough at every split for DDS to drop camera frames.
     """
 
     def __init__(self, path: str | Path, split_seconds: float = 2.0, compress: bool = False,
@@ -121,8 +124,10 @@ class SplitBagWriter:
         self.custom_data = dict(custom_data or {})
         self.topics: dict[str, TopicSpec] = {}
         self.files: list[_FileInfo] = []
-        self._writer = None
-        self._connections: dict[str, object] = {}
+        self._connections: dict[str, object] = {}    # topic -> rosbags Connection (ids stable across files)
+        self._qos_text: dict[str, str] = {}          # topic -> offered QoS as stored in the MCAP channel
+        self._storage = None
+        self._storage_dir: Path | None = None
         self._current: _FileInfo | None = None
         self._closed = False
         self.path.mkdir(parents=True, exist_ok=True)
@@ -130,13 +135,25 @@ class SplitBagWriter:
 
     # -- public API ------------------------------------------------------------------------------
     def add_topic(self, spec: TopicSpec) -> None:
+        from rosbags.interfaces import Connection, ConnectionExtRosbag2, MessageDefinition, MessageDefinitionFormat
+        from rosbags.rosbag2.metadata import dump_qos_v9
+
         if spec.topic in self.topics:
             return
-        if spec.msgtype not in typestore().types:
+        store = typestore()
+        if spec.msgtype not in store.types:
             raise ConfigError(f"topic {spec.topic}: type {spec.msgtype} is unknown to the rosbags typestore")
+        msgdef, _ = store.generate_msgdef(spec.msgtype, ros_version=2)
+        qos = [qos_from_dict(q) for q in spec.offered_qos]
         self.topics[spec.topic] = spec
-        if self._writer is not None:
-            self._add_connection(spec)
+        self._connections[spec.topic] = Connection(
+            id=len(self._connections) + 1, topic=spec.topic, msgtype=spec.msgtype,
+            msgdef=MessageDefinition(MessageDefinitionFormat.MSG, msgdef), digest=store.hash_rihs01(spec.msgtype),
+            msgcount=0, ext=ConnectionExtRosbag2("cdr", qos), owner=self,
+        )
+        self._qos_text[spec.topic] = _yaml_dump(dump_qos_v9(qos)).strip()
+        if self._storage is not None:
+            self._add_to_storage(spec.topic)
 
     def write(self, topic: str, t_ns: int, data: bytes | memoryview) -> None:
         """Append one serialized message received at `t_ns` (log time)."""
@@ -144,9 +161,9 @@ class SplitBagWriter:
             raise ConfigError(f"topic {topic} was not added to the bag before writing")
         if self._current is not None and t_ns - self._current.start_ns >= self.split_ns:
             self.split()
-        if self._writer is None:
+        if self._storage is None:
             self._open_file(t_ns)
-        self._writer.write(self._connections[topic], t_ns, data)
+        self._storage.write(self._connections[topic], t_ns, data)
         info = self._current
         info.start_ns = min(info.start_ns, t_ns)
         info.end_ns = max(info.end_ns, t_ns)
@@ -160,14 +177,12 @@ class SplitBagWriter:
 
     def split(self) -> None:
         """Close the file being written (it becomes part of the bag) and rewrite metadata.yaml."""
-        if self._writer is None:
+        if self._storage is None:
             return
-        writer, info = self._writer, self._current
-        self._writer, self._current, self._connections = None, None, {}
-        writer.close()
-        tmp_dir = writer.path
-        final = self.path / info.path
-        (tmp_dir / f"{tmp_dir.name}.mcap").replace(final)
+        storage, info, tmp_dir = self._storage, self._current, self._storage_dir
+        self._storage, self._current, self._storage_dir = None, None, None
+        storage.close(BAG_VERSION, _yaml_dump(self._info([*self.files, info])).strip())
+        storage.path.replace(self.path / info.path)
         shutil.rmtree(tmp_dir, ignore_errors=True)
         self.files.append(info)
         self._write_metadata()
@@ -187,42 +202,39 @@ class SplitBagWriter:
 
     # -- internals -------------------------------------------------------------------------------
     def _open_file(self, t_ns: int) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
-        from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
+        from rosbags.rosbag2.enums import CompressionMode
+        from rosbags.rosbag2.storage_mcap import McapWriter
 
         index = len(self.files)
+        # McapWriter names its file after its directory; the file is moved into the bag when closed.
         tmp_dir = self.path / f".writing_{index}"
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
-        writer = Writer(tmp_dir, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
-        if self.compress:
-            writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
-        for key, value in self.custom_data.items():
-            writer.set_custom_data(key, value)
-        writer.open()
-        self._writer = writer
+        tmp_dir.mkdir()
+        self._storage = McapWriter(tmp_dir, CompressionMode.STORAGE if self.compress else CompressionMode.NONE)
+        self._storage_dir = tmp_dir
         self._current = _FileInfo(f"{self.path.name}_{index}.mcap", t_ns, t_ns, 0)
-        for spec in self.topics.values():
-            self._add_connection(spec)
+        self._types_in_file: set[str] = set()
+        for topic in self.topics:
+            self._add_to_storage(topic)
 
-    def _add_connection(self, spec: TopicSpec) -> None:
-        qos = [qos_from_dict(q) for q in spec.offered_qos]
-        self._connections[spec.topic] = self._writer.add_connection(
-            spec.topic, spec.msgtype, typestore=typestore(), offered_qos_profiles=qos
-        )
+    def _add_to_storage(self, topic: str) -> None:
+        connection = self._connections[topic]
+        if connection.msgtype not in self._types_in_file:
+            self._storage.add_msgtype(connection)
+            self._types_in_file.add(connection.msgtype)
+        self._storage.add_connection(connection, self._qos_text[topic])
 
-    def _write_metadata(self) -> None:
+    def _info(self, files: list[_FileInfo]) -> dict:
         from rosbags.rosbag2.metadata import dump_qos_v9
 
-        store = typestore()
-        files = self.files
         start = min((f.start_ns for f in files), default=0)
         end = max((f.end_ns for f in files), default=0)
         totals: dict[str, int] = {}
         for f in files:
             for topic, n in f.counts.items():
                 totals[topic] = totals.get(topic, 0) + n
-        info = {
+        return {
             "version": BAG_VERSION,
             "storage_identifier": "mcap",
             "relative_file_paths": [f.path for f in files],
@@ -232,15 +244,15 @@ class SplitBagWriter:
             "topics_with_message_count": [
                 {
                     "topic_metadata": {
-                        "name": spec.topic,
-                        "type": spec.msgtype,
+                        "name": topic,
+                        "type": c.msgtype,
                         "serialization_format": "cdr",
-                        "offered_qos_profiles": dump_qos_v9([qos_from_dict(q) for q in spec.offered_qos]),
-                        "type_description_hash": store.hash_rihs01(spec.msgtype),
+                        "offered_qos_profiles": dump_qos_v9(c.ext.offered_qos_profiles),
+                        "type_description_hash": c.digest,
                     },
-                    "message_count": totals.get(spec.topic, 0),
+                    "message_count": totals.get(topic, 0),
                 }
-                for spec in self.topics.values()
+                for topic, c in self._connections.items()
             ],
             "compression_format": "",
             "compression_mode": "",
@@ -256,9 +268,16 @@ class SplitBagWriter:
             "custom_data": self.custom_data or None,
             "ros_distro": "rosbags",
         }
+
+    def _write_metadata(self) -> None:
         tmp = self.path / "metadata.yaml.tmp"
-        tmp.write_text(yaml.safe_dump({"rosbag2_bagfile_information": info}, sort_keys=False))
+        tmp.write_text(_yaml_dump({"rosbag2_bagfile_information": self._info(self.files)}))
         tmp.replace(self.path / "metadata.yaml")
+
+
+def _yaml_dump(data) -> str:
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)   # libyaml when present: metadata every split
+    return yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False)
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -289,7 +308,7 @@ class BagReader:
         except Exception as exc:  # rosbags raises several types (ReaderError, OSError, KeyError...)
             raise DataError(f"{self.path}: cannot open bag ({type(exc).__name__}: {exc})") from exc
         self.topics: dict[str, str] = {c.topic: c.msgtype for c in self._reader.connections}
-        metadata = getattr(self._reader, "metadata", None)
+        metadata = getattr(getattr(self._reader, "storage", None), "metadata", None)
         self.custom_data: dict = dict(getattr(metadata, "custom", None) or {})
 
     def __enter__(self) -> "BagReader":

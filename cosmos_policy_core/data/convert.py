@@ -143,6 +143,7 @@ def episodes_from_bag(path: str | Path, profile: BagProfile, gripper: GripperCon
             if bag.topics[topic] != IMAGE_TYPE:
                 raise DataError(f"{source}: {topic} is {bag.topics[topic]}, expected {IMAGE_TYPE}")
         episode_topic = profile.episode_topic if profile.episode_topic in bag.topics else None
+        task = task or str(bag.custom_data.get("task", ""))   # our recorder stores its --task there
 
         # Pass 1: stamps of every image, joint values of every joint message, the markers.
         images = {t: _Stream() for t in profile.camera_topics}
