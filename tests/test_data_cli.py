@@ -32,11 +32,11 @@ def test_from_hdf5_then_show(tmp_path, capsys):
 
     png = tmp_path / "sheet.png"
     assert main(["dataset", "show", str(tmp_path / "ds"), "--episode", "0", "--out", str(png),
-                 "--columns", "4"]) == 0
+                 "--columns", "4", "--dpi", "50"]) == 0
     import matplotlib.image
 
     image = matplotlib.image.imread(png)[..., :3]
-    assert image.shape[0] > 500 and image.shape[1] >= 600
+    assert image.shape[0] > 250 and image.shape[1] >= 300
     # The contact sheet shows each camera's colour: pure red, green and blue pixels are present.
     for channel in range(3):
         others = [c for c in range(3) if c != channel]

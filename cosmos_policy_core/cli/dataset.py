@@ -44,6 +44,7 @@ def register(subparsers) -> None:
     s.add_argument("--episode", type=int, default=0, help="episode index (episode_<i>.hdf5)")
     s.add_argument("--out", default=None, help="PNG path (default: <dataset>/episode_<i>.png)")
     s.add_argument("--columns", type=int, default=8, help="frames per camera in the contact sheet")
+    s.add_argument("--dpi", type=int, default=100, help="resolution of the PNG")
     s.set_defaults(func=_show)
 
 
@@ -77,6 +78,6 @@ def _show(args) -> int:
     if not path.exists():
         raise DataError(f"{path} does not exist (dataset has {len(list(root.glob('episode_*.hdf5')))} episodes)")
     out = Path(args.out) if args.out else path.with_suffix(".png")
-    render_episode(read_episode_hdf5(path), out, columns=args.columns, label=path.name)
+    render_episode(read_episode_hdf5(path), out, columns=args.columns, label=path.name, dpi=args.dpi)
     print(f"wrote {out}")
     return 0

@@ -19,7 +19,7 @@ def contact_sheet_indices(length: int, columns: int) -> np.ndarray:
     return np.unique(np.linspace(0, length - 1, num=min(columns, length)).round().astype(int))
 
 
-def render_episode(episode: Episode, out: str | Path, columns: int = 8, label: str = "") -> Path:
+def render_episode(episode: Episode, out: str | Path, columns: int = 8, label: str = "", dpi: int = 100) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,7 +28,7 @@ def render_episode(episode: Episode, out: str | Path, columns: int = 8, label: s
     steps = contact_sheet_indices(len(episode), columns)
     cams = [c for c in CAMERAS if c in episode.images] or sorted(episode.images)
     t = np.arange(len(episode)) / episode.fps
-    fig = plt.figure(figsize=(2.0 * len(steps), 1.6 * len(cams) + 1.3 * 7 + 0.8), dpi=100)
+    fig = plt.figure(figsize=(2.0 * len(steps), 1.6 * len(cams) + 1.3 * 7 + 0.8), dpi=dpi)
     grid = fig.add_gridspec(2, 1, height_ratios=[1.6 * len(cams), 1.3 * 7], hspace=0.12)
     sheet = grid[0].subgridspec(len(cams), len(steps), wspace=0.03, hspace=0.12)
     for r, cam in enumerate(cams):
