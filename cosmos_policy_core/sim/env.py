@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 CAMERA_TO_MUJOCO = {"cam_high": "top", "cam_left_wrist": "left_wrist", "cam_right_wrist": "right_wrist"}
 PHYSICS_HZ = 50            # one control period of the physics (ACT's DT = 0.02 s)
 CONTROL_DT = 1.0 / PHYSICS_HZ
-ARM_QPOS = (slice(0, 6), slice(8, 14))        # arm joints of each arm in the model's qpos
-FINGER_QPOS = (6, 14)                         # left-finger slide of each arm (the other mirrors it)
 
 # Renderers still open at exit are closed before the EGL display is terminated: freeing a context
 # afterwards (from a finaliser) prints spurious EGLError tracebacks. The hook is registered after the
