@@ -54,9 +54,39 @@ def example_denoiser_inputs(layout: LatentLayout, batch: int, text_len: int, tex
     return x_sigma, sigma, gt, mask, crossattn
 
 
+_RMS_NORM_REGISTERED: set[int] = set()
+
+
+def _register_rms_norm_symbolic(opset: int) -> None:
+    """Teach the TorchScript exporter aten::rms_norm (ONNX has RMSNormalization only from opset 23).
+
+    y = x / sqrt(mean(x², last dims) + eps) * weight, in the input's dtype; the dynamo exporter
+    decomposes rms_norm by itself.
+    """
+    if opset in _RMS_NORM_REGISTERED:
+        return
+    from torch.onnx import symbolic_helper as sh
+
+    @sh.parse_args("v", "is", "v", "v")
+    def rms_norm(g, x, normalized_shape, weight, eps):
+        eps_value = sh._maybe_get_const(eps, "f")
+        if sh._is_none(eps) or not isinstance(eps_value, float):
+            eps_value = float(torch.finfo(torch.float32).eps)
+        axes = g.op("Constant", value_t=torch.tensor(list(range(-len(normalized_shape), 0)), dtype=torch.long))
+        mean_sq = g.op("ReduceMean", g.op("Mul", x, x), axes, keepdims_i=1)
+        denom = g.op("Sqrt", g.op("Add", mean_sq, g.op("Constant", value_t=torch.tensor(eps_value))))
+        y = g.op("Div", x, denom)
+        return y if sh._is_none(weight) else g.op("Mul", y, weight)
+
+    torch.onnx.register_custom_op_symbolic("aten::rms_norm", rms_norm, opset)
+    _RMS_NORM_REGISTERED.add(opset)
+
+
 def _onnx_export(module: nn.Module, args: tuple, path: Path, input_names, output_names, opset: int,
                  dynamo: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not dynamo:
+        _register_rms_norm_symbolic(opset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's tracer warnings are about shapes we fix
         torch.onnx.export(module, args, str(path), input_names=list(input_names), output_names=list(output_names),
