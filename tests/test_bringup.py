@@ -6,6 +6,7 @@ import importlib.util
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,9 +132,17 @@ def test_bringup_stops_all_nodes_on_sigterm(ros_env):
          "--image-height", "96", "--image-width", "128"],
         env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    time.sleep(6.0)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    end = time.monotonic() + 60  # imports + MuJoCo + discovery are slow on a loaded machine
+    while time.monotonic() < end and not (any("[executor" in l and "state" in l for l in lines)
+                                           and any("[aloha_sim" in l and "sim task" in l for l in lines)):
+        time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
+    proc.wait(timeout=30)
+    reader.join(timeout=10)
+    out = "".join(lines)
     assert proc.returncode == 0, out
     assert "[aloha_sim" in out and "[executor" in out
     assert "stopped (signal); exit codes {'aloha_sim': 0, 'executor': 0}" in out

@@ -16,7 +16,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from cosmos_aloha.chunks import CHUNK_TOPIC, PLAN_CHUNK_TOPIC, msg_to_chunk
 from cosmos_aloha.conversions import joints_to_msg, msg_to_joints
-from cosmos_aloha.node_runtime import declare_parameters, run_node
+from cosmos_aloha.node_runtime import apply_realtime_priority, declare_parameters, run_node
 from cosmos_aloha.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 from cosmos_policy_core.errors import ShapeError
 from cosmos_policy_core.execution import (
@@ -41,6 +41,7 @@ DEFAULTS = {
     "joint_upper": list(_PRESET.upper),
     "max_velocity": list(_PRESET.max_velocity),
     "diagnostics_hz": 1.0,
+    "rt_priority": 40,     # SCHED_FIFO priority of the whole process; 0 = normal scheduling
 }
 
 
@@ -80,6 +81,7 @@ class ExecutorNode(Node):
         self.create_timer(1.0 / self.config.control_hz, self._tick, clock=steady)
         self.create_timer(1.0 / p.diagnostics_hz, self._publish_diagnostics, clock=steady)
         self._estop_pub.publish(Bool(data=False))
+        apply_realtime_priority(self, int(p.rt_priority))
         self.get_logger().info(
             f"executing chunks at {self.config.control_hz:g} Hz, blend {self.config.blend_steps} steps, "
             f"chunk timeout {self.config.max_chunk_age_s:g} s, observation timeout {self.config.max_observation_age_s:g} s"

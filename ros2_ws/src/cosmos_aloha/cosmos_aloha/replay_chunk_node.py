@@ -71,6 +71,7 @@ class ReplayChunkNode(Node):
         self.create_subscription(JointState, "/joint_states", self._on_joint_state, SENSOR_QOS)
         self._latest: tuple[int, np.ndarray] | None = None
         self._start_ns: int | None = None
+        self._last_stamp: int | None = None
         self._center: np.ndarray | None = None
         self._step_ns = int(round(1e9 / p.step_hz))
         self.published = 0
@@ -102,6 +103,9 @@ class ReplayChunkNode(Node):
         if self._latest is None:
             return  # no observation yet: a policy could not act either
         stamp, qpos = self._latest
+        if self._last_stamp is not None and stamp <= self._last_stamp:
+            return  # no new observation since the last chunk: a policy would not have a new input either
+        self._last_stamp = stamp
         if self._start_ns is None:
             self._start_ns, self._center = stamp, qpos.copy()
         actions = self.chunk_for(stamp)
