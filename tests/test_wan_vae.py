@@ -213,12 +213,13 @@ def test_decode_round_trip_shape_range_and_chunking(tiny_vae, clip_41):
     video = tiny_vae.decode(z)
     assert video.shape == clip_41.shape
     assert video.min().item() >= -1.0 and video.max().item() <= 1.0
-    raw = tiny_vae.decode(z, clamp=False)
-    torch.testing.assert_close(raw.clamp(-1, 1), video, atol=0, rtol=0)
-    torch.testing.assert_close(tiny_vae.decode(z, chunk_latents=None, clamp=False), raw, atol=1e-5, rtol=1e-5)
+    z5 = z[:, :, :5]
+    raw = tiny_vae.decode(z5, clamp=False)
+    torch.testing.assert_close(raw.clamp(-1, 1), video[:, :, :17], atol=1e-5, rtol=0)  # causal: a prefix decodes alike
+    torch.testing.assert_close(tiny_vae.decode(z5, chunk_latents=None, clamp=False), raw, atol=1e-5, rtol=1e-5)
     stream = tiny_vae.decoder_stream(clamp=False)
-    pieces = [stream.push(z[:, :, :3]), stream.push(z[:, :, 3:4]), stream.push(z[:, :, 4:])]
-    assert [p.shape[2] for p in pieces] == [9, 4, 28]
+    pieces = [stream.push(z5[:, :, :2]), stream.push(z5[:, :, 2:3]), stream.push(z5[:, :, 3:])]
+    assert [p.shape[2] for p in pieces] == [5, 4, 8]
     torch.testing.assert_close(torch.cat(pieces, dim=2), raw, atol=1e-5, rtol=1e-5)
 
 
