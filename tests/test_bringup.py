@@ -61,7 +61,7 @@ def test_launch_arguments_reach_node_parameters():
     plan = graph.plan({"task": "insertion", "image_height": "224", "checkpoint": "/m", "engine": "onnx"},
                       available=every_module)
     nodes = {n.name: n for n in plan.nodes}
-    assert nodes["aloha_sim"].parameters == {"task": "insertion", "height": 224, "width": 640}
+    assert nodes["aloha_sim"].parameters == {"task": "insertion", "seed": 0, "height": 224, "width": 640}
     assert nodes["policy"].parameters == {"checkpoint": "/m", "engine": "onnx"}
     argv = graph.ros_arguments(nodes["aloha_sim"])
     assert argv[:3] == ["--ros-args", "-r", "__node:=aloha_sim"]

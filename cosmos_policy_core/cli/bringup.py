@@ -171,6 +171,7 @@ def arguments_from_cli(args) -> dict[str, str]:
     values = {
         "sim": "true" if args.sim else "false",
         "task": args.task,
+        "seed": str(args.seed),
         "checkpoint": args.checkpoint,
         "engine": args.engine,
         "planner": str(args.planner).lower(),
@@ -216,6 +217,7 @@ def add_graph_arguments(parser) -> None:
     mode.add_argument("--sim", dest="sim", action="store_true", default=True, help="MuJoCo sim (default)")
     mode.add_argument("--real", dest="sim", action="store_false", help="real ALOHA: cameras + aloha_driver")
     parser.add_argument("--task", default="transfer_cube", help="sim task: transfer_cube | insertion")
+    parser.add_argument("--seed", type=int, default=0, help="sim scene seed")
     parser.add_argument("--checkpoint", default="", help="policy checkpoint (empty: no policy node)")
     parser.add_argument("--engine", default="torch", help="torch | compile | onnx | tensorrt")
     parser.add_argument("--planner", action="store_true", help="also run the best-of-N planner")

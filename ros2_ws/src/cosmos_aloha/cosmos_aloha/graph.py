@@ -31,6 +31,7 @@ class LaunchArgument:
 LAUNCH_ARGUMENTS = (
     LaunchArgument("sim", "true", "MuJoCo sim (true) or the real ALOHA: cameras + aloha_driver (false)"),
     LaunchArgument("task", "transfer_cube", "sim task: transfer_cube or insertion"),
+    LaunchArgument("seed", "0", "sim scene (object placement) seed"),
     LaunchArgument("checkpoint", "", "policy checkpoint directory or reference .pt; empty = no policy node"),
     LaunchArgument("engine", "torch", "denoiser backend: torch, compile, onnx, tensorrt"),
     LaunchArgument("planner", "false", "run the best-of-N planner node (needs a checkpoint)"),
@@ -76,7 +77,7 @@ class NodeSpec:
 
 NODES = (
     NodeSpec("aloha_sim", "cosmos_aloha.aloha_sim_node", lambda a: is_true(a["sim"]), "sim:=true",
-             "aloha_sim.yaml", {"task": "task", "height": "image_height", "width": "image_width"}),
+             "aloha_sim.yaml", {"task": "task", "seed": "seed", "height": "image_height", "width": "image_width"}),
     NodeSpec("cameras", "cosmos_aloha.cameras_node", lambda a: not is_true(a["sim"]), "sim:=false",
              "cameras.yaml"),
     NodeSpec("aloha_driver", "cosmos_aloha.aloha_driver_node", lambda a: not is_true(a["sim"]), "sim:=false",
@@ -142,7 +143,7 @@ def module_available(module: str) -> bool:
 
 
 def _parameter_value(arg: str, value: str) -> object:
-    if arg in ("image_height", "image_width"):
+    if arg in ("image_height", "image_width", "seed"):
         return int(value)
     return value
 

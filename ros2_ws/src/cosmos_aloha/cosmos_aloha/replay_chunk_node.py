@@ -25,7 +25,7 @@ DEFAULTS = {
     "step_hz": 25.0,
     "publish_period_s": 1.0,
     "topic": "/cosmos/action_chunk",
-    "loop": True,
+    "loop": False,
     "sine_amplitude": 0.15,
     "sine_period_s": 4.0,
 }
