@@ -147,3 +147,21 @@ def test_bringup_stops_all_nodes_on_sigterm(ros_env):
     assert "[aloha_sim" in out and "[executor" in out
     assert "stopped (signal); exit codes {'aloha_sim': 0, 'executor': 0}" in out
     assert "Traceback" not in out
+
+
+def test_docs_table_lists_every_parameter_and_launch_argument():
+    """docs/ros.md is the one parameter table: a YAML key or launch argument missing there fails here."""
+    doc = (ROOT / "docs" / "ros.md").read_text()
+    missing = []
+    for path in sorted((PKG / "config").glob("*.yaml")):
+        if path.name == "record_topics.yaml":  # a topic list for the recorder, not node parameters
+            continue
+        data = yaml.safe_load(path.read_text())
+        for node, section in data.items():
+            for key in section.get("ros__parameters", {}):
+                if f"| {node} | `{key}` |" not in doc:
+                    missing.append(f"{node}.{key}")
+    for argument in graph.LAUNCH_ARGUMENTS:
+        if f"`{argument.name}`" not in doc:
+            missing.append(f"launch argument {argument.name}")
+    assert not missing, f"add to the tables in docs/ros.md: {missing}"
