@@ -264,6 +264,16 @@ class ChunkExecutor:
     def clear_estop(self) -> bool:
         return self.estop.clear()
 
+    def reanchor(self, now_ns: int) -> None:
+        """Forget chunks and the last command: hold the next measured position (after a sim reset, or
+        after the arms were moved by hand), and refuse chunks observed before `now_ns`."""
+        self._chunks.clear()
+        self._min_stamp_ns = int(now_ns)
+        self._last_command = None
+        self._active = None
+        # Observations from before the reset show the old pose; wait for a fresh one.
+        self._observation = self._observation_ns = None
+
     # -- the tick -----------------------------------------------------------------------------
     def tick(self, now_ns: int) -> Tick:
         reference = self._last_command if self._last_command is not None else self._observation
@@ -324,7 +334,7 @@ class ChunkExecutor:
         if chunk.stamp_ns - now_ns > self.config.max_future_s * 1e9:
             return "rejected_future"
         if self._min_stamp_ns is not None and chunk.stamp_ns < self._min_stamp_ns:
-            return "rejected_before_estop"
+            return "rejected_before_stop"  # observed before the last e-stop or re-anchor
         current = self._chunks.get(chunk.source)
         if current is not None and chunk.stamp_ns <= current.stamp_ns:
             return "rejected_out_of_order"

@@ -122,7 +122,9 @@ def test_launch_file_node_list_equals_bringup():
             entity.visit(context)
     opaque = next(e for e in description.entities if isinstance(e, OpaqueFunction))
     nodes = [a for a in opaque.execute(context) if type(a).__name__ == "Node"]
-    assert [n.node_name for n in nodes] == graph.plan({}).names
+    for node in nodes:
+        node._perform_substitutions(context)  # node_name is only known after substitution
+    assert [n.node_name.lstrip("/") for n in nodes] == graph.plan({}).names
 
 
 def test_bringup_stops_all_nodes_on_sigterm(ros_env):

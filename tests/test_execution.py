@@ -225,7 +225,7 @@ def test_estop_latches_drops_old_chunks_until_cleared():
         held = tick.command if held is None else held
         np.testing.assert_array_equal(tick.command, held)
     # a chunk observed before the stop is refused even after clearing; a new one plays
-    assert ex.submit(ramp_chunk(T0 + 1, HOME, np.zeros(14)), T0 + 10 * PERIOD) == "rejected_before_estop"
+    assert ex.submit(ramp_chunk(T0 + 1, HOME, np.zeros(14)), T0 + 10 * PERIOD) == "rejected_before_stop"
     assert ex.estop.reason == "operator"
     assert ex.clear_estop() and not ex.estop.engaged
     now = T0 + 10 * PERIOD
@@ -233,6 +233,20 @@ def test_estop_latches_drops_old_chunks_until_cleared():
     assert ex.tick(now).state is ExecState.HOLD_NO_CHUNK
     ex.submit(ramp_chunk(now, held, np.zeros(14)), now)
     assert ex.tick(now + 1).state is ExecState.PLAYING
+
+
+def test_reanchor_holds_the_new_measured_pose():
+    ex = make(blend_steps=0)
+    ex.submit(ramp_chunk(T0, HOME, np.full(14, 0.1)), T0)
+    ex.tick(T0)
+    ex.reanchor(T0 + PERIOD)
+    assert ex.tick(T0 + PERIOD).state is ExecState.WAITING  # no observation since the re-anchor
+    moved = HOME + 0.2                                       # e.g. the sim reset the arms
+    ex.observe(moved, T0 + 2 * PERIOD)
+    tick = ex.tick(T0 + 2 * PERIOD)
+    assert tick.state is ExecState.HOLD_NO_CHUNK
+    np.testing.assert_array_equal(tick.command, moved)      # no pull back to the old command
+    assert ex.submit(ramp_chunk(T0, HOME, np.zeros(14)), T0 + 2 * PERIOD) == "rejected_before_stop"
 
 
 def test_random_chunk_stream_never_exceeds_limits_or_step():

@@ -76,6 +76,7 @@ class ExecutorNode(Node):
         self.create_subscription(JointTrajectory, PLAN_CHUNK_TOPIC, lambda m: self._on_chunk(m, "planner"), COMMAND_QOS)
         self.create_service(Trigger, "/cosmos/estop", self._on_estop)
         self.create_service(Trigger, "/cosmos/estop_clear", self._on_estop_clear)
+        self.create_service(Trigger, "/cosmos/executor/reanchor", self._on_reanchor)
         # Steady clock: the loop must keep its rate even if the system time is stepped.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self.create_timer(1.0 / self.config.control_hz, self._tick, clock=steady)
@@ -121,6 +122,12 @@ class ExecutorNode(Node):
         self._estop_pub.publish(Bool(data=False))
         self.get_logger().warning("E-STOP cleared" if was else "e-stop clear requested but it was not engaged")
         response.success, response.message = True, "e-stop cleared" if was else "e-stop was not engaged"
+        return response
+
+    def _on_reanchor(self, request, response):
+        self.executor_logic.reanchor(self._now_ns())
+        self.get_logger().info("re-anchored: holding the next measured position, older chunks refused")
+        response.success, response.message = True, "holding the next measured position"
         return response
 
     def _tick(self) -> None:
