@@ -48,10 +48,12 @@ def test_composed_sim_bringup_rates(ros_env, tmp_path):
     # The sim's own tick (2 physics steps + rendering 3 cameras in software GL + publishing) must fit
     # the 40 ms period for 25 Hz sensors; when other work starves the CPU it cannot, and that is the
     # machine, not the graph: the sim reports its tick time, so the test can tell the two apart.
-    ticks = [float(x) for x in re.findall(r"sim tick \(physics \+ render \+ publish\) p50 ([0-9.]+) ms", log)]
+    # The sim catches up after a late tick, so 25 Hz holds while its mean tick leaves headroom in the
+    # period (the process also has to be scheduled in time); above 80 % of it the CPU is the limit.
+    ticks = [float(x) for x in re.findall(r"sim tick \(physics \+ render \+ publish\) mean ([0-9.]+) ms", log)]
     rates = {t: topics[t].get("rate_hz") for t in SENSOR_TOPICS}
-    if ticks and np.median(ticks) > 36.0:
-        pytest.skip(f"CPU starved: sim tick p50 {np.median(ticks):.1f} ms > 36 ms; sensor rates were {rates}")
+    if ticks and float(np.median(ticks)) > 32.0:
+        pytest.skip(f"CPU starved: sim tick means {ticks} ms for a 40 ms period; sensor rates {rates}")
     for topic in SENSOR_TOPICS:
         assert topics[topic]["rate_hz"] == pytest.approx(25.0, rel=0.05), (topic, topics[topic], ticks)
 

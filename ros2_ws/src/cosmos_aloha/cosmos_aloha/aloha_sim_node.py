@@ -17,9 +17,11 @@ from std_srvs.srv import Trigger
 from cosmos_aloha.conversions import image_to_msg, joints_to_msg, msg_to_joints, ns_to_stamp
 from cosmos_aloha.node_runtime import declare_parameters, run_node
 from cosmos_aloha.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
+from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.robot.gripper import GripperConstants
 from cosmos_policy_core.sim.env import CAMERA_TO_MUJOCO, PHYSICS_HZ, AlohaSimEnv
 
+MAX_CATCH_UP = 5  # periods a late sim may run back-to-back to catch up before it skips
 DEFAULTS = {
     "task": "transfer_cube",
     "seed": 0,
@@ -55,7 +57,7 @@ class AlohaSimNode(Node):
         self.params = p
         hz = float(p.publish_hz)
         if hz <= 0 or PHYSICS_HZ % hz:
-            raise ValueError(f"publish_hz must divide the {PHYSICS_HZ} Hz physics rate, got {hz}")
+            raise ConfigError(f"publish_hz must divide the {PHYSICS_HZ} Hz physics rate (25, 10, ...), got {hz}")
         self.env = AlohaSimEnv(
             task=p.task, height=p.height, width=p.width, cameras=tuple(p.cameras), control_hz=int(hz),
             gripper=GripperConstants.load(p.gripper),
@@ -71,7 +73,13 @@ class AlohaSimNode(Node):
         self._seed = int(p.seed)
         self._reset()
         self._step_ms: list[float] = []
-        self.create_timer(1.0 / hz, self._tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        # An rcl timer drops a whole period whenever one tick overruns it, so one slow render (software
+        # GL on a busy CPU) costs a frame. Instead poll at a quarter period and keep a schedule: a late
+        # tick is followed by an early one and sim time stays with wall time on average.
+        self._period_ns = int(round(1e9 / hz))
+        self._next_ns = time.monotonic_ns()
+        self._behind_logged = 0.0
+        self.create_timer(0.25 / hz, self._poll, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(
             f"sim task {p.task} seed {self._seed}: {len(p.cameras)} cameras {p.height}x{p.width} at {hz:g} Hz, "
             f"physics {PHYSICS_HZ} Hz"
@@ -94,6 +102,8 @@ class AlohaSimNode(Node):
             return
         if np.isfinite(command).all():
             self._command = command
+        else:
+            self.get_logger().warning("ignoring a command with NaN/Inf", throttle_duration_sec=5.0)
 
     def _on_reset(self, request, response):
         # The seed parameter is re-read, so `ros2 param set /aloha_sim seed N` picks the next scene.
@@ -101,6 +111,19 @@ class AlohaSimNode(Node):
         self._reset()
         response.success, response.message = True, f"reset {self.params.task} with seed {self._seed}"
         return response
+
+    def _poll(self) -> None:
+        now = time.monotonic_ns()
+        if now < self._next_ns:
+            return
+        self._tick()
+        self._next_ns += self._period_ns
+        if now - self._next_ns > MAX_CATCH_UP * self._period_ns:
+            # Far behind (the machine cannot render this fast): restart the schedule, drop the backlog.
+            self._next_ns = now + self._period_ns
+            if time.monotonic() - self._behind_logged > 10.0:
+                self._behind_logged = time.monotonic()
+                self.get_logger().warning(f"sim cannot keep {1e9 / self._period_ns:g} Hz; skipping ticks")
 
     def _tick(self) -> None:
         start = time.perf_counter()
@@ -116,7 +139,10 @@ class AlohaSimNode(Node):
         self._step_ms.append((time.perf_counter() - start) * 1e3)
         if len(self._step_ms) >= 100:  # every 4 s at 25 Hz
             ms = np.array(self._step_ms)
-            self.get_logger().info(f"sim tick (physics + render + publish) p50 {np.median(ms):.1f} ms max {ms.max():.1f} ms")
+            self.get_logger().info(
+                f"sim tick (physics + render + publish) mean {ms.mean():.1f} ms p50 {np.median(ms):.1f} ms "
+                f"max {ms.max():.1f} ms"
+            )
             self._step_ms.clear()
 
     def _publish(self, obs: dict, stamp: int) -> None:
