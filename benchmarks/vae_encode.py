@@ -33,12 +33,14 @@ def time_encode(preset: str, frames: int, size: int, repeats: int, chunk_frames:
     # Warm-up on the first frame only: allocator and kernel selection without paying for a full clip.
     vae.encode(video[:, :, :1], chunk_frames=chunk_frames)
     sync()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         z = vae.encode(video, chunk_frames=chunk_frames)
         sync()
         times.append(time.perf_counter() - start)
+        # Process CPU time (all threads): on a shared machine it shows the work when wall time shows the queue.
+        cpu_times.append(time.process_time() - cpu_start)
     return {
         "preset": preset,
         "params": sum(p.numel() for p in vae.parameters()),
@@ -50,6 +52,8 @@ def time_encode(preset: str, frames: int, size: int, repeats: int, chunk_frames:
         "repeats": repeats,
         "seconds": times,
         "median_s": statistics.median(times),
+        "cpu_seconds": cpu_times,
+        "load_avg_1m_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -76,7 +80,8 @@ def main() -> None:
             results.append(result)
             print(f"{preset:6s} {result['params'] / 1e6:7.2f}M params  {result['input_shape']} -> "
                   f"{result['latent_shape']}  {args.dtype} {args.device}  median {result['median_s']:.3f} s "
-                  f"over {repeats} (all: {', '.join(f'{t:.3f}' for t in result['seconds'])})")
+                  f"over {repeats} (all: {', '.join(f'{t:.3f}' for t in result['seconds'])}; "
+                  f"process CPU s: {', '.join(f'{t:.1f}' for t in result['cpu_seconds'])})")
     report = {
         "benchmark": "vae_encode",
         "machine": {

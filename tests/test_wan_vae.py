@@ -264,3 +264,27 @@ def test_config_round_trip_and_validation():
         VAEConfig(temperal_downsample=(True,))
     with pytest.raises(ConfigError, match="latent_mean"):
         VAEConfig(z_dim=8)
+
+
+@pytest.mark.slow
+def test_encode_exports_to_onnx_with_fixed_shapes(tmp_path, tiny_vae):
+    """Cache handling is shape-driven Python, so the chunked encode exports as one static graph."""
+    ort = pytest.importorskip("onnxruntime")
+
+    class Encode(torch.nn.Module):
+        def __init__(self, vae: WanVAE) -> None:
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, video: torch.Tensor) -> torch.Tensor:
+            return self.vae.encode(video)
+
+    gen = torch.Generator().manual_seed(3)
+    example = torch.rand(1, 3, 9, 16, 16, generator=gen) * 2 - 1
+    path = tmp_path / "vae_encode.onnx"
+    torch.onnx.export(Encode(tiny_vae).eval(), (example,), str(path), dynamo=True, opset_version=18)
+    session = ort.InferenceSession(str(path))
+    video = torch.rand(1, 3, 9, 16, 16, generator=gen) * 2 - 1
+    (got,) = session.run(None, {session.get_inputs()[0].name: video.numpy()})
+    assert got.shape == (1, 16, 3, 2, 2)
+    assert abs(got - tiny_vae.encode(video).numpy()).max() <= 1e-5

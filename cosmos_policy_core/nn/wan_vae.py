@@ -1,22 +1,6 @@
 """The Wan2.1 causal 3D VAE of Cosmos Policy: parameter names of the released `tokenizer.pth`, explicit causal caches.
 
 Encodes a [-1, 1] video (1 + 4k frames, H and W multiples of 8) to normalized latents (1 + k frames, /8) and back.
-
-How the reference runs it (NVlabs/cosmos-policy, `cosmos_policy/tokenizers/wan2pt1.py` on top of
-`_src/predict2/tokenizers/wan2pt1.py`, itself Alibaba's Wan2.1 `WanVAE_`), and what this module keeps:
-
-- The released `tokenizer.pth` is a *flat* state dict of `WanVAE_` (no wrapper prefix): the reference builds
-  `WanVAE_` on the meta device and calls `model.load_state_dict(ckpt, assign=True)` (strict). `WanVAE` here has the
-  same module tree (`encoder.conv1`, `encoder.downsamples.N`, `encoder.middle`, `encoder.head`, `conv1`, `conv2`,
-  `decoder.…`), so `WanVAE.from_checkpoint(path)` loads it strictly, with no renaming.
-- Encode returns the posterior mean only, normalized per channel: z = (mu - mean) * (1 / std), with the 16 + 16
-  constants below (as the reference: `scale = [mean, 1 / std]` in the model dtype). Decode inverts it.
-- The clip is processed chunk-wise (first frame alone, then chunks of 4 frames) and every causal layer carries the
-  last frames it saw in a `CausalCache`. Because every layer is causal, any chunking (1, 4, 4, … as Wan; 1, 16, 16, 8
-  as the reference's resolved `temporal_window=16`; or the whole clip in one pass) gives the same latents.
-- Decode clamps to [-1, 1] as Wan2.1 and diffusers do; the Cosmos wrapper leaves the clamp to its uint8 conversion
-  (`((x + 1) * 127.5).clamp(0, 255)`), which gives the same images.
-- The reference casts the VAE to bf16 (`is_amp=False`); cast this module with `.to(torch.bfloat16)` for the same.
 """
 from __future__ import annotations
 
@@ -100,8 +84,8 @@ class VAEConfig:
         return 2 ** sum(self.temperal_downsample)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v, tuple) else v for f in dataclasses.fields(self)
-                for v in [getattr(self, f.name)]}
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VAEConfig":
@@ -164,7 +148,8 @@ def _cpu_fast_path_ok(x: torch.Tensor) -> bool:
     if not torch.backends.mkldnn.enabled or x.shape[-1] * x.shape[-2] < 4096:
         return False
     # Exported / traced / compiled graphs keep the plain conv3d op.
-    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or exporting)
 
 
 class CausalConv3d(nn.Conv3d):
@@ -458,7 +443,26 @@ class DecoderStream:
 
 
 class WanVAE(nn.Module):
-    """The Wan2.1 VAE (reference `WanVAE_` parameter names) with normalized-latent encode/decode."""
+    """The Wan2.1 VAE (reference `WanVAE_` parameter names) with normalized-latent encode/decode.
+
+    How the reference runs it (NVlabs/cosmos-policy, `cosmos_policy/tokenizers/wan2pt1.py` on top of
+    `_src/predict2/tokenizers/wan2pt1.py`, itself Alibaba's Wan2.1 `WanVAE_`), and what this module keeps:
+
+    - The released `tokenizer.pth` is a *flat* state dict of `WanVAE_` (no wrapper prefix): the reference builds
+      `WanVAE_` on the meta device and calls `model.load_state_dict(ckpt, assign=True)` (strict). `WanVAE` here has the
+      same module tree (`encoder.conv1`, `encoder.downsamples.N`, `encoder.middle`, `encoder.head`, `conv1`, `conv2`,
+      `decoder.…`), so `WanVAE.from_checkpoint(path)` loads it strictly, with no renaming.
+    - Encode returns the posterior mean only, normalized per channel: z = (mu - mean) * (1 / std), with the 16 + 16
+      constants `WAN21_LATENT_MEAN` / `WAN21_LATENT_STD` (as the reference: `scale = [mean, 1 / std]` in the model dtype). Decode inverts it.
+    - The clip is processed chunk-wise (first frame alone, then chunks of 4 frames) and every causal layer carries the
+      last frames it saw in a `CausalCache`. Because every layer is causal, any chunking (1, 4, 4, … as Wan; 1, 16, 16, 8
+      as the reference's resolved `temporal_window=16`; or the whole clip in one pass) gives the same latents.
+    - Decode clamps to [-1, 1] as Wan2.1 and diffusers do; the Cosmos wrapper leaves the clamp to its uint8 conversion
+      (`((x + 1) * 127.5).clamp(0, 255)`), which gives the same images.
+    - The reference casts the VAE to bf16 (`is_amp=False`); cast this module with `.to(torch.bfloat16)` for the same
+      (RMS norms then normalize in bf16 like the reference; diffusers upcasts them to fp32). bf16 is for GPUs: on CPU
+      without bf16 hardware PyTorch runs bf16 conv3d through `slow_conv3d`, several times slower than fp32.
+    """
 
     def __init__(self, config: VAEConfig | None = None) -> None:
         super().__init__()
