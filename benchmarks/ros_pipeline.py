@@ -140,8 +140,11 @@ def role_sub(args) -> int:
     stop = {"flag": False}
     signal.signal(signal.SIGINT, lambda *a: stop.update(flag=True))
     signal.signal(signal.SIGTERM, lambda *a: stop.update(flag=True))
-    while not stop["flag"]:
-        executor.spin_once(timeout_sec=0.05)
+    try:
+        while not stop["flag"]:
+            executor.spin_once(timeout_sec=0.05)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass  # the summary below is what the orchestrator waits for
     summary = {"images": {}, "joint_states": len(joints), "executor_diagnostics": jitter}
     for cam, rows in received.items():
         lat = np.array([r[1] for r in rows]) if rows else np.zeros(1)
@@ -181,18 +184,24 @@ def role_hog(args) -> int:
 # ------------------------------------------------------------------------------------------------
 # orchestration
 # ------------------------------------------------------------------------------------------------
-def _env(domain: int) -> dict:
+def _env(domain: int, profile: bool) -> dict:
+    """The graph's environment (cosmos_aloha.graph.environment(): LARGE_DATA, localhost, Fast DDS profile)."""
+    from cosmos_aloha import graph
+
     env = dict(os.environ)
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1",
                RMW_IMPLEMENTATION="rmw_fastrtps_cpp")
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    for key, value in graph.environment().items():
+        env.setdefault(key, value)
+    if not profile:
+        env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
     return env
 
 
 def run_phase(seconds: float, reliability: str, depth: int, verify: str, hog_threads: int,
               with_executor: bool, height: int, width: int, transports: str | None = None,
-              executor_rt: int = 0) -> dict:
-    env = _env(random.randint(30, 200))
+              executor_rt: int = 0, profile: bool = True) -> dict:
+    env = _env(random.randint(30, 200), profile)
     if transports:
         env["FASTDDS_BUILTIN_TRANSPORTS"] = transports
     tmp = Path(tempfile.mkdtemp(prefix="ros_pipeline_"))
@@ -224,6 +233,8 @@ def run_phase(seconds: float, reliability: str, depth: int, verify: str, hog_thr
             proc.kill()
     if pub.returncode != 0:
         raise RuntimeError("publisher failed")
+    if not (tmp / "sub.json").exists():
+        raise RuntimeError(f"the subscriber process wrote no summary (exit code {sub.returncode})")
     published = json.loads((tmp / "pub.json").read_text())
     got = json.loads((tmp / "sub.json").read_text())
     n = published["published"]
@@ -231,7 +242,8 @@ def run_phase(seconds: float, reliability: str, depth: int, verify: str, hog_thr
     result = {
         "qos": f"{reliability}/depth{depth}", "verify": verify, "hog_threads": hog_threads,
         "executor_rt_priority": executor_rt,
-        "transports": env["FASTDDS_BUILTIN_TRANSPORTS"], "seconds": seconds, "published_per_stream": n,
+        "transports": env["FASTDDS_BUILTIN_TRANSPORTS"], "seconds": seconds,
+        "fastdds_profile": env.get("FASTDDS_DEFAULT_PROFILES_FILE"), "published_per_stream": n,
         "image_fill_ms_p50": published["fill_ms_p50"],
         "delivered_rate_hz": float(np.mean([images[c]["received"] for c in CAMERAS]) / seconds),
         "loss": float(1.0 - sum(images[c]["received"] for c in CAMERAS) / (3 * n)) if n else None,
@@ -258,7 +270,8 @@ def run_phase(seconds: float, reliability: str, depth: int, verify: str, hog_thr
 
 
 def _print(result: dict) -> None:
-    line = (f"{result['qos']:>18s} rt={result.get('executor_rt_priority', 0)} verify={result['verify']:<5s} hog={result['hog_threads']} "
+    tag = result["transports"] + ("+profile" if result.get("fastdds_profile") else "")
+    line = (f"[{tag}] {result['qos']:>18s} rt={result.get('executor_rt_priority', 0)} verify={result['verify']:<5s} hog={result['hog_threads']} "
             f"rate {result['delivered_rate_hz']:5.2f} Hz  loss {100 * result['loss']:5.2f} % "
             f"(after first {100 * (result['loss_after_first'] or 0):5.2f} %)  "
             f"latency p50 {result['image_latency_ms_p50']:5.1f} p99 {result['image_latency_ms_p99']:6.1f} ms")
@@ -283,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hog-threads", type=int, default=2, help="threads of the CPU-heavy policy stand-in")
     parser.add_argument("--executor-rt", type=int, default=40,
                         help="executor node's SCHED_FIFO priority (its rt_priority parameter; 0 = normal)")
+    parser.add_argument("--transports", default=None,
+                        help="FASTDDS_BUILTIN_TRANSPORTS for all processes (default: the environment's, else LARGE_DATA)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="without the graph's Fast DDS profile (config/fastdds.xml), to see what it fixes")
     parser.add_argument("--qos-sweep", action="store_true", help="reliability x depth x verification matrix")
     parser.add_argument("--sweep-depths", default="1,2,5,10")
     parser.add_argument("--sweep-reliability", default="best_effort,reliable")
@@ -300,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         for verify in args.sweep_verify.split(","):
             for reliability in args.sweep_reliability.split(","):
                 for depth in (int(d) for d in args.sweep_depths.split(",")):
-                    r = run_phase(args.seconds, reliability, depth, verify, 0, False, args.height, args.width)
+                    r = run_phase(args.seconds, reliability, depth, verify, 0, False, args.height, args.width,
+                                  transports=args.transports, profile=not args.no_profile)
                     _print(r)
                     results.append(r)
     else:
@@ -311,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         depth = args.depth or graph_qos.SENSOR_QOS.depth
         for hog in (0, args.hog_threads):
             r = run_phase(args.seconds, reliability, depth, args.verify, hog, True, args.height, args.width,
-                          executor_rt=args.executor_rt)
+                          transports=args.transports, executor_rt=args.executor_rt, profile=not args.no_profile)
             _print(r)
             results.append(r)
     header["loadavg_end"] = os.getloadavg()

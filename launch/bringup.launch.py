@@ -1,7 +1,8 @@
 """ros2 launch cosmos_aloha bringup.launch.py sim:=true checkpoint:=... engine:=... planner:=true rviz:=true
 
 Starts the nodes that `cosmos_aloha.graph.plan()` selects (the same description `cosmos-aloha bringup`
-uses), one process each, with FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA and localhost discovery by default.
+uses), one process each, with FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, localhost discovery and the
+package's Fast DDS profile (config/fastdds.xml: 16 MiB shared-memory segments) by default.
 Every other process on this graph (rviz, `ros2 topic echo`, `ros2 bag record`) needs the same variables.
 """
 import os
@@ -37,7 +38,7 @@ def _nodes(context, *args, **kwargs):
 
 def generate_launch_description():
     # The user's own setting wins (os.environ), as in `cosmos-aloha bringup`.
-    env = [SetEnvironmentVariable(k, os.environ.get(k, v)) for k, v in graph.GRAPH_ENV.items()]
+    env = [SetEnvironmentVariable(k, os.environ.get(k, v)) for k, v in graph.environment().items()]
     declared = [DeclareLaunchArgument(a.name, default_value=a.default, description=a.description)
                 for a in graph.LAUNCH_ARGUMENTS]
     return LaunchDescription(env + declared + [OpaqueFunction(function=_nodes)])

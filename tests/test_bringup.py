@@ -167,3 +167,13 @@ def test_docs_table_lists_every_parameter_and_launch_argument():
         if f"`{argument.name}`" not in doc:
             missing.append(f"launch argument {argument.name}")
     assert not missing, f"add to the tables in docs/ros.md: {missing}"
+
+
+def test_graph_environment_defaults_and_user_override():
+    from cosmos_policy_core.cli.bringup import graph_environment
+
+    env = graph_environment({"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"})
+    assert env["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
+    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET"  # the user's choice wins
+    profile = Path(env["FASTDDS_DEFAULT_PROFILES_FILE"])
+    assert profile.name == "fastdds.xml" and "<segment_size>16777216</segment_size>" in profile.read_text()

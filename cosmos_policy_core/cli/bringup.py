@@ -32,7 +32,7 @@ def graph_module():
 def graph_environment(base: dict | None = None) -> dict:
     """Environment for the graph's processes: the caller's, plus GRAPH_ENV where it is not set."""
     env = dict(os.environ if base is None else base)
-    for key, value in graph_module().GRAPH_ENV.items():
+    for key, value in graph_module().environment().items():
         env.setdefault(key, value)
     env["PYTHONUNBUFFERED"] = "1"  # node logs reach the prefixer line by line
     return env
@@ -236,7 +236,8 @@ def register(subparsers) -> None:
         "bringup",
         help="start the ROS 2 graph, one process per node (ros2 launch equivalent)",
         description="Start the cosmos_aloha ROS 2 graph from the shared node description. Sets "
-        "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA and ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST unless set; "
+        "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and "
+        "FASTDDS_DEFAULT_PROFILES_FILE=<package>/config/fastdds.xml unless set; "
         "other processes on the same graph (rviz, ros2 topic, bag record) need the same.",
     )
     add_graph_arguments(parser)

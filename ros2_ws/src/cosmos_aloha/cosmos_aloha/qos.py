@@ -6,10 +6,11 @@ from rclpy.qos import (
     ReliabilityPolicy,
 )
 
-# Cameras and joint states. Measured here (benchmarks/ros_pipeline.py --qos-sweep, 3 x 480x640 rgb8 at 25 Hz,
-# LARGE_DATA, CPU-starved 2 cores): BEST_EFFORT lost 24-42 % at depth 2 or 10, RELIABLE depth 2 lost 4-10 %,
-# RELIABLE depth 5 and 10 lost nothing. A short reliable queue rides out a subscriber's stalls; KEEP_LAST
-# never blocks the publisher, and consumers that want only the newest frame pick it by stamp.
+# Cameras and joint states. Most image loss was Fast DDS's shared-memory segment overflowing on the burst
+# of three 480x640 frames (fixed by config/fastdds.xml, which bringup sets; then every QoS lost 0 %).
+# Before that fix, on CPU-starved cores, BEST_EFFORT lost 24-42 % at depth 2 or 10, RELIABLE depth 2 lost
+# 4-10 %, RELIABLE depth 5 lost nothing: a short reliable queue also rides out a subscriber's stalls.
+# KEEP_LAST never blocks the publisher; consumers that want only the newest frame pick it by stamp.
 SENSOR_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=5,
