@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from cosmos_policy_core.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -17,9 +15,10 @@ MAX_LENGTH = 512
 
 
 def compute_t5_embeddings(t5_path: str | Path, tasks: list[str], device: str = "cpu",
-                          max_length: int = MAX_LENGTH) -> dict[str, torch.Tensor]:
+                          max_length: int = MAX_LENGTH) -> dict[str, "torch.Tensor"]:
     """task -> bf16 (1, max_length, d_model): T5 encoder last hidden state, zeroed from the true length on."""
     try:
+        import torch
         from transformers import T5EncoderModel, T5TokenizerFast
     except ImportError as e:
         raise ConfigError("text-embed needs the `transformers` package (pip install transformers sentencepiece)") from e
