@@ -1,0 +1,133 @@
+"""`planner` lifecycle node: best-of-N (world model + value ensembles) in the slack of the executing chunk.
+
+Publishes /cosmos/plan/action_chunk and its predictions only for plans ready within `deadline_s` of their observation.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32
+from trajectory_msgs.msg import JointTrajectory
+from visualization_msgs.msg import Marker
+
+from cosmos_aloha.chunks import PLAN_CHUNK_TOPIC, chunk_to_msg
+from cosmos_aloha.conversions import image_to_msg
+from cosmos_aloha.inference_node import InferenceNode, Job, load_policy
+from cosmos_aloha.markers import VALUE_MARKER_TOPIC, value_marker
+from cosmos_aloha.node_runtime import run_node
+from cosmos_aloha.qos import COMMAND_QOS, SENSOR_QOS
+from cosmos_policy_core.errors import ConfigError
+from cosmos_policy_core.planner import BestOfNPlanner, PlannerConfig
+from cosmos_policy_core.policy import CosmosPolicy, Observation
+
+PLAN_PREFIX = "/cosmos/plan/predicted"
+_REF = PlannerConfig()
+DEFAULTS = {
+    "planning_checkpoint": "",        # separately fine-tuned planning model ("" = the policy network)
+    "num_candidates": _REF.num_candidates,
+    "action_steps": _REF.action_steps,
+    "world_model_samples": _REF.world_model_samples,
+    "world_model_max_steps": _REF.world_model_max_steps,
+    "value_samples": _REF.value_samples,
+    "value_max_steps": _REF.value_max_steps,
+    "value_mode": _REF.value_mode,
+    "aggregation": _REF.aggregation,
+    "search_depth": _REF.search_depth,
+    "batch_candidates": _REF.batch_candidates,
+    "deadline_s": 1.0,                # publish only plans ready within this many seconds of their observation
+}
+
+
+def planner_config(p) -> PlannerConfig:
+    return PlannerConfig(
+        num_candidates=int(p.num_candidates), action_steps=int(p.action_steps),
+        world_model_samples=int(p.world_model_samples), world_model_max_steps=int(p.world_model_max_steps),
+        value_samples=int(p.value_samples), value_max_steps=int(p.value_max_steps), value_mode=str(p.value_mode),
+        aggregation=str(p.aggregation), search_depth=int(p.search_depth), batch_candidates=int(p.batch_candidates),
+        return_future_images=bool(p.return_future_images))
+
+
+class PlannerNode(InferenceNode):
+    def __init__(self):
+        self._pubs: dict = {}
+        self.planner: BestOfNPlanner | None = None
+        self._decode_reserve_s = 0.0
+        super().__init__("planner", DEFAULTS)
+
+    # -- InferenceNode hooks ----------------------------------------------------------------------------
+    def load(self) -> CosmosPolicy:
+        if not float(self.p.deadline_s) > 0:
+            raise ConfigError(f"deadline_s must be positive, got {self.p.deadline_s}")
+        config = planner_config(self.p)
+        policy = load_policy(self.p, planning_checkpoint=str(self.p.planning_checkpoint))
+        self.planner = BestOfNPlanner(policy, config)
+        return policy
+
+    def create_outputs(self) -> None:
+        make = self.create_lifecycle_publisher
+        self._pubs = {
+            "chunk": make(JointTrajectory, PLAN_CHUNK_TOPIC, COMMAND_QOS),
+            "value": make(Float32, f"{PLAN_PREFIX}/value", COMMAND_QOS),
+            "marker": make(Marker, VALUE_MARKER_TOPIC, COMMAND_QOS),
+        }
+        if self.p.return_future_images:
+            for cam in self.policy.layout.camera_sources:
+                self._pubs[cam] = make(Image, f"{PLAN_PREFIX}/{cam}", SENSOR_QOS)
+
+    def destroy_outputs(self) -> None:
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+        self.planner = None
+
+    def warm_up(self, observation: Observation) -> dict[str, float]:
+        result = self.planner.plan(observation, base_seed=int(self.p.seed), deadline=None)
+        # The library checks its deadline between network calls and decodes the winner's frames
+        # after it; the node keeps the decode's time (x1.5) out of the search budget.
+        self._decode_reserve_s = 1.5 * result.timings.get("decode", 0.0)
+        return dict(result.timings)
+
+    def infer(self, job: Job) -> int | None:
+        deadline_s = float(self.p.deadline_s)
+        age_s = (self.now_ns() - job.stamp_ns) / 1e9
+        budget_s = deadline_s - age_s - self._decode_reserve_s
+        if budget_s <= 0:
+            return self._drop(job, f"observation already {age_s * 1e3:.0f} ms old at start "
+                                   f"(+{self._decode_reserve_s * 1e3:.0f} ms decode reserve)")
+        result = self.planner.plan(job.observation, base_seed=int(self.p.seed), deadline=budget_s)
+        ready_s = (self.now_ns() - job.stamp_ns) / 1e9
+        self.last_timings = {"wait": (job.picked_ns - job.stamp_ns) / 1e9, **result.timings}
+        self.counters["candidates_scored"] += result.num_scored
+        if result.chunk is None:
+            return self._drop(job, f"no candidate scored within the {budget_s * 1e3:.0f} ms search budget")
+        if ready_s > deadline_s:
+            return self._drop(job, f"ready {ready_s * 1e3:.0f} ms after its observation "
+                                   f"({result.num_scored}/{result.num_candidates} candidates)")
+        chunk = result.chunk
+        self._pubs["chunk"].publish(chunk_to_msg(chunk.actions, job.stamp_ns, self._step_ns))
+        self.latency.add((self.now_ns() - job.stamp_ns) / 1e9)
+        self.counters["plans_published"] += 1
+        self._pubs["value"].publish(Float32(data=float(chunk.value)))
+        self._pubs["marker"].publish(value_marker(chunk.value, job.stamp_ns, label="plan", marker_id=1))
+        for cam, image in (chunk.future_images or {}).items():
+            self._pubs[cam].publish(image_to_msg(np.ascontiguousarray(image), job.stamp_ns, frame_id=cam))
+        self.get_logger().info(
+            f"plan {self.counters['plans_published']}: candidate {result.best_index} of "
+            f"{result.num_scored}/{result.num_candidates} scored, value {chunk.value:.3f}, ready {ready_s * 1e3:.0f} ms "
+            f"after the observation (deadline {deadline_s * 1e3:.0f}; "
+            + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in self.last_timings.items()) + " ms)")
+        return job.stamp_ns
+
+    def _drop(self, job: Job, why: str) -> None:
+        self.counters["plans_dropped"] += 1
+        self.get_logger().warning(f"plan dropped (deadline {float(self.p.deadline_s) * 1e3:.0f} ms): {why}",
+                                  throttle_duration_sec=2.0)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(PlannerNode, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

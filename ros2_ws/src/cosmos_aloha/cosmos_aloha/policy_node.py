@@ -1,0 +1,105 @@
+"""`policy` lifecycle node: Cosmos Policy on the latest synchronized observation, the next chunk computed while one executes.
+
+Publishes /cosmos/action_chunk (stamped with the observation time) first, then the predicted frames and value.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32
+from trajectory_msgs.msg import JointTrajectory
+from visualization_msgs.msg import Marker
+
+from cosmos_aloha.chunks import CHUNK_TOPIC, chunk_to_msg
+from cosmos_aloha.conversions import image_to_msg
+from cosmos_aloha.inference_node import InferenceNode, Job, load_policy
+from cosmos_aloha.markers import VALUE_MARKER_TOPIC, value_marker
+from cosmos_aloha.node_runtime import run_node
+from cosmos_aloha.qos import COMMAND_QOS, SENSOR_QOS
+from cosmos_policy_core.policy import CosmosPolicy, Observation
+
+PREDICTED_PREFIX = "/cosmos/predicted"
+DEFAULTS = {
+    "num_steps": 1,   # denoising steps per chunk: 1 is the real-time mode (the reference deploys 10, blocking)
+}
+
+
+class PolicyNode(InferenceNode):
+    def __init__(self, name: str = "policy", topic_prefix: str = PREDICTED_PREFIX, chunk_topic: str = CHUNK_TOPIC):
+        self._prefix, self._chunk_topic = topic_prefix, chunk_topic
+        self._pubs: dict = {}
+        super().__init__(name, DEFAULTS)
+
+    # -- InferenceNode hooks ----------------------------------------------------------------------------
+    def load(self) -> CosmosPolicy:
+        return load_policy(self.p)
+
+    def create_outputs(self) -> None:
+        make = self.create_lifecycle_publisher
+        self._pubs = {
+            "chunk": make(JointTrajectory, self._chunk_topic, COMMAND_QOS),
+            "value": make(Float32, f"{self._prefix}/value", COMMAND_QOS),
+            "marker": make(Marker, VALUE_MARKER_TOPIC, COMMAND_QOS),
+        }
+        if self.p.return_future_images:
+            for cam in self.policy.layout.camera_sources:
+                self._pubs[cam] = make(Image, f"{self._prefix}/{cam}", SENSOR_QOS)
+
+    def destroy_outputs(self) -> None:
+        for pub in self._pubs.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._pubs = {}
+
+    def warm_up(self, observation: Observation) -> dict[str, float]:
+        timings, latent, cond = self._sample(observation)
+        if self.p.return_future_images:
+            t0 = time.perf_counter()
+            self.policy.decode_future_images(cond, latent)
+            timings["decode"] = time.perf_counter() - t0
+        return timings
+
+    def infer(self, job: Job) -> int:
+        """Worker thread: sample, publish the chunk at once, then decode and publish the predicted frames."""
+        timings, latent, cond = self._sample(job.observation)
+        policy = self.policy
+        actions = policy.actions_from_latent(latent)[0]
+        value = float(policy.values_from_latent(latent)[0])
+        self._pubs["chunk"].publish(chunk_to_msg(actions, job.stamp_ns, self._step_ns))
+        latency_s = (self.now_ns() - job.stamp_ns) / 1e9
+        self.latency.add(latency_s)
+        self.counters["chunks_published"] += 1
+        self._pubs["value"].publish(Float32(data=value))
+        self._pubs["marker"].publish(value_marker(value, job.stamp_ns, label=self.get_name()))
+        if self.p.return_future_images:
+            t0 = time.perf_counter()
+            images = policy.decode_future_images(cond, latent)[0]
+            timings["decode"] = time.perf_counter() - t0
+            # Stamped with the observation they were predicted from (they show t + chunk length).
+            for cam, image in images.items():
+                self._pubs[cam].publish(image_to_msg(np.ascontiguousarray(image), job.stamp_ns, frame_id=cam))
+        self.last_timings = {"wait": (job.picked_ns - job.stamp_ns) / 1e9, **timings}
+        self.get_logger().info(
+            f"chunk {self.counters['chunks_published']}: observation -> chunk {latency_s * 1e3:.0f} ms ("
+            + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in self.last_timings.items())
+            + f" ms), skew {job.skew_ns / 1e6:.0f} ms, value {value:.3f}")
+        return job.stamp_ns
+
+    # -- the model call ---------------------------------------------------------------------------------
+    def _sample(self, observation: Observation):
+        """(timings, latent, conditioning) of one policy sample, the stages timed separately."""
+        policy = self.policy
+        cond = policy.encode_observation(observation)
+        t0 = time.perf_counter()
+        latent = policy.sample_actions(cond, [int(self.p.seed)], int(self.p.num_steps))
+        timings = {**cond.timings, "denoise": time.perf_counter() - t0}
+        return timings, latent, cond
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(PolicyNode, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
