@@ -1,0 +1,271 @@
+"""The policy lifecycle node across processes: lifecycle transitions, chunk contract, predictions, composed bringup."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cosmos_policy_core.execution import SafetyConfig
+
+CLI = "import sys; from cosmos_policy_core.cli import main; sys.exit(main())"
+CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+PERIOD_S = 0.04
+TASK = "transfer the cube"
+
+
+class SensorProbe:
+    """An rclpy node in the test process: synthetic cameras + /joint_states at 25 Hz (one stamp per tick),
+    recording chunks, predicted images, values and diagnostics of the nodes under test."""
+
+    def __init__(self, ros_env: dict, prefix: str = "/cosmos/predicted", chunk_topic: str = "/cosmos/action_chunk",
+                 image_shape=(120, 160)):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Float32
+        from trajectory_msgs.msg import JointTrajectory
+
+        from cosmos_aloha.conversions import image_to_msg, joints_to_msg, stamp_to_ns
+        from cosmos_aloha.qos import COMMAND_QOS, SENSOR_QOS
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=int(ros_env["ROS_DOMAIN_ID"]))
+        self.node = Node("sensor_probe", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._image_to_msg, self._joints_to_msg, self.stamp_to_ns = image_to_msg, joints_to_msg, stamp_to_ns
+        rng = np.random.default_rng(0)
+        self.frames = {c: rng.integers(0, 255, (*image_shape, 3), dtype=np.uint8) for c in CAMERAS}
+        self.qpos = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
+        self.sent_stamps: list[int] = []
+        self.chunks: list = []          # (receive ns, msg)
+        self.images: dict[str, list] = {c: [] for c in CAMERAS}
+        self.values: list[float] = []
+        self.diagnostics: dict[str, dict[str, str]] = {}
+        self.image_pubs = {c: self.node.create_publisher(Image, f"/{c}/image_raw", SENSOR_QOS) for c in CAMERAS}
+        self.joint_pub = self.node.create_publisher(JointState, "/joint_states", SENSOR_QOS)
+        self.node.create_subscription(JointTrajectory, chunk_topic,
+                                      lambda m: self.chunks.append((self.now_ns(), m)), COMMAND_QOS)
+        for cam in CAMERAS:
+            self.node.create_subscription(Image, f"{prefix}/{cam}", lambda m, c=cam: self.images[c].append(m), SENSOR_QOS)
+        self.node.create_subscription(Float32, f"{prefix}/value", lambda m: self.values.append(m.data), COMMAND_QOS)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.node.create_timer(PERIOD_S, self._publish)
+
+    def now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def _publish(self) -> None:
+        stamp = self.now_ns()
+        self.sent_stamps.append(stamp)
+        for cam, pub in self.image_pubs.items():
+            pub.publish(self._image_to_msg(self.frames[cam], stamp, cam))
+        self.joint_pub.publish(self._joints_to_msg(self.qpos, stamp))
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values} | {"_message": status.message}
+
+    def spin(self, seconds: float, until=None) -> bool:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.01)
+            if until is not None and until():
+                return True
+        return until is None
+
+    def lifecycle(self, node: str, transition: str) -> bool:
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        client = self.node.create_client(ChangeState, f"/{node}/change_state")
+        assert client.wait_for_service(timeout_sec=30.0), f"/{node}/change_state never appeared"
+        request = ChangeState.Request()
+        request.transition.id = getattr(Transition, f"TRANSITION_{transition.upper()}")
+        future = client.call_async(request)
+        self.spin(120.0, until=future.done)   # configure loads and warms up the model
+        self.node.destroy_client(client)
+        return bool(future.result().success)
+
+    def state(self, node: str) -> str:
+        from lifecycle_msgs.srv import GetState
+
+        client = self.node.create_client(GetState, f"/{node}/get_state")
+        assert client.wait_for_service(timeout_sec=10.0)
+        future = client.call_async(GetState.Request())
+        self.spin(10.0, until=future.done)
+        self.node.destroy_client(client)
+        return future.result().current_state.label
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        self.executor.shutdown()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+def start_node(module: str, ros_env: dict, *params: str, remaps: tuple[str, ...] = ()) -> subprocess.Popen:
+    argv = [sys.executable, "-m", module, "--ros-args", *[x for p in params for x in ("-p", p)],
+            *[x for r in remaps for x in ("-r", r)]]
+    return subprocess.Popen(argv, env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_node(proc: subprocess.Popen) -> str:
+    proc.send_signal(2)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+@pytest.fixture
+def probe(ros_env, monkeypatch):
+    for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS", "RMW_IMPLEMENTATION"):
+        monkeypatch.setenv(key, ros_env[key])
+    p = SensorProbe(ros_env)
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_64(tmp_path_factory):
+    from cosmos_policy_core.testing import build_random_checkpoint
+
+    return build_random_checkpoint(tmp_path_factory.mktemp("ckpt64"), image_size=64, tasks=(TASK,))
+
+
+def check_chunk(msg, sent_stamps: list[int]) -> None:
+    from cosmos_aloha.chunks import msg_to_chunk
+    from cosmos_aloha.conversions import JOINT_NAMES, stamp_to_ns
+
+    assert list(msg.joint_names) == list(JOINT_NAMES)
+    assert len(msg.points) == 50
+    offsets = [stamp_to_ns(p.time_from_start) for p in msg.points]
+    assert offsets == [i * 40_000_000 for i in range(50)]
+    assert stamp_to_ns(msg.header.stamp) in sent_stamps      # the time of an observation, not of publishing
+    chunk = msg_to_chunk(msg, "policy")                        # what the executor does with it
+    assert chunk.actions.shape == (50, 14) and np.isfinite(chunk.actions).all()
+
+
+def test_policy_lifecycle_publishes_chunks_only_while_active(ros_env, probe, checkpoint_64):
+    policy = start_node("cosmos_aloha.policy_node", ros_env, f"checkpoint:={checkpoint_64}", "autostart:=false")
+    try:
+        assert probe.state("policy") == "unconfigured"
+        probe.spin(1.0)
+        assert probe.chunks == []
+        assert probe.lifecycle("policy", "configure")            # loads + warms up
+        assert probe.state("policy") == "inactive"
+        probe.spin(1.0)
+        assert probe.chunks == []                                # configured but not active: silent
+        assert probe.lifecycle("policy", "activate")
+        assert probe.spin(30.0, until=lambda: len(probe.chunks) >= 3 and all(probe.images.values()))
+        for receive_ns, msg in probe.chunks:
+            check_chunk(msg, probe.sent_stamps)
+            assert receive_ns - probe.stamp_to_ns(msg.header.stamp) < 2e9   # fresher than the executor's limit
+        stamps = [probe.stamp_to_ns(m.header.stamp) for _, m in probe.chunks]
+        assert stamps == sorted(set(stamps))                     # one chunk per observation, newer each time
+        for cam, images in probe.images.items():
+            # the test checkpoint's layout is 64 px; the node publishes the model's size (224 for ALOHA)
+            assert {(m.height, m.width, m.encoding) for m in images} == {(64, 64, "rgb8")}, cam
+        assert probe.values and all(0.0 <= v <= 1.0 for v in probe.values)
+        assert probe.spin(5.0, until=lambda: "chunks_published" in probe.diagnostics.get("cosmos_aloha/policy", {}))
+        diag = probe.diagnostics["cosmos_aloha/policy"]
+        assert diag["state"] == "active" and float(diag["latency_ms_p50"]) > 0
+        assert probe.lifecycle("policy", "deactivate")
+        probe.spin(0.5)                                          # a chunk already in flight may still land
+        count = len(probe.chunks)
+        probe.spin(3.0)
+        assert len(probe.chunks) == count
+    finally:
+        out = stop_node(policy)
+    assert "Traceback" not in out, out[-3000:]
+    assert re.search(r"chunk \d+: observation -> chunk \d+ ms \(wait \d+, preprocess \d+, vae_encode \d+, "
+                     r"denoise \d+, decode \d+ ms\)", out), out[-3000:]
+
+
+def test_policy_configure_fails_cleanly_on_a_bad_checkpoint(ros_env, tmp_path):
+    proc = start_node("cosmos_aloha.policy_node", ros_env, f"checkpoint:={tmp_path / 'missing'}")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1                                  # autostart: the graph must not run without it
+    assert "configure failed: CheckpointError" in out and "does not exist" in out
+    assert "Traceback" not in out
+
+
+def test_policy_predicted_frames_are_224_with_the_aloha_layout(ros_env, probe, tmp_path):
+    from cosmos_policy_core.testing import build_random_checkpoint
+
+    ckpt = build_random_checkpoint(tmp_path / "ckpt224", tasks=(TASK,))
+    policy = start_node("cosmos_aloha.policy_node", ros_env, f"checkpoint:={ckpt}")
+    try:
+        assert probe.spin(60.0, until=lambda: all(probe.images.values()))
+        check_chunk(probe.chunks[0][1], probe.sent_stamps)
+        for cam, images in probe.images.items():
+            assert (images[0].height, images[0].width, images[0].encoding) == (224, 224, "rgb8"), cam
+    finally:
+        out = stop_node(policy)
+    assert "Traceback" not in out, out[-3000:]
+
+
+def test_composed_bringup_with_policy(ros_env, tmp_path, checkpoint_64):
+    """sim + policy + executor through `cosmos-aloha bringup --checkpoint` for 22 s, observed by another process."""
+    out = tmp_path / "monitor.json"
+    bringup = subprocess.Popen(
+        [sys.executable, "-c", CLI, "bringup", "--sim", "--checkpoint", str(checkpoint_64), "--seconds", "22",
+         "--image-height", "224", "--image-width", "224"],
+        env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    monitor = subprocess.run(
+        [sys.executable, "-m", "cosmos_aloha.graph_monitor", "--seconds", "19", "--skip", "6", "--json", str(out)],
+        env=ros_env, timeout=90,
+    )
+    log, _ = bringup.communicate(timeout=90)
+    assert monitor.returncode == 0
+    assert bringup.returncode == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert "bringup: aloha_sim, policy, executor" in log
+    summary = json.loads(out.read_text())
+    topics = summary["topics"]
+    chunks = topics["/cosmos/action_chunk"]
+    assert chunks["count"] >= 5, (chunks, log[-3000:])
+    assert chunks["latency_ms_p99"] < 2000.0, chunks           # within the executor's max_chunk_age_s
+    for cam in CAMERAS:
+        assert topics[f"/cosmos/predicted/{cam}"]["shapes"] == [[64, 64]], cam
+    assert summary["executor"]["message"] in ("playing", "blending"), summary["executor"]
+    assert summary["command_finite"] is True
+    assert summary["command_step_max"] <= SafetyConfig.aloha_vx300s().max_step.max() + 1e-9
+    commands = topics["/cosmos/joint_command"]
+    assert commands["rate_hz"] == pytest.approx(25.0, rel=0.05), commands
+    # As in test_ros_graph: a starved CPU (the sim's own tick near the period) is the machine, not the graph.
+    ticks = [float(x) for x in re.findall(r"sim tick \(physics \+ render \+ publish\) mean ([0-9.]+) ms", log)]
+    sensors = ("/cam_high/image_raw", "/cam_left_wrist/image_raw", "/cam_right_wrist/image_raw", "/joint_states")
+    slow = {t: topics[t].get("rate_hz") for t in sensors if topics[t].get("rate_hz") != pytest.approx(25.0, rel=0.05)}
+    if slow and ticks and float(np.median(ticks)) > 32.0:
+        pytest.skip(f"CPU starved: sim tick means {ticks} ms; sensor rates {slow}")
+    assert not slow, (slow, ticks)
+
+
+def test_policy_and_planner_yaml_keys_are_declared_parameters():
+    """A typo in config/policy.yaml or planner.yaml would be silently ignored by rclpy: every key must be declared."""
+    from pathlib import Path
+
+    import yaml
+
+    from cosmos_aloha import inference_node, planner_node, policy_node
+
+    config = Path(policy_node.__file__).resolve().parents[1] / "config"
+    for name, extra in (("policy", policy_node.DEFAULTS), ("planner", planner_node.DEFAULTS)):
+        declared = {**inference_node.COMMON_DEFAULTS, **extra}
+        params = yaml.safe_load((config / f"{name}.yaml").read_text())[name]["ros__parameters"]
+        assert set(params) == set(declared), (name, set(params) ^ set(declared))
+        for key, value in params.items():
+            assert type(value) is type(declared[key]), (name, key)
+            assert value == declared[key], (name, key)   # the YAML documents the defaults, it does not change them
