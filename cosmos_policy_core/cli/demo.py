@@ -1,6 +1,6 @@
 """`cosmos-aloha demo`: the README's bounded end-to-end run: `bringup --sim` with a chunk source, measured.
 
-Until a trained policy exists the chunk source replays the task's scripted demonstration as action chunks.
+The chunk source is the policy node with the shipped checkpoint (models/) when present, else the scripted demonstration replayed as chunks.
 """
 from __future__ import annotations
 
@@ -13,25 +13,52 @@ from pathlib import Path
 import numpy as np
 
 from cosmos_policy_core.cli.bringup import graph_environment, graph_module, run_bringup
+from cosmos_policy_core.errors import ConfigError
+
+# Checkpoints the project ships (trained in sim), per task; used when present.
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+SHIPPED_CHECKPOINTS = {"transfer_cube": "aloha_sim_transfer_cube_small"}
 
 
 def _fmt(value, unit: str, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f} {unit}"
 
 
+def demo_checkpoint(choice: str, task: str) -> Path | None:
+    """The policy checkpoint the demo runs: an explicit directory, the shipped one for `task` ("auto"), or none."""
+    if choice == "none":
+        return None
+    if choice == "auto":
+        name = SHIPPED_CHECKPOINTS.get(task)
+        path = MODELS_DIR / name if name else None
+        return path if path is not None and (path / "config.json").is_file() else None
+    path = Path(choice)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"--checkpoint {choice}: not a checkpoint directory (no config.json)")
+    return path
+
+
 def _run(args) -> int:
     from cosmos_policy_core.sim.demos import scripted_rollout
 
     work = Path(tempfile.mkdtemp(prefix="cosmos_aloha_demo_"))
-    rollout = scripted_rollout(args.task, args.seed)
-    trajectory = work / "scripted_actions.npy"
-    np.save(trajectory, rollout.commands)
-    print(f"demo: {args.task} seed {args.seed}: scripted demonstration of {len(rollout.commands)} steps "
-          f"({len(rollout.commands) / 25:.0f} s at 25 Hz; offline check: {'success' if rollout.success else 'fail'})")
-    plan = graph_module().plan({
-        "sim": "true", "task": args.task, "seed": str(args.seed), "replay": "true", "trajectory": str(trajectory),
-        "image_height": str(args.image_height), "image_width": str(args.image_width),
-    })
+    checkpoint = demo_checkpoint(args.checkpoint, args.task)
+    arguments = {"sim": "true", "task": args.task, "seed": str(args.seed),
+                 "image_height": str(args.image_height), "image_width": str(args.image_width)}
+    if checkpoint is not None:
+        print(f"demo: {args.task} seed {args.seed}: policy node with {checkpoint}")
+        arguments.update(checkpoint=str(checkpoint), replay="false")
+    else:
+        rollout = scripted_rollout(args.task, args.seed)
+        trajectory = work / "scripted_actions.npy"
+        np.save(trajectory, rollout.commands)
+        print(f"demo: {args.task} seed {args.seed}: no policy checkpoint, replaying the scripted demonstration of "
+              f"{len(rollout.commands)} steps ({len(rollout.commands) / 25:.0f} s at 25 Hz; offline check: "
+              f"{'success' if rollout.success else 'fail'})")
+        arguments.update(replay="true", trajectory=str(trajectory))
+    plan = graph_module().plan(arguments)
+    for name, why in plan.skipped:
+        print(f"demo: not starting {name}: {why}")
     print(f"demo: cosmos-aloha bringup --sim ({', '.join(plan.names)}) for {args.seconds:g} s; node logs in {work}/nodes.log")
     env = graph_environment()
     monitor_json = work / "monitor.json"
@@ -68,6 +95,9 @@ def register(subparsers) -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--task", default="transfer_cube", help="transfer_cube | insertion")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", default="auto",
+                        help="policy checkpoint directory; auto = the shipped models/ checkpoint of the task when "
+                             "present, else replay the scripted demonstration; none = always replay")
     # The policy sees 224x224; rendering 480x640 in software GL costs more than 2 cores can spare.
     parser.add_argument("--image-height", type=int, default=224)
     parser.add_argument("--image-width", type=int, default=224)
