@@ -1,0 +1,179 @@
+"""`train-vae`: the two-stage fallback that trains a small Wan2.1-layout VAE on demo images, and VAE loading for training.
+
+Real users load the released Wan2.1 `tokenizer.pth` instead; this exists because no pretrained VAE weights are available offline.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from cosmos_policy_core.checkpoint import CONFIG_FILE, VAE_FILE, load_checkpoint_dir
+from cosmos_policy_core.errors import CheckpointError, ConfigError
+from cosmos_policy_core.nn.wan_vae import CausalCache, VAEConfig, WanVAE
+from cosmos_policy_core.train.samples import EpisodeFrames, load_episode_dir
+
+log = logging.getLogger(__name__)
+
+VAE_CONFIG_FILE = "vae_config.json"
+
+
+# --- loading / saving ------------------------------------------------------------------------------
+def save_vae_dir(path: str | Path, vae: WanVAE, metadata: dict | None = None) -> Path:
+    """A VAE directory: vae_config.json (config + metadata) and vae.safetensors."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in vae.state_dict().items()}
+    save_file(state, str(path / VAE_FILE), metadata={"format": "pt"})
+    (path / VAE_CONFIG_FILE).write_text(json.dumps({"vae": vae.config.to_dict(), "metadata": metadata or {}},
+                                                   indent=2))
+    return path
+
+
+def load_vae(path: str | Path) -> WanVAE:
+    """A VAE from a `train-vae` directory, from one of our checkpoint directories, or from a Wan2.1 tokenizer.pth."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_file():
+        return WanVAE.from_checkpoint(path)
+    if (path / VAE_CONFIG_FILE).is_file():
+        config = VAEConfig.from_dict(json.loads((path / VAE_CONFIG_FILE).read_text())["vae"])
+        vae = WanVAE(config)
+        vae.load_reference_state_dict(load_file(str(path / VAE_FILE)))
+        return vae.eval()
+    if (path / CONFIG_FILE).is_file():
+        ckpt = load_checkpoint_dir(path)
+        return ckpt.build_vae().eval()
+    raise CheckpointError(
+        f"{path} is not a VAE: pass a `cosmos-aloha train-vae` output directory, a checkpoint directory "
+        "with vae.safetensors, or the Wan2.1 tokenizer.pth of nvidia/Cosmos-Predict2-2B-Video2World"
+    )
+
+
+# --- training ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VAETrainConfig:
+    """Reconstruction training of the tiny VAE on short clips (1 + 4k frames, so the causal temporal path learns)."""
+
+    vae: VAEConfig = VAEConfig.tiny()
+    steps: int = 1500
+    batch_size: int = 4
+    clip_frames: int = 5              # 1 + 4: one causal first frame, then one temporally compressed group
+    image_size: int = 224
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    kl_weight: float = 1e-6           # a whisper of KL keeps the latent scale bounded
+    latent_std_weight: float = 0.01   # pulls the normalized latent towards unit variance (what the DiT expects)
+    blank_prob: float = 0.25          # fraction of clips that start with black frames, as the policy's clip does
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.clip_frames < 1 or (self.clip_frames - 1) % 4:
+            raise ConfigError(f"clip_frames must be 1 + 4k, got {self.clip_frames}")
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ConfigError("steps and batch_size must be positive")
+
+
+def _clip_batch(episodes: Sequence[EpisodeFrames], cameras: Sequence[str], cfg: VAETrainConfig,
+                rng: np.random.Generator) -> torch.Tensor:
+    """(B, 3, T, S, S) in [-1, 1]: consecutive frames (every other step) of one camera of a random episode.
+
+    Some clips start with black frames then switch to camera images, like the policy's pixel clip.
+    """
+    from cosmos_policy_core.images import client_resize
+
+    clips = []
+    for _ in range(cfg.batch_size):
+        ep = episodes[int(rng.integers(len(episodes)))]
+        cam = cameras[int(rng.integers(len(cameras)))]
+        stride = 2
+        start = int(rng.integers(max(1, len(ep) - stride * cfg.clip_frames)))
+        frames = [client_resize(ep.frame(cam, min(len(ep) - 1, start + stride * i)), cfg.image_size)
+                  for i in range(cfg.clip_frames)]
+        clip = np.stack(frames)
+        if cfg.clip_frames > 1 and rng.random() < cfg.blank_prob:
+            n_black = 1 + 4 * int(rng.integers((cfg.clip_frames - 1) // 4))
+            clip[:n_black] = 0
+        clips.append(clip)
+    x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float()
+    return x / 127.5 - 1.0
+
+
+def vae_losses(vae: WanVAE, video_B_3_T_H_W: torch.Tensor, cfg: VAETrainConfig) -> dict[str, torch.Tensor]:
+    """Reconstruction (L1 + L2), KL of the posterior and a unit-variance pull on the normalized latent."""
+    h = vae.encoder(video_B_3_T_H_W, CausalCache())
+    mu, log_var = vae.conv1(h).chunk(2, dim=1)
+    log_var = log_var.clamp(-30.0, 20.0)
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var) if cfg.kl_weight > 0 else mu
+    recon = vae.decoder(vae.conv2(z), CausalCache())
+    l1 = (recon - video_B_3_T_H_W).abs().mean()
+    l2 = ((recon - video_B_3_T_H_W) ** 2).mean()
+    kl = 0.5 * (mu**2 + log_var.exp() - 1.0 - log_var).mean()
+    z_norm = (mu - vae.latent_mean.view(1, -1, 1, 1, 1)) / vae.latent_std.view(1, -1, 1, 1, 1)
+    std_pull = (z_norm.std() - 1.0) ** 2
+    total = cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.kl_weight * kl + cfg.latent_std_weight * std_pull
+    return {"loss": total, "l1": l1, "l2": l2, "kl": kl, "latent_std": z_norm.std().detach()}
+
+
+def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = VAETrainConfig(),
+              progress: bool = True) -> dict:
+    """Train the VAE on the demos' camera frames and save it to `out_dir`; returns the metrics history."""
+    from tqdm import tqdm
+
+    from cosmos_policy_core.layout import LatentLayout
+
+    episodes = load_episode_dir(data_dir)
+    cameras = LatentLayout.aloha().camera_sources
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    vae = WanVAE(cfg.vae).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history = []
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc="train-vae", disable=not progress)
+    for step in bar:
+        # Cosine decay to 10 %: the last steps polish the reconstruction.
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+        video = _clip_batch(episodes, cameras, cfg, rng)
+        losses = vae_losses(vae, video, cfg)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            row = {"step": step, **{k: float(v.detach()) for k, v in losses.items()},
+                   "seconds": round(time.perf_counter() - start, 1)}
+            history.append(row)
+            bar.set_postfix(l1=f"{row['l1']:.4f}", std=f"{row['latent_std']:.2f}")
+    vae.eval()
+    # The PSNR of a held set of clips tells the user whether the VAE is good enough to train on.
+    with torch.no_grad():
+        video = _clip_batch(episodes, cameras, cfg, np.random.default_rng(cfg.seed + 1))
+        recon = vae.decode(vae.encode(video))
+        mse = float(((recon - video) ** 2).mean()) / 4.0  # [-1, 1] -> [0, 1] scale
+        psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
+    metadata = {"trained_by": "cosmos-aloha train-vae", "data": str(data_dir), "steps": cfg.steps,
+                "config": {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in cfg.__dict__.items()},
+                "psnr_db": round(psnr, 2), "episodes": len(episodes)}
+    save_vae_dir(out_dir, vae, metadata)
+    (Path(out_dir) / "vae_metrics.json").write_text(json.dumps(history, indent=1))
+    log.info("train-vae: %d steps in %.0f s, reconstruction PSNR %.2f dB -> %s", cfg.steps,
+             time.perf_counter() - start, psnr, out_dir)
+    return {"history": history, "psnr_db": psnr}
+
+
+__all__ = ["VAETrainConfig", "save_vae_dir", "load_vae", "vae_losses", "train_vae", "VAE_CONFIG_FILE"]
