@@ -23,7 +23,7 @@ from cosmos_policy_core.checkpoint import (
     read_t5_embeddings, read_text_embeddings, save_checkpoint_dir,
 )
 from cosmos_policy_core.diffusion import diffusion_loss, initial_noise, make_x0_fn, sample, sample_training_sigma
-from cosmos_policy_core.errors import CheckpointError, ConfigError, DataError
+from cosmos_policy_core.errors import ConfigError, DataError
 from cosmos_policy_core.layout import (
     LatentLayout, build_pixel_clip, clip_to_vae_input, condition_mask, extract_action_chunk, inject_action_chunk,
     inject_proprio, inject_value, loss_frame_mask,
