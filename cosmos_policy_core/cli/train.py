@@ -72,7 +72,7 @@ def _train_vae(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train policy + world model + value (single stage), one process or under torchrun",
-        description="Single-stage Cosmos Policy training: 50%% policy / 25%% world-model / 25%% value samples "
+        description="Single-stage Cosmos Policy training: 50% policy / 25% world-model / 25% value samples "
                     "(demos as success rollouts), the reference's loss, optimizer and two-cycle LR schedule.",
     )
     p.add_argument("--data", required=True, help="directory of ALOHA HDF5 demo episodes (+ optional stats.json)")
