@@ -198,10 +198,10 @@ class InferenceNode(LifecycleNode):
         self.state_label = "finalized"
         return super().on_shutdown(state)
 
-    def _stop_worker(self) -> None:
+    def _stop_worker(self, timeout_s: float = 30.0) -> None:
         if self.worker is not None:
-            if not self.worker.stop(timeout=30.0):
-                self.get_logger().warning("inference still running after 30 s; leaving it to finish")
+            if not self.worker.stop(timeout=timeout_s):
+                self.get_logger().warning(f"inference still running after {timeout_s:g} s; its result will be dropped")
             self.worker = None
 
     def _release(self) -> None:
@@ -214,8 +214,9 @@ class InferenceNode(LifecycleNode):
         self.state_label = "unconfigured"
 
     def close(self) -> None:
-        """Called by node_runtime.run_node on exit: let a running inference end before the node goes."""
-        self._stop_worker()
+        """Called by node_runtime.run_node on exit. The worker is a daemon thread: a long inference is not
+        waited for (bringup escalates to SIGKILL after 8 s), its late publish fails quietly."""
+        self._stop_worker(timeout_s=1.0)
 
     # -- the loop: every sensor message may complete a newer observation ----------------------------------
     def now_ns(self) -> int:

@@ -85,6 +85,11 @@ class PlannerNode(InferenceNode):
         # The library checks its deadline between network calls and decodes the winner's frames
         # after it; the node keeps the decode's time (x1.5) out of the search budget.
         self._decode_reserve_s = 1.5 * result.timings.get("decode", 0.0)
+        total, deadline = result.timings.get("total", 0.0), float(self.p.deadline_s)
+        if total > deadline:
+            self.get_logger().warning(
+                f"the warm-up plan took {total:.2f} s, deadline_s is {deadline:g} s: most plans will be dropped. "
+                "Fewer candidates / ensemble samples / action_steps, return_future_images:=false or a faster engine help")
         return dict(result.timings)
 
     def infer(self, job: Job) -> int | None:
