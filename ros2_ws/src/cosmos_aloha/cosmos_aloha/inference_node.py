@@ -4,6 +4,7 @@ A subclass says how to load its model, run one job and publish; this module owns
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ class InferenceNode(LifecycleNode):
         self.state_label = "unconfigured"
         self._last_error = ""
         self._ready_since: int | None = None
+        self._cancel = threading.Event()
         self._step_ns = int(round(1e9 / float(self.p.step_hz)))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0 / float(self.p.diagnostics_hz), self._publish_diagnostics)
@@ -177,6 +179,7 @@ class InferenceNode(LifecycleNode):
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._cancel.clear()
         self.worker = InferenceWorker(self._run_job, name=f"{self.get_name()}_inference", on_error=self._on_error)
         self.state_label = "active"
         self.get_logger().info(
@@ -200,6 +203,7 @@ class InferenceNode(LifecycleNode):
 
     def _stop_worker(self, timeout_s: float = 30.0) -> None:
         if self.worker is not None:
+            self._cancel.set()
             if not self.worker.stop(timeout=timeout_s):
                 self.get_logger().warning(f"inference still running after {timeout_s:g} s; its result will be dropped")
             self.worker = None
@@ -214,9 +218,16 @@ class InferenceNode(LifecycleNode):
         self.state_label = "unconfigured"
 
     def close(self) -> None:
-        """Called by node_runtime.run_node on exit. The worker is a daemon thread: a long inference is not
-        waited for (bringup escalates to SIGKILL after 8 s), its late publish fails quietly."""
-        self._stop_worker(timeout_s=1.0)
+        """Called by node_runtime.run_node on exit: the running inference stops at its next stage boundary.
+
+        It must end before the interpreter does (torch in a thread at exit aborts the process); bringup
+        sends SIGTERM 8 s after SIGINT, so the wait stays below that.
+        """
+        self._stop_worker(timeout_s=7.0)
+
+    def cancelled(self) -> bool:
+        """For `infer` between stages: the node is deactivating or exiting, the result would be dropped."""
+        return self._cancel.is_set()
 
     # -- the loop: every sensor message may complete a newer observation ----------------------------------
     def now_ns(self) -> int:

@@ -60,9 +60,11 @@ class PolicyNode(InferenceNode):
             timings["decode"] = time.perf_counter() - t0
         return timings
 
-    def infer(self, job: Job) -> int:
+    def infer(self, job: Job) -> int | None:
         """Worker thread: sample, publish the chunk at once, then decode and publish the predicted frames."""
         timings, latent, cond = self._sample(job.observation)
+        if self.cancelled():
+            return None
         policy = self.policy
         actions = policy.actions_from_latent(latent)[0]
         value = float(policy.values_from_latent(latent)[0])
@@ -72,7 +74,7 @@ class PolicyNode(InferenceNode):
         self.counters["chunks_published"] += 1
         self._pubs["value"].publish(Float32(data=value))
         self._pubs["marker"].publish(value_marker(value, job.stamp_ns, label=self.get_name()))
-        if self.p.return_future_images:
+        if self.p.return_future_images and not self.cancelled():
             t0 = time.perf_counter()
             images = policy.decode_future_images(cond, latent)[0]
             timings["decode"] = time.perf_counter() - t0
@@ -91,6 +93,8 @@ class PolicyNode(InferenceNode):
         """(timings, latent, conditioning) of one policy sample, the stages timed separately."""
         policy = self.policy
         cond = policy.encode_observation(observation)
+        if self.cancelled():
+            return cond.timings, None, cond
         t0 = time.perf_counter()
         latent = policy.sample_actions(cond, [int(self.p.seed)], int(self.p.num_steps))
         timings = {**cond.timings, "denoise": time.perf_counter() - t0}
