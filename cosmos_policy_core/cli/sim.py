@@ -98,3 +98,6 @@ def register(subparsers) -> None:
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
     sim.set_defaults(func=lambda args: sim.print_help() or 2)
     _add_demos(sim_commands)
+    from cosmos_policy_core.cli.sim_eval import add_eval_parser  # `sim eval` lives in its own module
+
+    add_eval_parser(sim_commands)

@@ -1,0 +1,47 @@
+"""`cosmos-aloha sim eval`: closed-loop success rate of a checkpoint in MuJoCo (registered by cli/sim.py).
+
+No `register` here on purpose: this module adds a subcommand to the `sim` group, not a top-level command.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _eval(args) -> int:
+    from cosmos_policy_core.sim.evaluate import EvalConfig, evaluate_checkpoint
+
+    cfg = EvalConfig(task=args.task, episodes=args.episodes, seed=args.seed, num_steps=args.steps,
+                     execute_steps=args.execute_steps, max_steps=args.max_steps,
+                     planner_candidates=args.planner_candidates)
+    report = evaluate_checkpoint(args.checkpoint, cfg, gif_path=args.video, progress=not args.no_progress)
+    lo, hi = report.ci95
+    print(f"{report.task}: {report.successes}/{report.episodes} successes, rate {report.success_rate:.1%} "
+          f"(95% Wilson CI {lo:.1%}-{hi:.1%}); max rewards {[e.max_reward for e in report.per_episode]}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report.to_json_dict(), indent=2))
+    if args.video:
+        print(f"rollout GIF (real cameras above, predicted t+50 frames below): {args.video}")
+    return 0
+
+
+def add_eval_parser(sim_commands) -> None:
+    """Add `eval` to the `cosmos-aloha sim` command group (called by cli/sim.py)."""
+    parser = sim_commands.add_parser(
+        "eval", help="closed-loop evaluation of a checkpoint through the ROS executor's chunk logic",
+        description="Runs CosmosPolicy (optionally best-of-N planning) in the joint-space MuJoCo sim at 25 Hz "
+                    "through ChunkExecutor + SafetyFilter; success rate with a 95%% Wilson interval.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + safetensors)")
+    parser.add_argument("--task", default="transfer_cube", choices=("transfer_cube", "insertion"))
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0, help="episode i samples the objects with seed + i")
+    parser.add_argument("--steps", type=int, help="denoising steps per chunk (default: the policy's 10)")
+    parser.add_argument("--execute-steps", type=int, default=50, help="actions played before re-querying")
+    parser.add_argument("--max-steps", type=int, help="control steps per episode (default: the task length)")
+    parser.add_argument("--planner-candidates", type=int, default=0, help="best-of-N planning with N > 1")
+    parser.add_argument("--json", help="write the report (episodes, successes, success_rate, ci95, max rewards)")
+    parser.add_argument("--video", help="GIF of episode 0 with the predicted future frames")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=_eval)

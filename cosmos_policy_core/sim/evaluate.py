@@ -1,0 +1,218 @@
+"""Closed-loop evaluation in MuJoCo: CosmosPolicy (optionally best-of-N planning) through the ROS executor's ChunkExecutor.
+
+Owns the simulated 25 Hz loop on a simulated clock, success counting with a Wilson 95 % interval, the JSON report and a rollout GIF with predicted future frames.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cosmos_policy_core.errors import ConfigError
+from cosmos_policy_core.execution import ChunkExecutor, ExecutorConfig, TimedChunk
+
+log = logging.getLogger(__name__)
+
+CONTROL_HZ = 25
+STEP_NS = int(1e9 / CONTROL_HZ)
+GIF_CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % by default); (0, 1) for zero trials."""
+    if trials <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= trials:
+        raise ConfigError(f"successes {successes} not in 0..{trials}")
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    task: str = "transfer_cube"
+    episodes: int = 50
+    seed: int = 0                       # episode i uses object seed `seed + i` and policy seeds from it
+    num_steps: int | None = None        # denoising steps per chunk (None: the policy's default, 10)
+    execute_steps: int = 50             # actions played before re-querying (the reference: all 50)
+    max_steps: int | None = None        # control steps per episode (None: the task's 25 Hz demo length)
+    render_size: int = 224              # camera render size; the policy resizes to its own image_size
+    planner_candidates: int = 0         # > 1: best-of-N planning with world model + value
+    stop_on_success: bool = True
+
+    def __post_init__(self) -> None:
+        if self.episodes <= 0:
+            raise ConfigError(f"episodes must be positive, got {self.episodes}")
+        if not 1 <= self.execute_steps <= 50:
+            raise ConfigError(f"execute_steps must be in 1..50, got {self.execute_steps}")
+
+
+@dataclass
+class EpisodeResult:
+    index: int
+    seed: int
+    success: bool
+    max_reward: int
+    steps: int
+    queries: int
+    seconds: float
+    values: list[float] = field(default_factory=list)   # predicted value of each chunk
+
+
+@dataclass
+class EvalReport:
+    task: str
+    checkpoint: str
+    episodes: int
+    successes: int
+    success_rate: float
+    ci95: tuple[float, float]
+    per_episode: list[EpisodeResult]
+    config: dict
+    seconds: float
+
+    def to_json_dict(self) -> dict:
+        out = asdict(self)
+        out["ci95"] = list(self.ci95)
+        out["max_rewards"] = [e.max_reward for e in self.per_episode]
+        return out
+
+
+class GifRecorder:
+    """Frames of one rollout: real cameras (top row) beside the latest chunk's predicted future frames (bottom)."""
+
+    def __init__(self, tile: int = 112, every: int = 2):
+        self.tile, self.every, self.frames = tile, every, []
+
+    def _tile(self, img: np.ndarray | None) -> np.ndarray:
+        from PIL import Image
+
+        if img is None:
+            return np.zeros((self.tile, self.tile, 3), np.uint8)
+        return np.asarray(Image.fromarray(img).resize((self.tile, self.tile), Image.BILINEAR))
+
+    def add(self, step: int, images: dict, predicted: dict | None) -> None:
+        if step % self.every:
+            return
+        top = np.concatenate([self._tile(images.get(c)) for c in GIF_CAMERAS], axis=1)
+        bottom = np.concatenate([self._tile(None if predicted is None else predicted.get(c)) for c in GIF_CAMERAS],
+                                axis=1)
+        self.frames.append(np.concatenate([top, bottom], axis=0))
+
+    def save(self, path: str | Path, fps: int = CONTROL_HZ) -> Path | None:
+        from PIL import Image
+
+        if not self.frames:
+            return None
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        images = [Image.fromarray(f) for f in self.frames]
+        images[0].save(path, save_all=True, append_images=images[1:], loop=0,
+                       duration=int(1000 * self.every / fps))
+        return path
+
+
+def _policy_config_for(checkpoint_dir: Path, num_steps: int | None):
+    """Inference options matching training: no test-time centre crop for a model trained without crops."""
+    from cosmos_policy_core.policy import PolicyConfig
+
+    config = json.loads((checkpoint_dir / "config.json").read_text())
+    train_config = (config.get("metadata") or {}).get("train_config") or {}
+    changes = {}
+    if "augment" in train_config and train_config["augment"] is None:
+        changes["crop_area"] = None
+    if num_steps is not None:
+        changes["num_steps"] = num_steps
+    return PolicyConfig(**changes)
+
+
+def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, index: int, planner=None,
+                gif: GifRecorder | None = None) -> EpisodeResult:
+    """One seeded episode: query a chunk every `execute_steps`, play it through the executor at 25 Hz."""
+    from cosmos_policy_core.policy import Observation
+    from cosmos_policy_core.sim.tasks import get_task
+
+    seed = cfg.seed + index
+    task = get_task(cfg.task)
+    max_steps = cfg.max_steps or task.episode_len_25hz
+    executor = ChunkExecutor(executor_config)
+    obs = env.reset(seed=seed)
+    start = time.perf_counter()
+    queries, values, predicted = 0, [], None
+    step = 0
+    for step in range(max_steps):
+        now_ns = step * STEP_NS
+        executor.observe(obs["qpos"], now_ns)
+        if step % cfg.execute_steps == 0:
+            observation = Observation(images=obs["images"], proprio=obs["qpos"], task=task.description,
+                                      timestamp=now_ns / 1e9)
+            policy_seed = seed * 1000 + queries
+            if planner is not None:
+                chunk = planner.plan(observation, base_seed=policy_seed).chunk
+            else:
+                chunk = policy.act(observation, seed=policy_seed, num_steps=cfg.num_steps,
+                                   return_future_images=gif is not None)
+            queries += 1
+            values.append(float(chunk.value))
+            predicted = chunk.future_images
+            # The simulated clock stops while the model thinks, so the chunk is stamped "now".
+            verdict = executor.submit(TimedChunk(np.asarray(chunk.actions, float), now_ns), now_ns)
+            if verdict != "accepted":
+                log.warning("episode %d step %d: executor rejected the chunk (%s)", index, step, verdict)
+        tick = executor.tick(now_ns)
+        command = tick.command if tick.command is not None else obs["qpos"]
+        if gif is not None:
+            gif.add(step, obs["images"], predicted)
+        obs, _ = env.step(command)
+        if cfg.stop_on_success and env.success:
+            break
+    return EpisodeResult(index=index, seed=seed, success=bool(env.success), max_reward=int(env.max_reward),
+                         steps=step + 1, queries=queries, seconds=round(time.perf_counter() - start, 2),
+                         values=values)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: str | Path | None = None,
+                        progress: bool = True) -> EvalReport:
+    """Closed-loop success rate of a checkpoint directory in the joint-space MuJoCo sim."""
+    from tqdm import tqdm
+
+    from cosmos_policy_core.policy import CosmosPolicy
+    from cosmos_policy_core.sim.env import AlohaSimEnv
+
+    checkpoint = Path(checkpoint)
+    policy = CosmosPolicy.from_checkpoint(checkpoint, config=_policy_config_for(checkpoint, cfg.num_steps))
+    planner = None
+    if cfg.planner_candidates > 1:
+        from cosmos_policy_core.planner import BestOfNPlanner, PlannerConfig
+
+        planner = BestOfNPlanner(policy, PlannerConfig(num_candidates=cfg.planner_candidates,
+                                                       action_steps=cfg.num_steps or policy.config.num_steps,
+                                                       return_future_images=gif_path is not None))
+    executor_config = ExecutorConfig.aloha(CONTROL_HZ)
+    start = time.perf_counter()
+    results = []
+    with AlohaSimEnv(cfg.task, cfg.render_size, cfg.render_size, control_hz=CONTROL_HZ) as env:
+        bar = tqdm(range(cfg.episodes), desc=f"sim eval {cfg.task}", unit="ep", disable=not progress)
+        for i in bar:
+            gif = GifRecorder() if (gif_path is not None and i == 0) else None
+            results.append(run_episode(policy, env, executor_config, cfg, i, planner, gif))
+            if gif is not None:
+                gif.save(gif_path)
+            k = sum(r.success for r in results)
+            bar.set_postfix(success=f"{k}/{len(results)}", reward=results[-1].max_reward)
+    k = sum(r.success for r in results)
+    return EvalReport(task=cfg.task, checkpoint=str(checkpoint), episodes=len(results), successes=k,
+                      success_rate=k / len(results), ci95=wilson_interval(k, len(results)), per_episode=results,
+                      config=asdict(cfg), seconds=round(time.perf_counter() - start, 1))
+
+
+__all__ = ["wilson_interval", "EvalConfig", "EpisodeResult", "EvalReport", "GifRecorder", "run_episode",
+           "evaluate_checkpoint"]

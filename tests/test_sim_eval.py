@@ -1,0 +1,51 @@
+"""`sim eval`: Wilson interval numbers, and a closed-loop run of the shipped checkpoint through the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cosmos_policy_core.errors import ConfigError
+from cosmos_policy_core.sim.evaluate import EvalConfig, wilson_interval
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "aloha_sim_transfer_cube_small"
+
+
+def test_wilson_interval_hand_computed():
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    lo, hi = wilson_interval(45, 50)
+    assert (lo, hi) == (pytest.approx(0.7864, abs=1e-4), pytest.approx(0.9565, abs=1e-4))
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ConfigError):
+        wilson_interval(3, 2)
+    with pytest.raises(ConfigError):
+        EvalConfig(execute_steps=60)
+
+
+@pytest.mark.slow  # two closed-loop episodes with VAE encodes/decodes: a minute or more on 2 cores
+def test_sim_eval_two_episodes_with_the_shipped_checkpoint(tmp_path):
+    assert (SHIPPED / "config.json").is_file(), "the shipped checkpoint is missing"
+    out, gif = tmp_path / "eval.json", tmp_path / "rollout.gif"
+    cmd = [str(Path(sys.executable).parent / "cosmos-aloha"), "sim", "eval", "--checkpoint", str(SHIPPED),
+           "--episodes", "2", "--seed", "100", "--steps", "2", "--max-steps", "60", "--json", str(out),
+           "--video", str(gif), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["episodes"] == 2 and 0 <= report["successes"] <= 2
+    assert report["success_rate"] == report["successes"] / 2
+    lo, hi = report["ci95"]
+    assert 0 <= lo <= report["success_rate"] <= hi <= 1
+    assert len(report["max_rewards"]) == 2 and all(0 <= r <= 4 for r in report["max_rewards"])
+    assert [e["seed"] for e in report["per_episode"]] == [100, 101]
+    assert all(e["queries"] >= 1 for e in report["per_episode"])
+    from PIL import Image
+
+    with Image.open(gif) as im:
+        assert im.n_frames >= 10 and im.size == (3 * 112, 2 * 112)
