@@ -73,6 +73,11 @@ def load_text_table(path: str | Path | None, tasks: Sequence[str], length: int, 
 
 
 # --- batch assembly --------------------------------------------------------------------------------
+def _tensors(images: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    # PIL-resized frames are read-only numpy views: copy them into tensors torch may own.
+    return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v)) for k, v in images.items()}
+
+
 class LatentEncoder:
     """Frozen-VAE encode of sample clips: one causal pass per sample per step, optionally cached.
 
@@ -116,8 +121,7 @@ class LatentEncoder:
         cached = [self._lookup(s.key) if s.key else None for s in samples]
         todo = [i for i, c in enumerate(cached) if c is None]
         if todo:
-            clips = [build_pixel_clip(self.layout, {k: torch.as_tensor(v) for k, v in samples[i].current.items()},
-                                      {k: torch.as_tensor(v) for k, v in samples[i].future.items()})
+            clips = [build_pixel_clip(self.layout, _tensors(samples[i].current), _tensors(samples[i].future))
                      for i in todo]
             video = clip_to_vae_input(torch.cat(clips).to(self.device), dtype=self.vae.dtype)
             latents = self.vae.encode(video, chunk_frames=None).float().cpu()
@@ -142,7 +146,6 @@ class Batch:
 def assemble_batch(layout: LatentLayout, samples: Sequence[TrainingSample], clean_B_C_T_H_W: torch.Tensor,
                    text: Mapping[str, torch.Tensor]) -> Batch:
     """Inject the low-dim targets into the clean latents and stack the per-role masks."""
-    B = len(samples)
     x = clean_B_C_T_H_W
     x = inject_proprio(x, torch.from_numpy(np.stack([s.proprio for s in samples])), layout.index("proprio"))
     x = inject_action_chunk(x, torch.from_numpy(np.stack([s.actions for s in samples])), layout.index("action"))
@@ -156,7 +159,6 @@ def assemble_batch(layout: LatentLayout, samples: Sequence[TrainingSample], clea
         crossattn = torch.cat([text[s.task] for s in samples])
     except KeyError as e:
         raise DataError(f"no text embedding for task {e.args[0]!r}; known: {sorted(text)}") from None
-    assert x.shape[0] == B
     return Batch(x, mask, loss_mask, crossattn, roles)
 
 
@@ -521,7 +523,7 @@ class Trainer:
         specs = [builder.spec_for_slot(int(p), np.random.default_rng(0)) for p in positions]
         samples = [builder.build(s) for s in specs]
         # Inference-time clip: future camera slots hold copies of the current images (placeholders).
-        clips = [build_pixel_clip(lay, {k: torch.as_tensor(v) for k, v in s.current.items()}) for s in samples]
+        clips = [build_pixel_clip(lay, _tensors(s.current)) for s in samples]
         video = clip_to_vae_input(torch.cat(clips).to(self.ctx.device), dtype=self.vae.dtype)
         clean = self.vae.encode(video, chunk_frames=None).float()
         gt = inject_proprio(clean, torch.from_numpy(np.stack([s.proprio for s in samples])).to(clean),
