@@ -28,7 +28,7 @@ def test_wilson_interval_hand_computed():
         EvalConfig(execute_steps=60)
 
 
-@pytest.mark.slow  # two closed-loop episodes with VAE encodes/decodes: a minute or more on 2 cores
+@pytest.mark.slow  # two closed-loop episodes (MuJoCo + VAE encode/decode): ~10 s idle, minutes on busy cores
 def test_sim_eval_two_episodes_with_the_shipped_checkpoint(tmp_path):
     assert (SHIPPED / "config.json").is_file(), "the shipped checkpoint is missing"
     out, gif = tmp_path / "eval.json", tmp_path / "rollout.gif"

@@ -51,7 +51,6 @@ def test_a_few_steps_on_one_batch_decrease_the_loss(tmp_path):
     assert trainer.encoder.encoded <= 2 * cfg.batch_size  # cached: each clip encoded once
 
 
-@pytest.mark.slow  # ~80 s on a loaded 2-core machine (12 training steps, 3 runs)
 def test_run_writes_checkpoints_metrics_plot_and_resumes_exactly(tmp_path):
     cfg = fast_config(max_steps=4, checkpoint_every=2, log_every=1)
     straight = Trainer(cfg, None, tmp_path / "a", demos=demos(), progress=False).run()
@@ -107,7 +106,6 @@ def _torchrun(tmp_path: Path, nproc: int, steps: int) -> subprocess.CompletedPro
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow  # two fresh Python + torch processes: ~50 s on 2 shared cores
 def test_torchrun_two_processes_gloo(tmp_path):
     proc = _torchrun(tmp_path, 2, 1)
     assert proc.returncode == 0, proc.stderr[-3000:]
