@@ -31,7 +31,7 @@ def add_eval_parser(sim_commands) -> None:
     parser = sim_commands.add_parser(
         "eval", help="closed-loop evaluation of a checkpoint through the ROS executor's chunk logic",
         description="Runs CosmosPolicy (optionally best-of-N planning) in the joint-space MuJoCo sim at 25 Hz "
-                    "through ChunkExecutor + SafetyFilter; success rate with a 95%% Wilson interval.",
+                    "through ChunkExecutor + SafetyFilter; success rate with a 95% Wilson interval.",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + safetensors)")
     parser.add_argument("--task", default="transfer_cube", choices=("transfer_cube", "insertion"))
