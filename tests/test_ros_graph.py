@@ -50,11 +50,11 @@ def test_composed_sim_bringup_rates(ros_env, tmp_path):
     # The sim catches up after a late tick, so 25 Hz holds while its mean tick leaves headroom in the
     # period (the process also has to be scheduled in time); above 80 % of it the CPU is the limit.
     ticks = [float(x) for x in re.findall(r"sim tick \(physics \+ render \+ publish\) mean ([0-9.]+) ms", log)]
-    rates = {t: topics[t].get("rate_hz") for t in SENSOR_TOPICS}
-    if ticks and float(np.median(ticks)) > 32.0:
-        pytest.skip(f"CPU starved: sim tick means {ticks} ms for a 40 ms period; sensor rates {rates}")
-    for topic in SENSOR_TOPICS:
-        assert topics[topic]["rate_hz"] == pytest.approx(25.0, rel=0.05), (topic, topics[topic], ticks)
+    slow = {t: topics[t].get("rate_hz") for t in SENSOR_TOPICS
+            if topics[t].get("rate_hz") != pytest.approx(25.0, rel=0.05)}
+    if slow and ticks and float(np.median(ticks)) > 32.0:
+        pytest.skip(f"CPU starved: sim tick means {ticks} ms for a 40 ms period; sensor rates {slow}")
+    assert not slow, (slow, ticks)
 
 
 # -- executor behaviour with an in-process probe ---------------------------------------------------
