@@ -25,3 +25,13 @@ def ros_env() -> dict:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+@pytest.fixture
+def ros_env_in_process(ros_env, monkeypatch) -> dict:
+    """`ros_env` applied to the test process too: Fast DDS reads it when a participant is created here."""
+    from cosmos_aloha.graph import environment
+
+    for key in (*environment(), "RMW_IMPLEMENTATION"):
+        monkeypatch.setenv(key, ros_env[key])
+    return ros_env

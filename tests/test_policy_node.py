@@ -127,10 +127,8 @@ def stop_node(proc: subprocess.Popen) -> str:
 
 
 @pytest.fixture
-def probe(ros_env, monkeypatch):
-    for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS", "RMW_IMPLEMENTATION"):
-        monkeypatch.setenv(key, ros_env[key])
-    p = SensorProbe(ros_env)
+def probe(ros_env_in_process):
+    p = SensorProbe(ros_env_in_process)
     yield p
     p.close()
 

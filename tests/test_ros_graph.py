@@ -108,11 +108,8 @@ class Probe:
 
 
 @pytest.fixture
-def probe(ros_env, monkeypatch):
-    # Fast DDS reads these when the participant is created, i.e. in this process too.
-    for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS", "RMW_IMPLEMENTATION"):
-        monkeypatch.setenv(key, ros_env[key])
-    p = Probe(ros_env)
+def probe(ros_env_in_process):
+    p = Probe(ros_env_in_process)
     yield p
     p.close()
 
