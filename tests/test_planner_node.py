@@ -10,10 +10,8 @@ SMALL = ("num_candidates:=2", "action_steps:=1", "world_model_samples:=1", "worl
 
 
 @pytest.fixture
-def probe(ros_env, monkeypatch):
-    for key in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_BUILTIN_TRANSPORTS", "RMW_IMPLEMENTATION"):
-        monkeypatch.setenv(key, ros_env[key])
-    p = SensorProbe(ros_env, prefix="/cosmos/plan/predicted", chunk_topic="/cosmos/plan/action_chunk")
+def probe(ros_env_in_process):
+    p = SensorProbe(ros_env_in_process, prefix="/cosmos/plan/predicted", chunk_topic="/cosmos/plan/action_chunk")
     yield p
     p.close()
 
