@@ -1,8 +1,11 @@
 """ROS 2 pipeline across processes: three 480x640 rgb8 streams + joint states at 25 Hz -> rate, loss, latency,
 and the executor node's period jitter with and without a CPU-heavy stand-in for the policy. Prints + JSON.
+--policy-overhead instead runs the composed sim graph with the real policy node and splits each chunk's
+observation -> chunk time into waiting for the observation set, the model, and publishing after it.
 
     .venv/bin/python benchmarks/ros_pipeline.py --seconds 60 --json /tmp/ros_pipeline.json
     .venv/bin/python benchmarks/ros_pipeline.py --qos-sweep --seconds 8     # which sensor QoS loses nothing
+    .venv/bin/python benchmarks/ros_pipeline.py --policy-overhead          # 20 s of chunks, shipped model
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ import numpy as np
 
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 RATE_HZ = 25.0
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_MODEL = REPO / "models" / "aloha_sim_transfer_cube_small"
+POLICY_TIMING_TOPIC = "/policy/chunk_timing"   # the policy node's ~/chunk_timing (node name "policy")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,6 +168,62 @@ def role_sub(args) -> int:
     return 0
 
 
+def role_chunks(args) -> int:
+    """Records every action chunk (receive time) and the policy's timing message for it, matched by stamp.
+
+    Runs at the executor's SCHED_FIFO priority (`--rt`) so its receive time is the executor's, not that of a
+    process starved by the model. Stops `--seconds` after the first chunk (or on SIGINT), then writes the rows.
+    """
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.node import Node
+    from trajectory_msgs.msg import JointTrajectory
+
+    from cosmos_aloha.chunks import CHUNK_TOPIC
+    from cosmos_aloha.conversions import stamp_to_ns
+    from cosmos_aloha.node_runtime import apply_realtime_priority
+    from cosmos_aloha.qos import COMMAND_QOS
+
+    rclpy.init()
+    node = Node("bench_chunks")
+    realtime = apply_realtime_priority(node, args.rt)
+    received: dict[int, int] = {}        # observation stamp -> chunk receive ns
+    timings: dict[int, dict] = {}        # observation stamp -> the policy's breakdown (ms)
+    first = {"ns": None}
+
+    def on_chunk(msg: JointTrajectory) -> None:
+        now = node.get_clock().now().nanoseconds
+        received[stamp_to_ns(msg.header.stamp)] = now
+        first["ns"] = first["ns"] or now
+
+    def on_timing(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            timings[stamp_to_ns(msg.header.stamp)] = {kv.key: float(kv.value) for kv in status.values}
+
+    node.create_subscription(JointTrajectory, CHUNK_TOPIC, on_chunk, COMMAND_QOS)
+    node.create_subscription(DiagnosticArray, POLICY_TIMING_TOPIC, on_timing, COMMAND_QOS)
+    executor = rclpy.executors.SingleThreadedExecutor()
+    executor.add_node(node)
+    stop = {"flag": False}
+    signal.signal(signal.SIGINT, lambda *a: stop.update(flag=True))
+    signal.signal(signal.SIGTERM, lambda *a: stop.update(flag=True))
+    try:
+        while not stop["flag"]:
+            executor.spin_once(timeout_sec=0.05)
+            if first["ns"] and node.get_clock().now().nanoseconds - first["ns"] > args.seconds * 1e9:
+                break
+        end = time.monotonic() + 0.5   # the timing message follows its chunk
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    rows = [{"stamp_ns": stamp, "received_ns": recv, **timings.get(stamp, {})} for stamp, recv in sorted(received.items())]
+    Path(args.out).write_text(json.dumps({"chunks": rows, "timing_messages": len(timings), "realtime": realtime}))
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
 def role_hog(args) -> int:
     """Stand-in for the policy's compute: back-to-back float32 matmuls on `threads` threads."""
     import torch
@@ -269,6 +331,120 @@ def run_phase(seconds: float, reliability: str, depth: int, verify: str, hog_thr
     return result
 
 
+def _percentiles(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return {"p50": None, "p90": None, "p99": None, "n": 0}
+    return {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
+            "p99": float(np.percentile(v, 99)), "n": int(v.size)}
+
+
+# Per chunk, ms. The first three add up to the total: the overhead beyond the model is wait + handoff + publish.
+OVERHEAD_COLUMNS = (
+    ("total", "observation stamp -> chunk received"),
+    ("wait", "observation age at inference start (sensor transport + waiting for the set)"),
+    ("handoff", "picked up -> model starts (observation assembly, worker wake-up)"),
+    ("model", "the model call (encode + denoise + actions), wall clock in the node"),
+    ("publish", "model done -> chunk received here (message build + publish + DDS)"),
+    ("publish_call", "model done -> publish() returned, in the node"),
+    ("overhead", "total - model"),
+)
+
+
+def overhead_rows(chunks: list[dict]) -> list[dict]:
+    """Per chunk with the policy's timing message: the split of observation -> chunk received (ms)."""
+    rows = []
+    for c in chunks:
+        if "model_ms" not in c:
+            continue
+        total = (c["received_ns"] - c["stamp_ns"]) / 1e6
+        model_done = c["wait_ms"] + c["handoff_ms"] + c["model_ms"]
+        rows.append({"total": total, "wait": c["wait_ms"], "handoff": c["handoff_ms"], "model": c["model_ms"],
+                     "publish": total - model_done, "publish_call": c["publish_ms"], "overhead": total - c["model_ms"],
+                     **{k[:-3]: v for k, v in c.items() if k.endswith("_ms") and k[:-3] not in
+                        ("wait", "handoff", "model", "publish", "skew")}})
+    return rows
+
+
+def run_policy_overhead(seconds: float, checkpoint: Path, height: int, width: int, start_timeout: float,
+                        log_path: Path, observer_rt: int, future_images: bool) -> dict:
+    """The composed sim graph (sim + policy + executor, as `cosmos-aloha demo`), chunks observed for `seconds`."""
+    import dataclasses
+    import re
+
+    from cosmos_aloha import graph
+    from cosmos_policy_core.cli.bringup import Bringup
+
+    env = _env(random.randint(30, 200), True)
+    tmp = Path(tempfile.mkdtemp(prefix="ros_pipeline_policy_"))
+    plan = graph.plan({"sim": "true", "checkpoint": str(checkpoint), "replay": "false",
+                       "image_height": str(height), "image_width": str(width)})
+    if "policy" not in plan.names:
+        raise RuntimeError(f"the graph plan has no policy node: {plan.names}, skipped {plan.skipped}")
+    if not future_images:  # the predicted-frame decode runs right after each chunk, competing for the CPUs
+        plan = dataclasses.replace(plan, nodes=tuple(
+            dataclasses.replace(n, parameters={**n.parameters, "return_future_images": False})
+            if n.name == "policy" else n for n in plan.nodes))
+    sub = subprocess.Popen([sys.executable, __file__, "--role", "chunks", "--out", str(tmp / "chunks.json"),
+                            "--seconds", str(seconds), "--rt", str(observer_rt)], env=env)
+    t0 = time.monotonic()
+    with open(log_path, "w") as log:
+        bringup = Bringup(plan, env=env, out=log)
+        try:
+            bringup.start()
+            deadline = t0 + start_timeout + seconds
+            while sub.poll() is None and time.monotonic() < deadline:
+                if any(n.process.poll() is not None for n in bringup.nodes):
+                    break
+                time.sleep(0.2)
+        finally:
+            if sub.poll() is None:
+                sub.send_signal(signal.SIGINT)
+            codes = bringup.stop()
+    sub.wait(timeout=30)
+    text = log_path.read_text()
+    if not (tmp / "chunks.json").exists():
+        raise RuntimeError(f"the chunk observer wrote nothing (exit {sub.returncode}); node exit codes {codes}, "
+                           f"log {log_path}")
+    got = json.loads((tmp / "chunks.json").read_text())
+    rows = overhead_rows(got["chunks"])
+    sim_ticks = [float(x) for x in re.findall(r"sim tick \(physics \+ render \+ publish\) mean ([0-9.]+) ms", text)]
+    device = re.search(r"\(\w+ on (\S+), \d+px", text)
+    stages = sorted({k for r in rows for k in r} - {c for c, _ in OVERHEAD_COLUMNS})
+    return {
+        "phase": "policy_overhead", "checkpoint": str(checkpoint), "image": [height, width],
+        "device": device.group(1) if device else None, "seconds_of_chunks": seconds,
+        "future_images": future_images, "observer_sched_fifo": observer_rt if got["realtime"] else 0,
+        "wall_s": time.monotonic() - t0, "node_exit_codes": codes,
+        "chunks_received": len(got["chunks"]), "chunks_with_timing": len(rows),
+        "timing_messages": got["timing_messages"],
+        "sim_tick_ms_mean": sim_ticks,
+        "ms": {c: _percentiles([r[c] for r in rows]) for c, _ in OVERHEAD_COLUMNS},
+        "model_stages_ms": {k: _percentiles([r[k] for r in rows if k in r]) for k in stages},
+        "per_chunk_ms": rows,
+        "log": str(log_path),
+    }
+
+
+def _print_overhead(result: dict) -> None:
+    print(f"policy node, {result['checkpoint']} on {result['device']}, sim {result['image'][0]}x{result['image'][1]}: "
+          f"{result['chunks_received']} chunks in {result['seconds_of_chunks']:g} s, "
+          f"{result['chunks_with_timing']} with the node's timing; predicted frames "
+          f"{'on' if result['future_images'] else 'off'}; observer SCHED_FIFO {result['observer_sched_fifo']}; "
+          f"sim tick means {result['sim_tick_ms_mean']} ms")
+    print(f"  {'ms per chunk':<14s} {'p50':>7s} {'p90':>7s} {'p99':>7s}")
+
+    def row(name: str, q: dict, note: str = "") -> None:
+        cells = " ".join("    n/a" if q[k] is None else f"{q[k]:7.1f}" for k in ("p50", "p90", "p99"))
+        print(f"  {name:<14s} {cells}  {note}")
+
+    for name, note in OVERHEAD_COLUMNS:
+        row(name, result["ms"][name], note)
+    for name, q in result["model_stages_ms"].items():
+        row(f"  {name}", q, "model stage")
+    print(f"  node exit codes {result['node_exit_codes']}; node logs {result['log']}", flush=True)
+
+
 def _print(result: dict) -> None:
     tag = result["transports"] + ("+profile" if result.get("fastdds_profile") else "")
     line = (f"[{tag}] {result['qos']:>18s} rt={result.get('executor_rt_priority', 0)} verify={result['verify']:<5s} hog={result['hog_threads']} "
@@ -283,16 +459,17 @@ def _print(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=["pub", "sub", "hog"], help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=["pub", "sub", "hog", "chunks"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--subscribers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
-    parser.add_argument("--seconds", type=float, default=60.0, help="per phase")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="per phase (default 60; --policy-overhead: 20 s of chunks)")
     parser.add_argument("--reliability", choices=["best_effort", "reliable"], default=None)
     parser.add_argument("--depth", type=int, default=None)
     parser.add_argument("--verify", choices=["light", "heavy"], default="light")
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=None, help="default 480 (--policy-overhead: 224, the demo's)")
+    parser.add_argument("--width", type=int, default=None, help="default 640 (--policy-overhead: 224)")
     parser.add_argument("--hog-threads", type=int, default=2, help="threads of the CPU-heavy policy stand-in")
     parser.add_argument("--executor-rt", type=int, default=40,
                         help="executor node's SCHED_FIFO priority (its rt_priority parameter; 0 = normal)")
@@ -304,12 +481,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-depths", default="1,2,5,10")
     parser.add_argument("--sweep-reliability", default="best_effort,reliable")
     parser.add_argument("--sweep-verify", default="light,heavy")
+    parser.add_argument("--policy-overhead", action="store_true",
+                        help="composed sim graph with the policy node: observation -> chunk split per chunk")
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED_MODEL, help="--policy-overhead: policy checkpoint")
+    parser.add_argument("--rt", type=int, default=40,
+                        help="--policy-overhead: the chunk observer's SCHED_FIFO priority (the executor's; 0 = normal)")
+    parser.add_argument("--no-future-images", action="store_true",
+                        help="--policy-overhead: policy parameter return_future_images:=false (no decode after the chunk)")
+    parser.add_argument("--start-timeout", type=float, default=180.0,
+                        help="--policy-overhead: seconds allowed for model load + warm-up before the first chunk")
     parser.add_argument("--json", help="write all results here")
     args = parser.parse_args(argv)
     if args.role:
-        return {"pub": role_pub, "sub": role_sub, "hog": role_hog}[args.role](args)
+        return {"pub": role_pub, "sub": role_sub, "hog": role_hog, "chunks": role_chunks}[args.role](args)
 
     header = {"machine": platform.node(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    if args.policy_overhead:
+        seconds = args.seconds or 20.0
+        # The policy sees 224x224, what `cosmos-aloha demo` renders (480x640 in software GL starves 2 cores).
+        height, width = args.height or 224, args.width or 224
+        print(f"observation -> chunk overhead of the policy node, {seconds:g} s of chunks, {os.cpu_count()} CPUs, "
+              f"load {header['loadavg_start'][0]:.2f}", flush=True)
+        log_path = Path(tempfile.mkdtemp(prefix="ros_pipeline_policy_log_")) / "nodes.log"
+        result = run_policy_overhead(seconds, args.checkpoint, height, width, args.start_timeout, log_path,
+                                     args.rt, not args.no_future_images)
+        header["loadavg_end"] = os.getloadavg()
+        _print_overhead(result)
+        print(f"  load average start {header['loadavg_start'][0]:.2f}, end {header['loadavg_end'][0]:.2f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({**header, "results": [result]}, indent=1))
+        return 0 if result["chunks_with_timing"] else 1
+    args.seconds = args.seconds or 60.0
+    args.height, args.width = args.height or 480, args.width or 640
+
     print(f"ROS 2 pipeline, {args.height}x{args.width} rgb8 x3 + joint states at 25 Hz, {args.seconds:g} s per run, "
           f"{os.cpu_count()} CPUs, load {header['loadavg_start'][0]:.1f}", flush=True)
     results = []

@@ -1,19 +1,21 @@
 """`policy` lifecycle node: Cosmos Policy on the latest synchronized observation, the next chunk computed while one executes.
 
-Publishes /cosmos/action_chunk (stamped with the observation time) first, then the predicted frames and value.
+Publishes /cosmos/action_chunk (stamped with the observation time) first, then the chunk's timing breakdown
+(~/chunk_timing), then the value and the predicted frames.
 """
 from __future__ import annotations
 
 import time
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker
 
 from cosmos_aloha.chunks import CHUNK_TOPIC, chunk_to_msg
-from cosmos_aloha.conversions import image_to_msg
+from cosmos_aloha.conversions import image_to_msg, ns_to_stamp
 from cosmos_aloha.inference_node import InferenceNode, Job, load_policy
 from cosmos_aloha.markers import VALUE_MARKER_TOPIC, value_marker
 from cosmos_aloha.node_runtime import run_node
@@ -21,9 +23,31 @@ from cosmos_aloha.qos import COMMAND_QOS, SENSOR_QOS
 from cosmos_policy_core.policy import CosmosPolicy, Observation
 
 PREDICTED_PREFIX = "/cosmos/predicted"
+# Per chunk, under the node's name (/policy/chunk_timing): where the observation -> chunk time went.
+CHUNK_TIMING_TOPIC = "~/chunk_timing"
 DEFAULTS = {
     "num_steps": 1,   # denoising steps per chunk: 1 is the real-time mode (the reference deploys 10, blocking)
 }
+
+
+def chunk_timing_msg(node_name: str, job: Job, start_ns: int, model_done_ns: int, published_ns: int,
+                     stages_s: dict[str, float]) -> DiagnosticArray:
+    """One chunk's timing, stamped like the chunk (the observation time), in ms from that stamp onwards:
+
+    wait_ms      observation stamp -> picked up (sensor transport + waiting for the complete set)
+    handoff_ms   picked up -> the worker starts (observation assembly, thread wake-up)
+    model_ms     the worker's model call, wall clock (encode + denoise + actions), <stage>_ms its parts
+    publish_ms   model done -> the chunk's publish() returned
+    """
+    values = {"wait_ms": (job.picked_ns - job.stamp_ns) / 1e6, "handoff_ms": (start_ns - job.picked_ns) / 1e6,
+              "model_ms": (model_done_ns - start_ns) / 1e6, "publish_ms": (published_ns - model_done_ns) / 1e6,
+              "skew_ms": job.skew_ns / 1e6, **{f"{k}_ms": v * 1e3 for k, v in stages_s.items()}}
+    status = DiagnosticStatus(level=DiagnosticStatus.OK, name=f"cosmos_aloha/{node_name}/chunk_timing",
+                              hardware_id=node_name, message="chunk published",
+                              values=[KeyValue(key=k, value=f"{v:.3f}") for k, v in values.items()])
+    msg = DiagnosticArray(status=[status])
+    msg.header.stamp = ns_to_stamp(job.stamp_ns)
+    return msg
 
 
 class PolicyNode(InferenceNode):
@@ -42,6 +66,7 @@ class PolicyNode(InferenceNode):
             "chunk": make(JointTrajectory, self._chunk_topic, COMMAND_QOS),
             "value": make(Float32, f"{self._prefix}/value", COMMAND_QOS),
             "marker": make(Marker, VALUE_MARKER_TOPIC, COMMAND_QOS),
+            "timing": make(DiagnosticArray, CHUNK_TIMING_TOPIC, COMMAND_QOS),
         }
         if self.p.return_future_images:
             for cam in self.policy.layout.camera_sources:
@@ -62,14 +87,19 @@ class PolicyNode(InferenceNode):
 
     def infer(self, job: Job) -> int | None:
         """Worker thread: sample, publish the chunk at once, then decode and publish the predicted frames."""
+        start_ns = self.now_ns()
         timings, latent, cond = self._sample(job.observation)
         if self.cancelled():
             return None
         policy = self.policy
         actions = policy.actions_from_latent(latent)[0]
         value = float(policy.values_from_latent(latent)[0])
+        model_done_ns = self.now_ns()
         self._pubs["chunk"].publish(chunk_to_msg(actions, job.stamp_ns, self._step_ns))
-        latency_s = (self.now_ns() - job.stamp_ns) / 1e9
+        published_ns = self.now_ns()
+        self._pubs["timing"].publish(
+            chunk_timing_msg(self.get_name(), job, start_ns, model_done_ns, published_ns, timings))
+        latency_s = (published_ns - job.stamp_ns) / 1e9
         self.latency.add(latency_s)
         self.counters["chunks_published"] += 1
         self._pubs["value"].publish(Float32(data=value))
