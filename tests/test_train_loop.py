@@ -115,3 +115,32 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert state["step"] == 1 and state["world_size"] == 2
     assert set(p.name for p in (tmp_path / "run" / "model").iterdir()) >= {
         "config.json", "model.safetensors", "vae.safetensors", "stats.json", "text_embeddings.safetensors"}
+
+
+def test_time_limit_stops_early_with_a_resumable_checkpoint_and_a_final_model(tmp_path):
+    cfg = fast_config(max_steps=1000, checkpoint_every=1000, log_every=1, eval_every=0)
+    trainer = Trainer(cfg, None, tmp_path, demos=demos(), progress=False)
+    result = trainer.run(time_limit=0.0)  # spent after the first step
+    assert result.steps == 1 and result.final_checkpoint is not None
+    assert load_checkpoint_dir(result.final_checkpoint).metadata["step"] == 1
+    resumed = Trainer(cfg, None, tmp_path, demos=demos(), progress=False, resume=True)
+    assert resumed.step == 1
+
+
+def test_cached_samples_are_built_without_reading_frames(tmp_path):
+    class CountingEpisode(InMemoryEpisode):
+        reads = 0
+
+        def frame(self, camera, step):
+            CountingEpisode.reads += 1
+            return super().frame(camera, step)
+
+    cfg = fast_config()
+    eps = [CountingEpisode(episode(i), f"ep{i}") for i in range(3)]
+    trainer = Trainer(cfg, None, tmp_path, demos=eps, progress=False)
+    first = trainer.make_batch(0)
+    reads = CountingEpisode.reads
+    assert reads > 0
+    again = trainer.make_batch(0)  # same keys: every latent is cached now
+    assert CountingEpisode.reads == reads
+    assert torch.equal(first.x0_B_C_T_H_W, again.x0_B_C_T_H_W)

@@ -39,7 +39,7 @@ def _train(args) -> int:
                       ctx=ctx)
     if trainer.init_report["source"] and ctx.is_main:
         print(f"init: loaded {trainer.init_report['tensors_loaded']} tensors from {trainer.init_report['source']}")
-    result = trainer.run()
+    result = trainer.run(time_limit=args.time_limit)
     if ctx.is_main:
         last = result.history[-1] if result.history else {}
         summary = {"steps": result.steps, "final_loss": last.get("loss"), "checkpoint": str(result.final_checkpoint),
@@ -62,7 +62,8 @@ def _train_vae(args) -> int:
         raise ConfigError(f"unknown VAE preset {args.config!r}; choose one of {sorted(presets)}")
     cfg = VAETrainConfig(vae=presets[args.config], steps=args.steps, batch_size=args.batch,
                          image_size=args.image_size, clip_frames=args.clip_frames, lr=args.lr, seed=args.seed)
-    result = train_vae(args.data, args.out, cfg, progress=not args.no_progress)
+    result = train_vae(args.data, args.out, cfg, progress=not args.no_progress, device=args.device,
+                       time_limit=args.time_limit)
     last = result["history"][-1]
     print(f"VAE saved to {args.out}: reconstruction L1 {last['l1']:.4f}, PSNR {result['psnr_db']:.2f} dB; "
           f"use it with `cosmos-aloha train --vae {args.out}`")
@@ -87,6 +88,8 @@ def register(subparsers) -> None:
     p.add_argument("--rollouts", help="directory of rollout episodes (attrs success) for world-model/value training")
     p.add_argument("--text-embeddings", help="T5 embeddings: the reference .pkl or our text_embeddings.safetensors")
     p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop after this much wall-clock time: checkpoint + final model at the step reached")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log files)")
     p.set_defaults(func=_train)
 
@@ -104,6 +107,8 @@ def register(subparsers) -> None:
     v.add_argument("--clip-frames", type=int, default=5, help="frames per clip, 1 + 4k")
     v.add_argument("--lr", type=float, default=1e-3)
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--device", help="cuda | cpu (default: cuda when available)")
+    v.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop after this much wall-clock time")
     v.add_argument("--no-progress", action="store_true")
     v.set_defaults(func=_train_vae)
 

@@ -100,6 +100,12 @@ class LatentEncoder:
         name = hashlib.sha1(repr(key).encode()).hexdigest()[:20]
         return self._dir / f"{name}.npy"
 
+    def has(self, key: tuple) -> bool:
+        """Whether the latent of `key` is cached (its sample then needs no frames read)."""
+        if self._memory is not None:
+            return key in self._memory
+        return self._dir is not None and bool(key) and self._path(key).exists()
+
     def _lookup(self, key: tuple) -> torch.Tensor | None:
         if self._memory is not None:
             return self._memory.get(key)
@@ -276,6 +282,9 @@ class Trainer:
             "role_shares": self.samples.role_counts(),
         }
 
+        if self.ctx.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 master weights, TF32 matmuls (Ampere and later)
+            torch.backends.cudnn.allow_tf32 = True
         # Networks: the DiT (trained), the VAE (frozen).
         self.vae, self.vae_source = self._load_vae(vae)
         self.encoder = LatentEncoder(self.vae, self.layout, config.latent_cache, self.ctx.device)
@@ -461,7 +470,12 @@ class Trainer:
         return [self.samples.spec_at(base + b) for b in range(B)]
 
     def make_batch(self, step: int) -> Batch:
-        samples = [self.samples.build(s) for s in self.batch_specs(step)]
+        specs = self.batch_specs(step)
+        if self.config.augment is None:
+            # A cached latent needs no frames: reading them was most of a GPU step's host time.
+            samples = [self.samples.build(s, images=not self.encoder.has(self.samples.key(s))) for s in specs]
+        else:
+            samples = [self.samples.build(s) for s in specs]
         if self.config.augment is not None:
             g = torch.Generator().manual_seed(mix_seed(self.config.seed, step, self.ctx.rank, 2))
             augmented = []
@@ -544,11 +558,27 @@ class Trainer:
                 "held_out": bool(self.val_demos)}
 
     # --- the loop --------------------------------------------------------------------------------------
-    def run(self, max_steps: int | None = None) -> TrainResult:
+    def _out_of_time(self, deadline: float | None) -> bool:
+        """Whether the wall-clock budget is spent; under torchrun every rank takes rank 0's answer."""
+        if deadline is None:
+            return False
+        flag = torch.tensor([float(time.monotonic() >= deadline)])
+        if self.ctx.distributed:
+            flag = flag.to(self.ctx.device)
+            dist.broadcast(flag, src=0)
+        return bool(flag.item())
+
+    def run(self, max_steps: int | None = None, time_limit: float | None = None) -> TrainResult:
+        """Train to `max_steps` (the config's by default), or until `time_limit` seconds have passed.
+
+        A run stopped by its time limit writes a checkpoint at the step it reached (resumable) and the
+        final model, like a run that reached its step count; the LR schedule is not rescaled.
+        """
         from tqdm import tqdm
 
         cfg = self.config
         target = max_steps or cfg.max_steps
+        deadline = None if time_limit is None else time.monotonic() + time_limit
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -573,10 +603,17 @@ class Trainer:
             bar.set_postfix(loss=f"{row['loss']:.3f}", sps=f"{row['samples_per_s']:.2f}", lr=f"{row['lr']:.2e}")
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.ctx.is_main:
                 self._record_eval()
-            if self.step % cfg.checkpoint_every == 0 or self.step == target:
-                if self.step == target and self.ctx.is_main and (not cfg.eval_every or self.step % cfg.eval_every):
+            stop = self.step < target and self._out_of_time(deadline)
+            if stop and self.ctx.is_main:
+                log.info("time limit of %.0f s reached at step %d of %d: saving and stopping", time_limit,
+                         self.step, target)
+            if self.step % cfg.checkpoint_every == 0 or self.step == target or stop:
+                last = self.step == target or stop
+                if last and self.ctx.is_main and (not cfg.eval_every or self.step % cfg.eval_every):
                     self._record_eval()
                 self.save()
+            if stop:
+                break
         bar.close()
         if self.ctx.is_main:
             final = self.run_dir / FINAL_DIR

@@ -349,7 +349,12 @@ class SampleBuilder:
         return SampleSpec(source, role, episode, step)
 
     # -- construction -------------------------------------------------------------------------
-    def build(self, spec: SampleSpec) -> TrainingSample:
+    def key(self, spec: SampleSpec) -> tuple:
+        """(episode name, step): what identifies the sample's pixel clip (the latent-cache key)."""
+        return (self.episodes[spec.source][spec.episode].name, spec.step)
+
+    def build(self, spec: SampleSpec, images: bool = True) -> TrainingSample:
+        """The sample of `spec`; `images=False` skips reading the frames (its latent is cached)."""
         if spec.source not in SOURCES:
             raise ConfigError(f"unknown sample source {spec.source!r}; choose one of {SOURCES}")
         ep = self.episodes[spec.source][spec.episode]
@@ -357,10 +362,12 @@ class SampleBuilder:
         layout = self.layout
         fut = future_index(spec.step, T, layout.chunk_size)
         size = layout.image_size
-        current = {slot: client_resize(ep.frame(src, spec.step), size)
-                   for slot, src in zip(layout.cameras, layout.camera_sources)}
-        future = {slot: client_resize(ep.frame(src, fut), size)
-                  for slot, src in zip(layout.cameras, layout.camera_sources)}
+        current, future = {}, {}
+        if images:
+            current = {slot: client_resize(ep.frame(src, spec.step), size)
+                       for slot, src in zip(layout.cameras, layout.camera_sources)}
+            future = {slot: client_resize(ep.frame(src, fut), size)
+                      for slot, src in zip(layout.cameras, layout.camera_sources)}
         actions = action_chunk_with_padding(ep.action, spec.step, layout.chunk_size)
         return TrainingSample(
             current=current,

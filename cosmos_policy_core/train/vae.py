@@ -129,8 +129,13 @@ def vae_losses(vae: WanVAE, video_B_3_T_H_W: torch.Tensor, cfg: VAETrainConfig) 
 
 
 def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = VAETrainConfig(),
-              progress: bool = True) -> dict:
-    """Train the VAE on the demos' camera frames and save it to `out_dir`; returns the metrics history."""
+              progress: bool = True, device: str | torch.device | None = None,
+              time_limit: float | None = None) -> dict:
+    """Train the VAE on the demos' camera frames and save it to `out_dir`; returns the metrics history.
+
+    `device`: "cuda" when available by default. `time_limit` (seconds) stops early; the cosine LR
+    still follows `cfg.steps`, so set both for a run that should anneal.
+    """
     from tqdm import tqdm
 
     from cosmos_policy_core.layout import LatentLayout
@@ -139,41 +144,47 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
     cameras = LatentLayout.aloha().camera_sources
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    vae = WanVAE(cfg.vae).train()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    vae = WanVAE(cfg.vae).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history = []
     start = time.perf_counter()
+    steps_done = 0
     bar = tqdm(range(cfg.steps), desc="train-vae", disable=not progress)
     for step in bar:
+        if step and time_limit is not None and time.perf_counter() - start > time_limit:
+            log.info("train-vae: time limit of %.0f s reached at step %d of %d", time_limit, step, cfg.steps)
+            break
         # Cosine decay to 10 %: the last steps polish the reconstruction.
         for g in opt.param_groups:
             g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
-        video = _clip_batch(episodes, cameras, cfg, rng)
+        video = _clip_batch(episodes, cameras, cfg, rng).to(device)
         losses = vae_losses(vae, video, cfg)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
+        steps_done = step + 1
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             row = {"step": step, **{k: float(v.detach()) for k, v in losses.items()},
                    "seconds": round(time.perf_counter() - start, 1)}
             history.append(row)
             bar.set_postfix(l1=f"{row['l1']:.4f}", std=f"{row['latent_std']:.2f}")
-    vae.eval()
+    vae = vae.eval().cpu()
     # The PSNR of a held set of clips tells the user whether the VAE is good enough to train on.
     with torch.no_grad():
         video = _clip_batch(episodes, cameras, cfg, np.random.default_rng(cfg.seed + 1))
         recon = vae.decode(vae.encode(video))
         mse = float(((recon - video) ** 2).mean()) / 4.0  # [-1, 1] -> [0, 1] scale
         psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
-    metadata = {"trained_by": "cosmos-aloha train-vae", "data": str(data_dir), "steps": cfg.steps,
+    metadata = {"trained_by": "cosmos-aloha train-vae", "data": str(data_dir), "steps": steps_done,
                 "config": {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in cfg.__dict__.items()},
                 "psnr_db": round(psnr, 2), "episodes": len(episodes)}
     save_vae_dir(out_dir, vae, metadata)
     (Path(out_dir) / "vae_metrics.json").write_text(json.dumps(history, indent=1))
-    log.info("train-vae: %d steps in %.0f s, reconstruction PSNR %.2f dB -> %s", cfg.steps,
+    log.info("train-vae: %d steps in %.0f s, reconstruction PSNR %.2f dB -> %s", steps_done,
              time.perf_counter() - start, psnr, out_dir)
-    return {"history": history, "psnr_db": psnr}
+    return {"history": history, "psnr_db": psnr, "steps": steps_done}
 
 
 __all__ = ["VAETrainConfig", "save_vae_dir", "load_vae", "vae_losses", "train_vae", "VAE_CONFIG_FILE"]
