@@ -151,7 +151,7 @@ def denoise(
     gt = gt_B_C_T_H_W.to(dtype)
 
     net_in_B_C_T_H_W = gt * mask + (x_sigma_B_C_T_H_W * c_in) * (1 - mask)
-    c_noise_cond = sigma_to_t(torch.tensor(sigma_conditional, dtype=dtype))
+    c_noise_cond = sigma_to_t(torch.tensor(sigma_conditional, dtype=dtype, device=x_sigma_B_C_T_H_W.device))
     frame_is_cond_B_1_T_1_1 = mask.mean(dim=(1, 3, 4), keepdim=True)
     c_noise = c_noise_cond * frame_is_cond_B_1_T_1_1 + c_noise * (1 - frame_is_cond_B_1_T_1_1)
 

@@ -160,7 +160,7 @@ class CosmosPolicy:
         from cosmos_policy_core.checkpoint import load_checkpoint_dir
 
         ckpt = load_checkpoint_dir(path)
-        vae = ckpt.build_vae().to(device)
+        vae = ckpt.build_vae().to(device, dtype=dtype or torch.float32)  # bf16 like the DiT when asked
         net = ckpt.build_dit(dtype).to(device)
         denoiser, vae_encoder = _make_engine(engine, net, ckpt.diffusion, compile=compile, onnx_dir=onnx_dir,
                                              device=device)
@@ -261,23 +261,24 @@ class CosmosPolicy:
     @torch.no_grad()
     def encode_clip(self, clip_B_T_H_W_3: torch.Tensor) -> torch.Tensor:
         """uint8 pixel clip -> normalized latent (B, C, T', H', W') float32 on the policy's device."""
-        video = clip_to_vae_input(clip_B_T_H_W_3.to(self.device))
         if self._vae_encoder is not None:
+            video = clip_to_vae_input(clip_B_T_H_W_3.to(self.device))
             return self._vae_encoder(video).float().to(self.device)
+        video = clip_to_vae_input(clip_B_T_H_W_3.to(self.device), dtype=self.vae_dtype)
         return self.vae.encode(video, chunk_frames=self.config.vae_chunk_frames).float()
 
     @torch.no_grad()
     def encode_observation(self, obs: Observation) -> ConditioningCache:
         """Preprocess + one causal VAE encode of the whole clip (reference §2.2): the shared conditioning."""
-        t0 = _now()
+        t0 = self._tick()
         text = self.text_embedding(obs.task).to(self.device)
         images = self.preprocess_images(obs.images)
         proprio = self.normalize_proprio(obs.proprio).to(self.device)
         clip = build_pixel_clip(self.layout, {k: torch.from_numpy(v) for k, v in images.items()})
-        t1 = _now()
+        t1 = self._tick()
         clean = self.encode_clip(clip)
         gt = inject_proprio(clean, proprio, self.layout.index("proprio"))
-        t2 = _now()
+        t2 = self._tick()
         return ConditioningCache(clean, gt, proprio, text, images, obs.task, float(obs.timestamp),
                                  {"preprocess": t1 - t0, "vae_encode": t2 - t1})
 
@@ -421,11 +422,11 @@ class CosmosPolicy:
         timings = dict.fromkeys(TIMING_KEYS, 0.0)
         if not isinstance(obs, ConditioningCache):
             timings.update(cond.timings)
-        t0 = _now()
+        t0 = self._tick()
         latent = self.sample_actions(cond, [seed], num_steps)
-        t1 = _now()
+        t1 = self._tick()
         images = self.decode_future_images(cond, latent)[0] if return_future_images else None
-        t2 = _now()
+        t2 = self._tick()
         chunk = ActionChunk(
             actions=self.actions_from_latent(latent)[0],
             value=float(self.values_from_latent(latent)[0]),
@@ -433,9 +434,15 @@ class CosmosPolicy:
             future_proprio=self.future_proprio_from_latent(latent)[0],
             future_images=images,
         )
-        timings.update(denoise=t1 - t0, decode=t2 - t1, postprocess=_now() - t2)
+        timings.update(denoise=t1 - t0, decode=t2 - t1, postprocess=self._tick() - t2)
         chunk.timings = timings
         return chunk
+
+    def _tick(self) -> float:
+        """A timing point: on a GPU, after the queued work has finished (else stages report launch time)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return _now()
 
     def with_config(self, **changes) -> "CosmosPolicy":
         """A policy sharing these networks with some PolicyConfig fields changed."""
