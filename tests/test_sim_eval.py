@@ -49,3 +49,16 @@ def test_sim_eval_two_episodes_with_the_shipped_checkpoint(tmp_path):
 
     with Image.open(gif) as im:
         assert im.n_frames >= 10 and im.size == (3 * 112, 2 * 112)
+
+
+def test_parallel_workers_give_the_same_episodes_as_one_process():
+    from cosmos_policy_core.sim.evaluate import EvalConfig, evaluate_checkpoint
+
+    cfg = EvalConfig(episodes=2, seed=7, num_steps=1, execute_steps=10, max_steps=12)
+    one = evaluate_checkpoint(SHIPPED, cfg, progress=False)
+    two = evaluate_checkpoint(SHIPPED, cfg, progress=False, workers=2)
+    assert two.config["workers"] == 2 and [e.index for e in two.per_episode] == [0, 1]
+    for a, b in zip(one.per_episode, two.per_episode):
+        assert (a.seed, a.steps, a.queries, a.max_reward, a.success) == (b.seed, b.steps, b.queries, b.max_reward,
+                                                                         b.success)
+        assert b.values == pytest.approx(a.values, abs=1e-3)

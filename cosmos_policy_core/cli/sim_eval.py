@@ -14,7 +14,8 @@ def _eval(args) -> int:
     cfg = EvalConfig(task=args.task, episodes=args.episodes, seed=args.seed, num_steps=args.steps,
                      execute_steps=args.execute_steps, max_steps=args.max_steps,
                      planner_candidates=args.planner_candidates)
-    report = evaluate_checkpoint(args.checkpoint, cfg, gif_path=args.video, progress=not args.no_progress)
+    report = evaluate_checkpoint(args.checkpoint, cfg, gif_path=args.video, progress=not args.no_progress,
+                                 workers=args.workers)
     lo, hi = report.ci95
     print(f"{report.task}: {report.successes}/{report.episodes} successes, rate {report.success_rate:.1%} "
           f"(95% Wilson CI {lo:.1%}-{hi:.1%}); max rewards {[e.max_reward for e in report.per_episode]}")
@@ -43,5 +44,7 @@ def add_eval_parser(sim_commands) -> None:
     parser.add_argument("--planner-candidates", type=int, default=0, help="best-of-N planning with N > 1")
     parser.add_argument("--json", help="write the report (episodes, successes, success_rate, ci95, max rewards)")
     parser.add_argument("--video", help="GIF of episode 0 with the predicted future frames")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="episodes in parallel processes (one sim + policy each, cores split between them)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=_eval)

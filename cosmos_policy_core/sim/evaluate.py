@@ -182,15 +182,10 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
                          values=values)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: str | Path | None = None,
-                        progress: bool = True) -> EvalReport:
-    """Closed-loop success rate of a checkpoint directory in the joint-space MuJoCo sim."""
-    from tqdm import tqdm
-
+def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
+    """(policy, planner or None) of a checkpoint, with the inference options its training implies."""
     from cosmos_policy_core.policy import CosmosPolicy
-    from cosmos_policy_core.sim.env import AlohaSimEnv
 
-    checkpoint = Path(checkpoint)
     policy = CosmosPolicy.from_checkpoint(checkpoint, config=_policy_config_for(checkpoint, cfg.num_steps))
     planner = None
     if cfg.planner_candidates > 1:
@@ -198,23 +193,90 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
 
         planner = BestOfNPlanner(policy, PlannerConfig(num_candidates=cfg.planner_candidates,
                                                        action_steps=cfg.num_steps or policy.config.num_steps,
-                                                       return_future_images=gif_path is not None))
-    executor_config = ExecutorConfig.aloha(CONTROL_HZ)
+                                                       return_future_images=future_images))
+    return policy, planner
+
+
+# One policy + one sim per worker process (set by _worker_init, used by _worker_episode).
+_WORKER: dict = {}
+
+
+def _worker_init(checkpoint: str, cfg: EvalConfig, threads: int, future_images: bool) -> None:
+    import torch
+
+    from cosmos_policy_core.sim.env import AlohaSimEnv
+
+    torch.set_num_threads(threads)
+    policy, planner = _load(Path(checkpoint), cfg, future_images)
+    env = AlohaSimEnv(cfg.task, cfg.render_size, cfg.render_size, control_hz=CONTROL_HZ)
+    env.__enter__()  # closed when the worker process exits
+    _WORKER.update(policy=policy, planner=planner, env=env, cfg=cfg)
+
+
+def _worker_episode(index: int, gif_path: str | None) -> EpisodeResult:
+    w = _WORKER
+    gif = GifRecorder() if gif_path is not None else None
+    result = run_episode(w["policy"], w["env"], ExecutorConfig.aloha(CONTROL_HZ), w["cfg"], index, w["planner"], gif)
+    if gif is not None:
+        gif.save(gif_path)
+    return result
+
+
+def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: str | Path | None = None,
+                        progress: bool = True, workers: int = 1) -> EvalReport:
+    """Closed-loop success rate of a checkpoint directory in the joint-space MuJoCo sim.
+
+    `workers` > 1 runs episodes in that many processes, each with its own sim and policy and
+    cpu_count // workers torch threads: several processes that each keep the default thread count
+    oversubscribe the cores, and on this project's 2-core machine that made episodes ~15x slower.
+    Episode i is the same (seed + i, policy seeds) whichever process runs it.
+    """
+    import multiprocessing as mp
+    import os
+
+    from tqdm import tqdm
+
+    from cosmos_policy_core.sim.env import AlohaSimEnv
+
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    checkpoint = Path(checkpoint)
     start = time.perf_counter()
-    results = []
-    with AlohaSimEnv(cfg.task, cfg.render_size, cfg.render_size, control_hz=CONTROL_HZ) as env:
-        bar = tqdm(range(cfg.episodes), desc=f"sim eval {cfg.task}", unit="ep", disable=not progress)
-        for i in bar:
-            gif = GifRecorder() if (gif_path is not None and i == 0) else None
-            results.append(run_episode(policy, env, executor_config, cfg, i, planner, gif))
-            if gif is not None:
-                gif.save(gif_path)
-            k = sum(r.success for r in results)
-            bar.set_postfix(success=f"{k}/{len(results)}", reward=results[-1].max_reward)
+    results: list[EpisodeResult] = []
+    bar = tqdm(total=cfg.episodes, desc=f"sim eval {cfg.task}", unit="ep", disable=not progress)
+
+    def record(result: EpisodeResult) -> None:
+        results.append(result)
+        k = sum(r.success for r in results)
+        bar.update(1)
+        bar.set_postfix(success=f"{k}/{len(results)}", reward=result.max_reward)
+
+    workers = min(workers, cfg.episodes)
+    if workers == 1:
+        policy, planner = _load(checkpoint, cfg, gif_path is not None)
+        executor_config = ExecutorConfig.aloha(CONTROL_HZ)
+        with AlohaSimEnv(cfg.task, cfg.render_size, cfg.render_size, control_hz=CONTROL_HZ) as env:
+            for i in range(cfg.episodes):
+                gif = GifRecorder() if (gif_path is not None and i == 0) else None
+                record(run_episode(policy, env, executor_config, cfg, i, planner, gif))
+                if gif is not None:
+                    gif.save(gif_path)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        gif = None if gif_path is None else str(gif_path)
+        ctx = mp.get_context("spawn")  # no fork of a process holding torch threads or a GL context
+        with ctx.Pool(workers, initializer=_worker_init, initargs=(str(checkpoint), cfg, threads, gif is not None)) as pool:
+            jobs = [pool.apply_async(_worker_episode, (i, gif if i == 0 else None), callback=record)
+                    for i in range(cfg.episodes)]
+            for job in jobs:
+                job.get()  # re-raises a worker's exception here
+    bar.close()
+    results.sort(key=lambda r: r.index)
     k = sum(r.success for r in results)
+    config = {**asdict(cfg), "workers": workers}
     return EvalReport(task=cfg.task, checkpoint=str(checkpoint), episodes=len(results), successes=k,
                       success_rate=k / len(results), ci95=wilson_interval(k, len(results)), per_episode=results,
-                      config=asdict(cfg), seconds=round(time.perf_counter() - start, 1))
+                      config=config, seconds=round(time.perf_counter() - start, 1))
 
 
 __all__ = ["wilson_interval", "EvalConfig", "EpisodeResult", "EvalReport", "GifRecorder", "run_episode",
