@@ -57,6 +57,8 @@ class SensorProbe:
             self.node.create_subscription(Image, f"{prefix}/{cam}", lambda m, c=cam: self.images[c].append(m), SENSOR_QOS)
         self.node.create_subscription(Float32, f"{prefix}/value", lambda m: self.values.append(m.data), COMMAND_QOS)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.timings: list = []         # /policy/chunk_timing messages
+        self.node.create_subscription(DiagnosticArray, "/policy/chunk_timing", self.timings.append, COMMAND_QOS)
         self.node.create_timer(PERIOD_S, self._publish)
 
     def now_ns(self) -> int:
@@ -174,6 +176,14 @@ def test_policy_lifecycle_publishes_chunks_only_while_active(ros_env, probe, che
             # the test checkpoint's layout is 64 px; the node publishes the model's size (224 for ALOHA)
             assert {(m.height, m.width, m.encoding) for m in images} == {(64, 64, "rgb8")}, cam
         assert probe.values and all(0.0 <= v <= 1.0 for v in probe.values)
+        # Each chunk's timing split, stamped like the chunk it describes.
+        assert probe.spin(5.0, until=lambda: len(probe.timings) >= 3)
+        chunk_stamps = {probe.stamp_to_ns(m.header.stamp) for _, m in probe.chunks}
+        for t in probe.timings[:3]:
+            assert probe.stamp_to_ns(t.header.stamp) in chunk_stamps
+            values = {kv.key: float(kv.value) for kv in t.status[0].values}
+            assert values["model_ms"] > 0 and values["wait_ms"] >= 0 and values["publish_ms"] >= 0
+            assert values["denoise_ms"] > 0 and values["vae_encode_ms"] > 0
         assert probe.spin(5.0, until=lambda: "chunks_published" in probe.diagnostics.get("cosmos_aloha/policy", {}))
         diag = probe.diagnostics["cosmos_aloha/policy"]
         assert diag["state"] == "active" and float(diag["latency_ms_p50"]) > 0
