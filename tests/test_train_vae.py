@@ -42,3 +42,15 @@ def test_train_vae_learns_saves_and_stops_at_its_time_limit(tmp_path):
 
     stopped = train_vae(data, tmp_path / "vae2", cfg, progress=False, device="cpu", time_limit=0.0)
     assert stopped["steps"] == 1  # the limit is checked before each step after the first
+
+
+def test_vae_lr_anneals_over_whichever_budget_ends_first():
+    from cosmos_policy_core.train.vae import vae_lr_factor
+
+    assert vae_lr_factor(0, 100) == 1.0
+    assert abs(vae_lr_factor(50, 100) - 0.55) < 1e-12
+    assert abs(vae_lr_factor(100, 100) - 0.1) < 1e-12
+    # 10 of 1000 steps but half the time limit gone: half-way down the cosine
+    assert abs(vae_lr_factor(10, 1000, elapsed_s=30.0, time_limit=60.0) - 0.55) < 1e-12
+    assert abs(vae_lr_factor(10, 1000, elapsed_s=90.0, time_limit=60.0) - 0.1) < 1e-12
+    assert vae_lr_factor(10, 1000, elapsed_s=1.0, time_limit=None) == vae_lr_factor(10, 1000)

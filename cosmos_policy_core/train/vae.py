@@ -128,13 +128,21 @@ def vae_losses(vae: WanVAE, video_B_3_T_H_W: torch.Tensor, cfg: VAETrainConfig) 
     return {"loss": total, "l1": l1, "l2": l2, "kl": kl, "latent_std": z_norm.std().detach()}
 
 
+def vae_lr_factor(step: int, steps: int, elapsed_s: float = 0.0, time_limit: float | None = None) -> float:
+    """Cosine from 1 to 0.1 over the run; its progress is the larger of step / steps and elapsed / time limit."""
+    progress = step / steps
+    if time_limit:
+        progress = max(progress, elapsed_s / time_limit)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = VAETrainConfig(),
               progress: bool = True, device: str | torch.device | None = None,
               time_limit: float | None = None) -> dict:
     """Train the VAE on the demos' camera frames and save it to `out_dir`; returns the metrics history.
 
-    `device`: "cuda" when available by default. `time_limit` (seconds) stops early; the cosine LR
-    still follows `cfg.steps`, so set both for a run that should anneal.
+    `device`: "cuda" when available by default. `time_limit` (seconds) stops early; the cosine LR then
+    anneals over the time limit when that ends the run before `cfg.steps`.
     """
     from tqdm import tqdm
 
@@ -155,9 +163,10 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
         if step and time_limit is not None and time.perf_counter() - start > time_limit:
             log.info("train-vae: time limit of %.0f s reached at step %d of %d", time_limit, step, cfg.steps)
             break
-        # Cosine decay to 10 %: the last steps polish the reconstruction.
+        # Cosine decay to 10 % over whichever budget runs out first (steps or time): the last steps polish
+        # the reconstruction.
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+            g["lr"] = cfg.lr * vae_lr_factor(step, cfg.steps, time.perf_counter() - start, time_limit)
         video = _clip_batch(episodes, cameras, cfg, rng).to(device)
         losses = vae_losses(vae, video, cfg)
         opt.zero_grad(set_to_none=True)
@@ -187,4 +196,4 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
     return {"history": history, "psnr_db": psnr, "steps": steps_done}
 
 
-__all__ = ["VAETrainConfig", "save_vae_dir", "load_vae", "vae_losses", "train_vae", "VAE_CONFIG_FILE"]
+__all__ = ["vae_lr_factor", "VAETrainConfig", "save_vae_dir", "load_vae", "vae_losses", "train_vae", "VAE_CONFIG_FILE"]
