@@ -16,7 +16,7 @@ the chunk steps reuse it.
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 import traceback
-import types
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -162,43 +161,6 @@ def _counters() -> dict[str, int]:
 def _counter_delta(before: dict[str, int]) -> dict[str, int]:
     after = _counters()
     return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Pillow is only needed by the image preprocessing (policy.py -> images.py); a bare GPU box may not have it
-# ---------------------------------------------------------------------------------------------------------------------
-def ensure_pil() -> str:
-    """'Pillow x.y' if installed; otherwise installs a torch bicubic stand-in for PIL.Image and says so."""
-    try:
-        pil = importlib.import_module("PIL")
-        importlib.import_module("PIL.Image")
-        return f"Pillow {getattr(pil, '__version__', '?')}"
-    except ImportError:
-        pass
-
-    class _Image:
-        def __init__(self, arr: np.ndarray) -> None:
-            self._arr = np.ascontiguousarray(arr)
-
-        def resize(self, size, resample=None) -> "_Image":
-            w, h = size
-            x = torch.from_numpy(self._arr).permute(2, 0, 1)[None].float()
-            y = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
-            return _Image(y.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy())
-
-        def __array__(self, dtype=None, copy=None):
-            return self._arr if dtype is None else self._arr.astype(dtype)
-
-    image_mod = types.ModuleType("PIL.Image")
-    image_mod.fromarray = _Image
-    image_mod.BICUBIC = 3
-    image_mod.BILINEAR = 2
-    pil_mod = types.ModuleType("PIL")
-    pil_mod.Image = image_mod
-    pil_mod.__version__ = "shim"
-    sys.modules["PIL"] = pil_mod
-    sys.modules["PIL.Image"] = image_mod
-    return "missing: camera-frame resizes use a torch bicubic stand-in (same sizes, close but not PIL's pixels)"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -686,7 +648,7 @@ def _run(args: argparse.Namespace, rec: Recorder, sections: set[str], modes: lis
         rec.report["env"] = environment(device)
     except Exception:  # noqa: BLE001
         rec.report["env"] = {"torch": torch.__version__, "device": str(device), "error": traceback.format_exc()}
-    rec.report["env"]["pil"] = ensure_pil()
+    rec.report["env"]["pil"] = f"Pillow {importlib.metadata.version('pillow')}"
     rec.write()
     rec.log("env: " + ", ".join(f"{k}={rec.report['env'].get(k)}" for k in
                                 ("torch", "torch_cuda", "device_name", "sm_count", "triton", "pil")))
