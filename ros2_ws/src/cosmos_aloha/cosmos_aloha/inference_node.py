@@ -59,12 +59,6 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _gpu_dtype():
-    import torch
-
-    return torch.bfloat16
-
-
 def load_policy(p, planning_checkpoint: str | None = None) -> CosmosPolicy:
     """The checkpoint with the engine the parameters name (ConfigError / CheckpointError say what is wrong)."""
     if not p.checkpoint:
@@ -72,11 +66,13 @@ def load_policy(p, planning_checkpoint: str | None = None) -> CosmosPolicy:
                           "(`-p checkpoint:=DIR`, launch argument checkpoint:=DIR)")
     if p.engine not in ENGINES:
         raise ConfigError(f"unknown engine {p.engine!r}; choose one of {ENGINES}")
+    import torch
+
     engine, compile_mode, engine_dir = p.engine, None, None
     device = resolve_device(p.device)
     on_gpu = str(device).startswith("cuda")
     if engine == "compile":
-        # On a GPU: inductor + CUDA graphs (the launch overhead of 28 blocks is most of a 1-step chunk).
+        # On a GPU: inductor + CUDA graphs (2B DiT forward 30.2 -> 19.2 ms on an H200, benchmarks/RESULTS.md).
         engine, compile_mode = "torch", "reduce-overhead" if on_gpu else "default"
     elif engine in ("onnx", "tensorrt"):
         engine_dir = Path(p.engine_dir or Path(p.checkpoint) / "export")
@@ -86,7 +82,7 @@ def load_policy(p, planning_checkpoint: str | None = None) -> CosmosPolicy:
                               "or set the engine_dir parameter")
     return CosmosPolicy.from_checkpoint(
         p.checkpoint, engine=engine, device=device, compile=compile_mode, onnx_dir=engine_dir,
-        dtype=_gpu_dtype() if on_gpu and engine == "torch" else None,  # bf16 on a GPU, as the reference serves
+        dtype=torch.bfloat16 if on_gpu and engine == "torch" else None,  # bf16 on a GPU, as the reference serves
         planning_checkpoint=planning_checkpoint or None, config=PolicyConfig(num_steps=int(getattr(p, "num_steps", 10))))
 
 
