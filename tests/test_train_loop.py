@@ -95,19 +95,20 @@ def _write_dataset(root: Path, n: int = 3) -> Path:
     return root
 
 
-def _torchrun(tmp_path: Path, nproc: int, steps: int) -> subprocess.CompletedProcess:
+def _torchrun(tmp_path: Path, nproc: int, steps: int, *extra: str) -> subprocess.CompletedProcess:
     data = _write_dataset(tmp_path / "data")
     cfg = fast_config(max_steps=steps, checkpoint_every=steps, eval_every=0)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "cosmos_policy_core.cli.train", "--data", str(data), "--config", str(tmp_path / "cfg.json"),
-           "--out", str(tmp_path / "run"), "--no-progress"]
+           "--out", str(tmp_path / "run"), "--no-progress", *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_torchrun_two_processes_gloo(tmp_path):
-    proc = _torchrun(tmp_path, 2, 1)
+    # 5 steps asked, but the time limit is spent after the first: both ranks must stop together (rank 0 decides).
+    proc = _torchrun(tmp_path, 2, 5, "--time-limit", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = load_checkpoint_dir(tmp_path / "run" / "model")
     assert ckpt.metadata["world_size"] == 2 and ckpt.metadata["step"] == 1
