@@ -69,6 +69,9 @@ class PolicyConfig:
     clip_actions: bool = True
     vae_chunk_frames: int | None = None  # None: one causal pass over the clip (same latents as chunks)
     vae_decode_chunk: int | None = None  # latent frames per decoder call; None: one pass (same images)
+    # Encode the clip's black prefix (blank + proprio slots, 5 of ALOHA's 41 frames) once and resume the
+    # causal encoder from its state on every call: the same latents (up to float rounding), less work.
+    vae_prefix_cache: bool = True
     sample_batch: int = 64         # most rows per network call (larger batches are split)
 
     def __post_init__(self) -> None:
@@ -135,6 +138,7 @@ class CosmosPolicy:
         self.config = config
         self.device = denoiser.device
         self._vae_encoder = vae_encoder
+        self._prefix: tuple[tuple, object, torch.Tensor] | None = None  # (key, encoder stream, its latents)
         self._text = {task: emb.detach().float().reshape(1, *emb.shape[-2:]) for task, emb in text_embeddings.items()}
 
     # --- construction ----------------------------------------------------------------------------
@@ -265,7 +269,22 @@ class CosmosPolicy:
             video = clip_to_vae_input(clip_B_T_H_W_3.to(self.device))
             return self._vae_encoder(video).float().to(self.device)
         video = clip_to_vae_input(clip_B_T_H_W_3.to(self.device), dtype=self.vae_dtype)
-        return self.vae.encode(video, chunk_frames=self.config.vae_chunk_frames).float()
+        n = self._constant_prefix_frames()
+        if not (self.config.vae_prefix_cache and self.config.vae_chunk_frames is None and n
+                and not clip_B_T_H_W_3[:, :n].any()):
+            return self.vae.encode(video, chunk_frames=self.config.vae_chunk_frames).float()
+        key = (tuple(video.shape[:2]), tuple(video.shape[3:]), video.dtype, video.device)
+        if self._prefix is None or self._prefix[0] != key:
+            stream = self.vae.encoder_stream()
+            self._prefix = (key, stream, stream.push(video[:, :, :n]))
+        _, stream, prefix_latents = self._prefix
+        rest = stream.fork().push(video[:, :, n:])
+        return torch.cat([prefix_latents, rest], dim=2).float()
+
+    def _constant_prefix_frames(self) -> int:
+        """Pixel frames before the first camera slot (black at inference), as 1 + 4k; 0 if there are none."""
+        first_camera = min(self.layout.index(c) for c in self.layout.cameras)
+        return 1 + 4 * (first_camera - 1) if first_camera >= 2 else 0
 
     @torch.no_grad()
     def encode_observation(self, obs: Observation) -> ConditioningCache:

@@ -7,7 +7,7 @@ import torch
 
 from cosmos_policy_core.errors import ConfigError, ShapeError
 from cosmos_policy_core.images import center_crop_resize, center_crop_size, client_resize, prepare_images
-from cosmos_policy_core.layout import build_pixel_clip, condition_mask, conditioning_frames
+from cosmos_policy_core.layout import build_pixel_clip, clip_to_vae_input, condition_mask, conditioning_frames
 from cosmos_policy_core.policy import TIMING_KEYS, CosmosPolicy, PolicyConfig
 from cosmos_policy_core.testing import DEFAULT_TASKS, build_random_checkpoint, random_observation
 
@@ -171,6 +171,24 @@ def test_conditioning_latents_ignore_later_pixels(policy, cond):
     torch.testing.assert_close(a[:, :, :5], b[:, :, :5])
     torch.testing.assert_close(a, cond.clean_1_C_T_H_W)
     assert (a[:, :, 5:] - b[:, :, 5:]).abs().max() > 1e-3
+
+
+def test_black_prefix_is_encoded_once_and_gives_the_same_latents(policy, cond):
+    lay = policy.layout
+    clip = build_pixel_clip(lay, {k: torch.from_numpy(v) for k, v in cond.images.items()})
+    full = policy.with_config(vae_prefix_cache=False).encode_clip(clip)
+    assert policy._constant_prefix_frames() == 5  # blank + the proprio slot's 4 frames
+    first = policy.encode_clip(clip)
+    stream = policy._prefix[1]
+    again = policy.encode_clip(clip)
+    assert policy._prefix[1] is stream  # the prefix state is reused, not re-encoded
+    torch.testing.assert_close(first, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(again, first)
+    # A clip whose prefix is not black (not the inference layout) takes the full encode.
+    lit = clip.clone()
+    lit[:, 1:5] = 200
+    torch.testing.assert_close(policy.encode_clip(lit), policy.vae.encode(clip_to_vae_input(lit), chunk_frames=None))
+    assert (policy.encode_clip(lit) - first).abs().max() > 1e-3
 
 
 def test_value_modes(policy, cond):
