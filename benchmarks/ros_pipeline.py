@@ -101,6 +101,23 @@ def role_pub(args) -> int:
     return 0
 
 
+def spin_until_signal(node, done=lambda: False) -> None:
+    """Spin `node` until SIGINT / SIGTERM or `done()`; a shutdown from outside ends it quietly."""
+    import rclpy
+
+    executor = rclpy.executors.SingleThreadedExecutor()
+    executor.add_node(node)
+    stop = {"flag": False}
+    signal.signal(signal.SIGINT, lambda *a: stop.update(flag=True))
+    signal.signal(signal.SIGTERM, lambda *a: stop.update(flag=True))
+    try:
+        while not stop["flag"] and not done():
+            executor.spin_once(timeout_sec=0.05)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    executor.remove_node(node)
+
+
 def role_sub(args) -> int:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
@@ -141,16 +158,7 @@ def role_sub(args) -> int:
                 jitter.append({kv.key: kv.value for kv in status.values})
 
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
-    executor = rclpy.executors.SingleThreadedExecutor()
-    executor.add_node(node)
-    stop = {"flag": False}
-    signal.signal(signal.SIGINT, lambda *a: stop.update(flag=True))
-    signal.signal(signal.SIGTERM, lambda *a: stop.update(flag=True))
-    try:
-        while not stop["flag"]:
-            executor.spin_once(timeout_sec=0.05)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass  # the summary below is what the orchestrator waits for
+    spin_until_signal(node)  # the summary below is what the orchestrator waits for
     summary = {"images": {}, "joint_states": len(joints), "executor_diagnostics": jitter}
     for cam, rows in received.items():
         lat = np.array([r[1] for r in rows]) if rows else np.zeros(1)
@@ -202,21 +210,10 @@ def role_chunks(args) -> int:
 
     node.create_subscription(JointTrajectory, CHUNK_TOPIC, on_chunk, COMMAND_QOS)
     node.create_subscription(DiagnosticArray, POLICY_TIMING_TOPIC, on_timing, COMMAND_QOS)
-    executor = rclpy.executors.SingleThreadedExecutor()
-    executor.add_node(node)
-    stop = {"flag": False}
-    signal.signal(signal.SIGINT, lambda *a: stop.update(flag=True))
-    signal.signal(signal.SIGTERM, lambda *a: stop.update(flag=True))
-    try:
-        while not stop["flag"]:
-            executor.spin_once(timeout_sec=0.05)
-            if first["ns"] and node.get_clock().now().nanoseconds - first["ns"] > args.seconds * 1e9:
-                break
-        end = time.monotonic() + 0.5   # the timing message follows its chunk
-        while time.monotonic() < end:
-            executor.spin_once(timeout_sec=0.05)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
+    spin_until_signal(node, lambda: bool(first["ns"]) and
+                      node.get_clock().now().nanoseconds - first["ns"] > args.seconds * 1e9)
+    end = time.monotonic() + 0.5   # the timing message follows its chunk
+    spin_until_signal(node, lambda: time.monotonic() > end)
     rows = [{"stamp_ns": stamp, "received_ns": recv, **timings.get(stamp, {})} for stamp, recv in sorted(received.items())]
     Path(args.out).write_text(json.dumps({"chunks": rows, "timing_messages": len(timings), "realtime": realtime}))
     node.destroy_node()
