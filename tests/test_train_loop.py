@@ -89,6 +89,16 @@ def test_init_from_reference_pt_really_loads(tmp_path):
         Trainer(cfg, None, tmp_path / "run2", demos=demos(2), init=bad, progress=False)
 
 
+def test_init_adds_absolute_position_tables_at_zero(tmp_path):
+    plain = Trainer(fast_config(max_steps=1), None, tmp_path / "plain", demos=demos(2), progress=False).run()
+    cfg = fast_config()
+    cfg = replace(cfg, model=replace(cfg.model, abs_pos_emb=True))
+    trainer = Trainer(cfg, None, tmp_path / "pos", demos=demos(2), init=plain.final_checkpoint, progress=False)
+    assert sorted(trainer.init_report["new_tensors"]) == ["abs_pos_emb_h", "abs_pos_emb_t", "abs_pos_emb_w"]
+    assert all(not trainer.net.state_dict()[k].any() for k in trainer.init_report["new_tensors"])
+    assert trainer.init_report["tensors_loaded"] == len(load_checkpoint_dir(plain.final_checkpoint).model_state)
+
+
 def _write_dataset(root: Path, n: int = 3) -> Path:
     for i in range(n):
         write_episode_hdf5(root / f"episode_{i}.hdf5", episode(i))
@@ -145,3 +155,39 @@ def test_cached_samples_are_built_without_reading_frames(tmp_path):
     again = trainer.make_batch(0)  # same keys: every latent is cached now
     assert CountingEpisode.reads == reads
     assert torch.equal(first.x0_B_C_T_H_W, again.x0_B_C_T_H_W)
+
+
+def test_action_loss_weight_scales_only_the_action_frame_of_the_loss(tmp_path):
+    from cosmos_policy_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="action_loss_weight"):
+        fast_config(action_loss_weight=0.0)
+    policy_only = SampleConfig(step_stride=20, demo_prob=1.0)
+    plain = Trainer(fast_config(samples=policy_only), None, tmp_path / "a", demos=demos(), progress=False)
+    weighted = Trainer(fast_config(samples=policy_only, action_loss_weight=4.0), None, tmp_path / "b",
+                       demos=demos(), progress=False)
+    batch = plain.make_batch(0)
+    assert set(batch.roles) == {"policy"}
+    a = plain.layout.index("action")
+    base, scaled = plain.loss_mask(batch), weighted.loss_mask(batch)
+    assert torch.equal(base, batch.loss_mask_B_T)
+    assert torch.equal(scaled[:, a], 4.0 * base[:, a])
+    others = [t for t in range(base.shape[1]) if t != a]
+    assert torch.equal(scaled[:, others], base[:, others])
+    assert torch.equal(batch.loss_mask_B_T, base)  # the batch itself is not modified
+    # Same weights, same batch and noise: the weighted policy loss is larger by the action frame's extra share.
+    row_plain, row_weighted = plain.train_step(0), weighted.train_step(0)
+    assert row_weighted["loss"] > row_plain["loss"]
+
+
+def test_evaluation_reports_the_blind_mean_chunk_baseline(tmp_path):
+    trainer = Trainer(fast_config(eval_samples=2), None, tmp_path, demos=demos(3), progress=False)
+    train = trainer.train_demos
+    assert len(train) == 2  # the third demo is held out
+    T, step = len(train[0]), 30  # steps 30..39 exist, 40..79 repeat the last action
+    by_hand = np.mean([trainer.stats.normalize_actions(
+        np.concatenate([ep.action[step:], np.repeat(ep.action[-1:], 50 - (T - step), 0)]).astype(np.float64))
+        for ep in train], axis=0)
+    np.testing.assert_allclose(trainer.mean_chunk(step), by_hand, atol=1e-6)
+    result = trainer.evaluate()
+    assert result["held_out"] and result["mean_chunk_l1_normalized"] > 0

@@ -11,6 +11,9 @@ from typing import Any, Mapping
 from cosmos_policy_core.errors import ConfigError
 
 
+OPTIONAL_KEYS = ("abs_pos_emb",)   # added later: configs written before it mean False
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The DiT's shape. Field names follow the reference `MiniTrainDIT` arguments.
@@ -38,6 +41,11 @@ class ModelConfig:
     rope_w_extrapolation_ratio: float = 3.0
     rope_t_extrapolation_ratio: float = 1.0
     timestep_scale: float = 1.0
+    # Not in the reference (its configs have `extra_per_block_abs_pos_emb=False`): learnable absolute
+    # t/h/w embeddings added to the patch tokens, zero-initialised. With RoPE alone, attention values
+    # carry no position, so a small DiT trained from scratch struggles to turn *where* an object is
+    # into joint angles; the pretrained 2B DiT does not need this.
+    abs_pos_emb: bool = False
 
     @classmethod
     def cosmos_predict2_2b(cls) -> "ModelConfig":
@@ -122,7 +130,7 @@ class ModelConfig:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise ConfigError(f"model config has unknown keys {unknown}; known keys: {names}")
-        missing = [n for n in names if n not in data]
+        missing = [n for n in names if n not in data and n not in OPTIONAL_KEYS]
         if missing:
             raise ConfigError(f"model config lacks keys {missing}; write it with ModelConfig.to_dict()")
         return cls(**dict(data))

@@ -51,6 +51,10 @@ class TrainConfig:
     dtype: str = "float32"               # parameter dtype: float32, or bfloat16 (the reference's)
     fsdp: bool = False                   # shard with FSDP under torchrun (the 2B preset)
     latent_cache: str | None = None      # None, "memory" or a directory; only without augmentation
+    # Loss weight of the action latent frame (1 = the reference). The action chunk is one of the 11
+    # latent frames, so a small model can lower its loss by predicting the images and ignore where
+    # the object is; > 1 makes the policy samples pay for that (used by the shipped sim model's last stage).
+    action_loss_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -58,6 +62,8 @@ class TrainConfig:
                      "eval_sampling_steps", "text_length", "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+        if not self.action_loss_weight > 0:
+            raise ConfigError(f"action_loss_weight must be positive, got {self.action_loss_weight}")
         if self.val_episodes < 0 or self.eval_every < 0:
             raise ConfigError("val_episodes and eval_every must be >= 0")
         if self.dtype not in ("float32", "bfloat16"):

@@ -33,7 +33,7 @@ from cosmos_policy_core.nn.wan_vae import WanVAE
 from cosmos_policy_core.train.augment import augment_sample_images
 from cosmos_policy_core.train.config import TrainConfig
 from cosmos_policy_core.train.samples import (
-    EpisodeFrames, SampleBuilder, SampleSpec, TrainingSample, load_episode_dir, mix_seed,
+    EpisodeFrames, SampleBuilder, SampleSpec, TrainingSample, action_chunk_with_padding, load_episode_dir, mix_seed,
 )
 
 log = logging.getLogger(__name__)
@@ -337,9 +337,12 @@ class Trainer:
         else:
             # The reference silently skips a .pt load_path (its §0.8 defect); here it must load or fail.
             state = read_reference_state_dict(init, use_ema=False)
-        load_into(net, state, source=str(init))
-        log.info("initialised the DiT from %s: %d tensors loaded", init, len(state))
-        return {"source": str(init), "tensors_loaded": len(state)}
+        # A model that adds absolute position embeddings starts them at zero (the same function as before).
+        new = [k for k in net.state_dict() if k.startswith("abs_pos_emb_") and k not in state]
+        load_into(net, {**state, **{k: net.state_dict()[k] for k in new}}, source=str(init))
+        log.info("initialised the DiT from %s: %d tensors loaded%s", init, len(state),
+                 f", {len(new)} new position-embedding tables at zero" if new else "")
+        return {"source": str(init), "tensors_loaded": len(state), "new_tensors": new}
 
     def _wrap(self, net: torch.nn.Module) -> torch.nn.Module:
         if not self.ctx.distributed:
@@ -486,6 +489,14 @@ class Trainer:
         clean = self.encoder.encode(samples)
         return assemble_batch(self.layout, samples, clean, self.text)
 
+    def loss_mask(self, batch: Batch) -> torch.Tensor:
+        """(B, T) per-frame loss weights: the role's mask, the action frame × `action_loss_weight`."""
+        mask_B_T = batch.loss_mask_B_T
+        if self.config.action_loss_weight != 1.0:
+            mask_B_T = mask_B_T.clone()
+            mask_B_T[:, self.layout.index("action")] *= self.config.action_loss_weight
+        return mask_B_T
+
     def train_step(self, step: int) -> dict:
         cfg = self.config
         batch = self.make_batch(step)
@@ -501,7 +512,7 @@ class Trainer:
         self.model.train()
         terms = diffusion_loss(
             self.model, batch.x0_B_C_T_H_W.to(dev), batch.mask_B_1_T_H_W.to(dev), batch.crossattn_B_L_D.to(dev),
-            sigma_B.to(dev), eps.to(dev), batch.loss_mask_B_T.to(dev), config=cfg.diffusion,
+            sigma_B.to(dev), eps.to(dev), self.loss_mask(batch).to(dev), config=cfg.diffusion,
             net_dtype=torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32,
         )
         self.optimizer.zero_grad(set_to_none=True)
@@ -553,9 +564,20 @@ class Trainer:
         l1_norm = float(np.abs(pred - target).mean())
         l1_robot = float(np.abs(self.stats.unnormalize_actions(np.clip(pred, -1, 1))
                                 - self.stats.unnormalize_actions(target)).mean())
+        mean_chunks = np.stack([self.mean_chunk(s.step) for s in specs])
         return {"step": self.step, "action_l1_normalized": l1_norm, "action_l1_robot": l1_robot,
+                "mean_chunk_l1_normalized": float(np.abs(mean_chunks - target).mean()),
                 "samples": len(samples), "sampling_steps": cfg.eval_sampling_steps,
                 "held_out": bool(self.val_demos)}
+
+    def mean_chunk(self, step: int) -> np.ndarray:
+        """The training demos' mean normalized action chunk at `step`: what a policy that ignores its
+        observation and knows only the time would play. A policy whose held-out L1 is not clearly below
+        this baseline's has not learned to look (e.g. where the object is)."""
+        episodes = self.train_demos or self.val_demos
+        chunks = [action_chunk_with_padding(ep.action, min(step, len(ep) - 1), self.layout.chunk_size)
+                  for ep in episodes]
+        return np.mean([self.stats.normalize_actions(c.astype(np.float64)) for c in chunks], axis=0)
 
     # --- the loop --------------------------------------------------------------------------------------
     def _out_of_time(self, deadline: float | None) -> bool:
@@ -629,8 +651,9 @@ class Trainer:
         result = self.evaluate()
         if result is not None:
             self.eval_history.append(result)
-            log.info("step %d: held-out action L1 %.4f (normalized), %.4f (robot units)", self.step,
-                     result["action_l1_normalized"], result["action_l1_robot"])
+            log.info("step %d: held-out action L1 %.4f (normalized), %.4f (robot units); the demos' mean "
+                     "chunk scores %.4f", self.step, result["action_l1_normalized"], result["action_l1_robot"],
+                     result["mean_chunk_l1_normalized"])
 
     def plot(self) -> Path | None:
         """loss.png: total and per-role loss, LR, and held-out action L1."""
@@ -659,7 +682,12 @@ def plot_history(history: Sequence[dict], eval_history: Sequence[dict], path: st
     axes[1].set_title("learning rate")
     axes[1].set_xlabel("step")
     if eval_history:
-        axes[2].plot([r["step"] for r in eval_history], [r["action_l1_normalized"] for r in eval_history], "o-")
+        axes[2].plot([r["step"] for r in eval_history], [r["action_l1_normalized"] for r in eval_history], "o-",
+                     label="policy")
+        baseline = [(r["step"], r["mean_chunk_l1_normalized"]) for r in eval_history if "mean_chunk_l1_normalized" in r]
+        if baseline:
+            axes[2].plot(*zip(*baseline), "k--", label="demos' mean chunk (blind)")
+        axes[2].legend()
     axes[2].set_title("held-out action L1 (normalized)")
     axes[2].set_xlabel("step")
     fig.tight_layout()
