@@ -43,8 +43,8 @@ class ModelConfig:
     timestep_scale: float = 1.0
     # Not in the reference (its configs have `extra_per_block_abs_pos_emb=False`): learnable absolute
     # t/h/w embeddings added to the patch tokens, zero-initialised. With RoPE alone, attention values
-    # carry no position, so a small DiT trained from scratch struggles to turn *where* an object is
-    # into joint angles; the pretrained 2B DiT does not need this.
+    # carry no position; the tables were meant to help a small DiT trained from scratch turn *where* an
+    # object is into joint angles, but did not in the sim sweep (docs/training.md). Kept opt-in.
     abs_pos_emb: bool = False
 
     @classmethod
