@@ -1,13 +1,28 @@
-"""Shared test fixtures: an isolated ROS 2 environment per test, markers for optional stacks."""
+"""Shared test fixtures: an isolated ROS 2 environment per test, markers for optional stacks, benchmark scripts."""
 from __future__ import annotations
 
 import importlib.util
 import os
 import random
+from pathlib import Path
 
 import pytest
 
 HAS_RCLPY = importlib.util.find_spec("rclpy") is not None
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def load_benchmark():
+    """load_benchmark("name") imports benchmarks/name.py afresh (benchmarks are scripts, not a package)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture

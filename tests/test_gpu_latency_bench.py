@@ -1,24 +1,18 @@
 """benchmarks/gpu_latency.py end to end on the CPU with the tiny preset: every section measured, failures and the deadline recorded."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_latency.py"
 TINY_CPU = ["--model", "tiny", "--device", "cpu", "--image-size", "64", "--repeats", "1", "--warmup", "0",
             "--compile-modes", "none", "--chunk-steps", "1"]
 
 
 @pytest.fixture
-def bench_module():
-    spec = importlib.util.spec_from_file_location("gpu_latency_under_test", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench_module(load_benchmark):
+    return load_benchmark("gpu_latency")
 
 
 def test_tiny_cpu_run_measures_every_section_and_records_a_failing_step(bench_module, tmp_path, monkeypatch):
