@@ -1,0 +1,95 @@
+"""How strongly does the task object move the VAE latent the DiT sees? Per camera and image size.
+
+Renders `--scenes` reset scenes of a sim task (only the object pose differs between them), encodes each
+as the policy does (the camera frame resized with `images.client_resize`, the layout's 41-frame clip, one
+causal VAE pass) and reports, per camera slot and image size:
+
+- `content_rms`: the RMS of the camera's latent frame (what every token carries anyway);
+- `object_dev_max`: over latent positions, the largest channel-RMS standard deviation across scenes,
+  i.e. how far the object moves the latent where it moves it most;
+- `contrast`: their ratio.
+
+A small DiT trained from scratch learns to use the object only when this contrast is large enough: see
+docs/training.md ("Why the first reach is blind"). Example:
+
+    MUJOCO_GL=egl .venv/bin/python benchmarks/latent_contrast.py \
+        --vae models/aloha_sim_transfer_cube_small --sizes 64 128 224 --json latent_contrast.json
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cosmos_policy_core.images import client_resize
+from cosmos_policy_core.layout import LatentLayout, build_pixel_clip, clip_to_vae_input
+from cosmos_policy_core.train.vae import load_vae
+
+
+def render_scenes(task: str, scenes: int, seed: int, render_size: int) -> list[dict[str, np.ndarray]]:
+    from cosmos_policy_core.sim.env import AlohaSimEnv
+
+    env = AlohaSimEnv(task, render_size, render_size, control_hz=25)
+    return [{k: v.copy() for k, v in env.reset(seed=seed + i)["images"].items()} for i in range(scenes)]
+
+
+@torch.no_grad()
+def camera_latents(vae, layout: LatentLayout, frames: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """camera slot -> (scenes, C, h, w) latent of that slot, encoded as the policy encodes an observation."""
+    per_slot: dict[str, list[torch.Tensor]] = {c: [] for c in layout.cameras}
+    for images in frames:
+        resized = {src: client_resize(images[src], layout.image_size) for src in layout.camera_sources}
+        clip = build_pixel_clip(layout, {k: torch.from_numpy(np.array(v)) for k, v in resized.items()})
+        z = vae.encode(clip_to_vae_input(clip))[0]
+        for cam in layout.cameras:
+            per_slot[cam].append(z[:, layout.index(cam)])
+    return {cam: torch.stack(zs) for cam, zs in per_slot.items()}
+
+
+def contrast(z_N_C_H_W: torch.Tensor) -> dict[str, float]:
+    content = float(z_N_C_H_W.pow(2).mean().sqrt())
+    dev = float(z_N_C_H_W.std(0).pow(2).mean(0).sqrt().max())
+    return {"content_rms": round(content, 4), "object_dev_max": round(dev, 4), "contrast": round(dev / content, 4)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vae", required=True, help="a checkpoint or VAE directory (vae.safetensors + config)")
+    parser.add_argument("--task", default="transfer_cube", choices=("transfer_cube", "insertion"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224], help="layout image sizes")
+    parser.add_argument("--scenes", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=3000)
+    parser.add_argument("--render-size", type=int, default=224, help="camera frames are rendered square at this size")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.scenes < 2:
+        parser.error("--scenes must be at least 2 (the deviation is taken across scenes)")
+    torch.set_num_threads(args.threads)
+
+    vae = load_vae(args.vae).eval()
+    frames = render_scenes(args.task, args.scenes, args.seed, args.render_size)
+    rows = []
+    for size in args.sizes:
+        layout = dataclasses.replace(LatentLayout.aloha(), image_size=size)
+        for cam, z in camera_latents(vae, layout, frames).items():
+            rows.append({"image_size": size, "latent_hw": layout.latent_hw, "camera": cam, **contrast(z)})
+
+    print(f"{args.task}, {args.scenes} reset scenes, VAE {args.vae} ({platform.processor() or platform.machine()})")
+    print(f"{'size':>5} {'latent':>7} {'camera':>12} {'content_rms':>12} {'object_dev_max':>15} {'contrast':>9}")
+    for r in rows:
+        print(f"{r['image_size']:>5} {r['latent_hw']:>5}² {r['camera']:>12} {r['content_rms']:>12.3f} "
+              f"{r['object_dev_max']:>15.3f} {r['contrast']:>9.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({"task": args.task, "scenes": args.scenes, "seed": args.seed,
+                                         "vae": str(args.vae), "rows": rows}, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
