@@ -40,9 +40,9 @@ from cosmos_policy_core.train.vae import load_vae
 
 @torch.no_grad()
 def encode_samples(episodes, steps: list[int], vae, layout: LatentLayout, stats: DatasetStats,
-                   progress: bool = True) -> tuple[torch.Tensor, list[tuple[str, int]]]:
-    """(N, C, T, H, W) latents with proprio and the action chunk injected, and their (episode, step)."""
-    latents, keys = [], []
+                   progress: bool = True) -> torch.Tensor:
+    """(N, C, T, H, W) latents with proprio and the action chunk injected, episode by episode, step by step."""
+    latents = []
     for i, ep in enumerate(episodes):
         for step in steps:
             if step >= len(ep):
@@ -53,17 +53,17 @@ def encode_samples(episodes, steps: list[int], vae, layout: LatentLayout, stats:
                 raise ConfigError(f"{ep.name}: frames {small} are smaller than the image size "
                                   f"{layout.image_size}: the probe would measure upsampled images; "
                                   "use demos recorded at that size or larger")
-            images = {src: torch.from_numpy(np.array(client_resize(f, layout.image_size))) for src, f in frames.items()}
+            images = {src: torch.from_numpy(np.array(client_resize(f, layout.image_size)))
+                      for src, f in frames.items()}
             z = vae.encode(clip_to_vae_input(build_pixel_clip(layout, images)))
             proprio = torch.as_tensor(stats.normalize_proprio(ep.qpos[step]), dtype=torch.float32)[None]
             z = inject_proprio(z, proprio, layout.index("proprio"))
             chunk = action_chunk_with_padding(ep.action, step, layout.chunk_size)
             chunk = torch.as_tensor(stats.normalize_actions(chunk), dtype=torch.float32)[None]
             latents.append(inject_action_chunk(z, chunk, layout.index("action"))[0])
-            keys.append((ep.name, step))
         if progress:
             print(f"encoded {i + 1}/{len(episodes)} episodes", flush=True)
-    return torch.stack(latents), keys
+    return torch.stack(latents)
 
 
 def r2_across_scenes(pred_N_K_D: torch.Tensor, target_N_K_D: torch.Tensor) -> float:
@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     stats = DatasetStats.from_arrays(np.concatenate([e.action for e in episodes]),
                                      np.concatenate([e.qpos for e in episodes]))
     vae = load_vae(args.vae).eval()
-    x_train, _ = encode_samples(train_eps, args.steps, vae, layout, stats)
-    x_test, _ = encode_samples(test_eps, args.steps, vae, layout, stats)
+    x_train = encode_samples(train_eps, args.steps, vae, layout, stats)
+    x_test = encode_samples(test_eps, args.steps, vae, layout, stats)
 
     cams = [layout.index(c) for c in layout.cameras]
     if args.contrast_gain != 1.0:

@@ -9,8 +9,9 @@ causal VAE pass) and reports, per camera slot and image size:
   i.e. how far the object moves the latent where it moves it most;
 - `contrast`: their ratio.
 
-A small DiT trained from scratch learns to use the object only when this contrast is large enough: see
-docs/training.md ("Why the first reach is blind"). Example:
+In benchmarks/first_reach_probe.py a small DiT trained from scratch started to use the cube sooner the
+larger this contrast was, with the token grid fixed (docs/training.md, "Why the first reach is blind").
+Example:
 
     MUJOCO_GL=egl .venv/bin/python benchmarks/latent_contrast.py \
         --vae models/aloha_sim_transfer_cube_small --sizes 64 128 224 --json latent_contrast.json

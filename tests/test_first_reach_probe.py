@@ -13,7 +13,6 @@ from cosmos_policy_core.nn.wan_vae import WanVAE
 from cosmos_policy_core.train.vae import save_vae_dir
 
 
-
 @pytest.fixture
 def probe(load_benchmark):
     return load_benchmark("first_reach_probe")
