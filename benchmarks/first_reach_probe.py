@@ -4,7 +4,7 @@ The policy's hardest decision is the first reach: at a demo's first steps the ar
 object's pose differs, so the first chunk must come from the cameras. This probe isolates that decision from
 the diffusion objective: a small `CosmosDiT` from scratch regresses the action frame (no noise on it, the
 network's -F read as x0 as at σ → ∞) from the 5 conditioning frames (blank, proprio, 3 cameras, encoded by
-the VAE exactly as the policy encodes them) of the selected steps of every demo, and reports, every
+the VAE as the trainer builds and encodes its samples) of the selected steps of every demo, and reports, every
 `--eval-every` iterations, the R² across scenes of the first `--r2-actions` actions of `--r2-joints`
 (0 = the blind mean chunk, 1 = perfect), on the training demos and on `--held-out` ones.
 
@@ -28,42 +28,37 @@ import torch
 
 from cosmos_policy_core.checkpoint import DatasetStats
 from cosmos_policy_core.errors import ConfigError
-from cosmos_policy_core.images import client_resize
-from cosmos_policy_core.layout import (
-    LatentLayout, build_pixel_clip, clip_to_vae_input, inject_action_chunk, inject_proprio,
-)
+from cosmos_policy_core.layout import LatentLayout
 from cosmos_policy_core.nn.config import ModelConfig
 from cosmos_policy_core.nn.dit import CosmosDiT
-from cosmos_policy_core.train.samples import action_chunk_with_padding, load_episode_dir
+from cosmos_policy_core.train.loop import LatentEncoder, assemble_batch
+from cosmos_policy_core.train.samples import SampleBuilder, SampleSpec, load_episode_dir
 from cosmos_policy_core.train.vae import load_vae
 
 
 @torch.no_grad()
 def encode_samples(episodes, steps: list[int], vae, layout: LatentLayout, stats: DatasetStats,
                    progress: bool = True) -> torch.Tensor:
-    """(N, C, T, H, W) latents with proprio and the action chunk injected, episode by episode, step by step."""
+    """(N, C, T, H, W) policy-sample latents of `steps` of every episode, built, encoded and injected as the
+    trainer does (`SampleBuilder`, `LatentEncoder`, `assemble_batch`); episode by episode, step by step."""
+    builder, encoder = SampleBuilder(layout, stats, episodes), LatentEncoder(vae, layout)
+    no_text = {ep.task: torch.zeros(1, 1, 1) for ep in episodes}  # the probe has its own fixed context
     latents = []
     for i, ep in enumerate(episodes):
-        for step in steps:
-            if step >= len(ep):
-                raise ConfigError(f"{ep.name} has {len(ep)} steps; step {step} was asked for")
-            frames = {src: ep.frame(src, step) for src in layout.camera_sources}
-            small = {src: f.shape[:2] for src, f in frames.items() if min(f.shape[:2]) < layout.image_size}
-            if small:
-                raise ConfigError(f"{ep.name}: frames {small} are smaller than the image size "
-                                  f"{layout.image_size}: the probe would measure upsampled images; "
-                                  "use demos recorded at that size or larger")
-            images = {src: torch.from_numpy(np.array(client_resize(f, layout.image_size)))
-                      for src, f in frames.items()}
-            z = vae.encode(clip_to_vae_input(build_pixel_clip(layout, images)))
-            proprio = torch.as_tensor(stats.normalize_proprio(ep.qpos[step]), dtype=torch.float32)[None]
-            z = inject_proprio(z, proprio, layout.index("proprio"))
-            chunk = action_chunk_with_padding(ep.action, step, layout.chunk_size)
-            chunk = torch.as_tensor(stats.normalize_actions(chunk), dtype=torch.float32)[None]
-            latents.append(inject_action_chunk(z, chunk, layout.index("action"))[0])
+        late = [s for s in steps if s >= len(ep)]
+        if late:
+            raise ConfigError(f"{ep.name} has {len(ep)} steps; step {late[0]} was asked for")
+        small = {src: ep.frame(src, 0).shape[:2] for src in layout.camera_sources
+                 if min(ep.frame(src, 0).shape[:2]) < layout.image_size}
+        if small:
+            raise ConfigError(f"{ep.name}: frames {small} are smaller than the image size "
+                              f"{layout.image_size}: the probe would measure upsampled images; "
+                              "use demos recorded at that size or larger")
+        samples = [builder.build(SampleSpec("demo", "policy", i, step)) for step in steps]
+        latents.append(assemble_batch(layout, samples, encoder.encode(samples), no_text).x0_B_C_T_H_W)
         if progress:
             print(f"encoded {i + 1}/{len(episodes)} episodes", flush=True)
-    return torch.stack(latents)
+    return torch.cat(latents)
 
 
 def r2_across_scenes(pred_N_K_D: torch.Tensor, target_N_K_D: torch.Tensor) -> float:
