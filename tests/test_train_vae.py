@@ -54,3 +54,84 @@ def test_vae_lr_anneals_over_whichever_budget_ends_first():
     assert abs(vae_lr_factor(10, 1000, elapsed_s=30.0, time_limit=60.0) - 0.55) < 1e-12
     assert abs(vae_lr_factor(10, 1000, elapsed_s=90.0, time_limit=60.0) - 0.1) < 1e-12
     assert vae_lr_factor(10, 1000, elapsed_s=1.0, time_limit=None) == vae_lr_factor(10, 1000)
+
+
+def test_layout_clips_switch_camera_between_groups_of_four_identical_frames(tmp_path):
+    from cosmos_policy_core.train.samples import load_episode_dir
+    from cosmos_policy_core.train.vae import _clip_batch
+
+    episodes = load_episode_dir(_dataset(tmp_path / "data"))
+    cfg = VAETrainConfig(batch_size=64, image_size=32, clip_frames=13, clip_mode="layout", blank_prob=0.25)
+    clips = _clip_batch(episodes, CAMS, cfg, np.random.default_rng(0))
+    assert clips.shape == (64, 3, 13, 32, 32)
+    assert (clips[:, :, 0] == -1).all()                               # the black first frame
+    groups = clips[:, :, 1:].reshape(64, 3, 3, 4, 32, 32)              # B, C, group, copy, H, W
+    assert (groups == groups[:, :, :, :1]).all()                       # each group is 4 copies
+    black = (groups[:, :, :, 0] == -1).flatten(3).all(3).all(1)        # B, group
+    assert 0.1 < float(black.float().mean()) < 0.4                     # blank_prob of the groups
+    # the cameras differ by the square's x offset: some clips switch camera from one group to the next
+    switched = [not torch.equal(groups[b, :, 0, 0], groups[b, :, 1, 0]) for b in range(64) if not black[b].any()]
+    assert any(switched)
+
+
+def test_foreground_weights_single_out_what_differs_from_the_camera_mean():
+    from cosmos_policy_core.train.vae import foreground_weights
+
+    means = torch.stack([torch.full((3, 8, 8), -0.25), torch.full((3, 8, 8), 0.5)])   # two cameras
+    video = torch.full((1, 3, 3, 8, 8), -0.25)
+    video[:, :, 0] = -1.0                      # a black frame
+    video[:, :, 1, 2, 3] = 0.75                # one pixel of an object on camera 0's background
+    video[:, :, 2] = 0.5                       # camera 1's mean image
+    w = foreground_weights(video, means, 4.0)
+    assert w.shape == (1, 1, 3, 8, 8)
+    assert torch.allclose(w[0, 0, 0], torch.ones(8, 8))                   # black: weight 1
+    assert abs(float(w[0, 0, 1, 2, 3]) - 5.0) < 1e-6                      # 1 + 4 * |0.75 - (-0.25)|
+    assert float(w[0, 0, 1].sum()) == 5.0 + 63                            # the rest is background
+    assert torch.allclose(w[0, 0, 2], torch.ones(8, 8))                   # matched to camera 1's mean
+
+
+def test_weighted_reconstruction_loss_counts_the_weighted_pixels_more():
+    from cosmos_policy_core.train.vae import vae_losses
+    from cosmos_policy_core.nn.wan_vae import WanVAE
+
+    torch.manual_seed(0)
+    vae = WanVAE(VAEConfig(dim=4, num_res_blocks=1))
+    cfg = VAETrainConfig(kl_weight=0.0)
+    video = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        plain = vae_losses(vae, video, cfg)
+        ones = vae_losses(vae, video, cfg, torch.ones(1, 1, 5, 16, 16))
+    assert torch.allclose(plain["l1"], ones["l1"]) and torch.allclose(plain["l2"], ones["l2"])
+    with torch.no_grad():
+        err = (vae.decode(vae.encode(video)) - video).abs().mean(1, keepdim=True)   # B, 1, T, H, W
+        w = 1.0 + 100.0 * (err >= err.flatten().quantile(0.9))    # weigh the worst 10 % of pixels
+        weighted = vae_losses(vae, video, cfg, w)
+    assert float(weighted["l1"]) > 1.5 * float(plain["l1"])
+
+
+def test_train_vae_fine_tunes_from_init_with_layout_clips_and_foreground_weights(tmp_path):
+    data = _dataset(tmp_path / "data")
+    cfg = VAETrainConfig(vae=VAEConfig(dim=4, num_res_blocks=1), steps=3, batch_size=2, image_size=32, lr=1e-3)
+    train_vae(data, tmp_path / "base", cfg, progress=False, device="cpu")
+    tuned_cfg = VAETrainConfig(vae=VAEConfig.tiny(), steps=3, batch_size=2, image_size=32, clip_frames=9,
+                               clip_mode="layout", foreground_weight=10.0, lr=1e-3)
+    result = train_vae(data, tmp_path / "tuned", tuned_cfg, progress=False, device="cpu", init=tmp_path / "base")
+    base, tuned = load_vae(tmp_path / "base"), load_vae(tmp_path / "tuned")
+    assert tuned.config == base.config                              # the init's architecture, not cfg.vae
+    meta = json.loads((tmp_path / "tuned" / "vae_config.json").read_text())["metadata"]
+    assert meta["init"] == str(tmp_path / "base") and result["steps"] == 3
+    moved = [not torch.equal(a, b) for a, b in zip(base.state_dict().values(), tuned.state_dict().values())]
+    assert any(moved)
+
+
+def test_vae_train_config_rejects_bad_clip_modes_and_weights():
+    import pytest
+
+    from cosmos_policy_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="clip_mode"):
+        VAETrainConfig(clip_mode="video")
+    with pytest.raises(ConfigError, match="at least one group"):
+        VAETrainConfig(clip_mode="layout", clip_frames=1)
+    with pytest.raises(ConfigError, match="foreground_weight"):
+        VAETrainConfig(foreground_weight=-1.0)

@@ -61,9 +61,10 @@ def _train_vae(args) -> int:
     if args.config not in presets:
         raise ConfigError(f"unknown VAE preset {args.config!r}; choose one of {sorted(presets)}")
     cfg = VAETrainConfig(vae=presets[args.config], steps=args.steps, batch_size=args.batch,
-                         image_size=args.image_size, clip_frames=args.clip_frames, lr=args.lr, seed=args.seed)
+                         image_size=args.image_size, clip_frames=args.clip_frames, lr=args.lr, seed=args.seed,
+                         clip_mode=args.clip_mode, foreground_weight=args.foreground_weight)
     result = train_vae(args.data, args.out, cfg, progress=not args.no_progress, device=args.device,
-                       time_limit=args.time_limit)
+                       time_limit=args.time_limit, init=args.init)
     last = result["history"][-1]
     print(f"VAE saved to {args.out}: reconstruction L1 {last['l1']:.4f}, PSNR {result['psnr_db']:.2f} dB; "
           f"use it with `cosmos-aloha train --vae {args.out}`")
@@ -101,10 +102,17 @@ def register(subparsers) -> None:
     v.add_argument("--data", required=True)
     v.add_argument("--out", required=True)
     v.add_argument("--config", default="tiny", help="VAE preset: tiny | small | wan21")
+    v.add_argument("--init", help="fine-tune this VAE (train-vae or checkpoint directory) instead of a new one; "
+                                  "its architecture replaces --config")
     v.add_argument("--steps", type=int, default=1500)
     v.add_argument("--batch", type=int, default=4)
     v.add_argument("--image-size", type=int, default=224)
     v.add_argument("--clip-frames", type=int, default=5, help="frames per clip, 1 + 4k")
+    v.add_argument("--clip-mode", choices=("camera", "layout"), default="camera",
+                   help="camera: consecutive frames of one camera; layout: like the policy's clip, groups of 4 "
+                        "copies of one image switching camera between groups")
+    v.add_argument("--foreground-weight", type=float, default=0.0,
+                   help="pixels weigh 1 + this x their distance to the camera's mean image (0: plain mean)")
     v.add_argument("--lr", type=float, default=1e-3)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--device", help="cuda | cpu (default: cuda when available)")

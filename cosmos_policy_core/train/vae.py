@@ -76,7 +76,15 @@ class VAETrainConfig:
     l2_weight: float = 1.0
     kl_weight: float = 1e-6           # a whisper of KL keeps the latent scale bounded
     latent_std_weight: float = 0.01   # pulls the normalized latent towards unit variance (what the DiT expects)
-    blank_prob: float = 0.25          # fraction of clips that start with black frames, as the policy's clip does
+    blank_prob: float = 0.25          # fraction of clips (or, in "layout" clips, of groups) that are black
+    # "camera": consecutive frames of one camera. "layout": like the policy's pixel clip, a black first frame then
+    # groups of 4 copies of one image, each group a random camera (or black) of the same step, so the causal
+    # encoder learns the camera switches between latent frames that every policy clip has.
+    clip_mode: str = "camera"
+    # Pixels weigh 1 + foreground_weight * |x - the camera's mean image| (mean over RGB, [-1, 1] units) in the
+    # reconstruction loss: what changes across the data (the object, the arms) outweighs the static table, so a
+    # 2-pixel cube is not averaged away. 0: the plain mean (every pixel weighs the same).
+    foreground_weight: float = 0.0
     seed: int = 0
     log_every: int = 10
 
@@ -85,42 +93,102 @@ class VAETrainConfig:
             raise ConfigError(f"clip_frames must be 1 + 4k, got {self.clip_frames}")
         if self.steps <= 0 or self.batch_size <= 0:
             raise ConfigError("steps and batch_size must be positive")
+        if self.clip_mode not in ("camera", "layout"):
+            raise ConfigError(f"clip_mode must be 'camera' or 'layout', got {self.clip_mode!r}")
+        if self.clip_mode == "layout" and self.clip_frames < 5:
+            raise ConfigError("layout clips need at least one group of 4 frames (clip_frames >= 5)")
+        if self.foreground_weight < 0:
+            raise ConfigError(f"foreground_weight must be >= 0, got {self.foreground_weight}")
+
+
+def _camera_clip(ep: EpisodeFrames, cam: str, cfg: VAETrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """Consecutive frames (every other step) of one camera; some clips start black, as the policy's does."""
+    from cosmos_policy_core.images import client_resize
+
+    stride = 2
+    start = int(rng.integers(max(1, len(ep) - stride * cfg.clip_frames)))
+    clip = np.stack([client_resize(ep.frame(cam, min(len(ep) - 1, start + stride * i)), cfg.image_size)
+                     for i in range(cfg.clip_frames)])
+    if cfg.clip_frames > 1 and rng.random() < cfg.blank_prob:
+        n_black = 1 + 4 * int(rng.integers((cfg.clip_frames - 1) // 4))
+        clip[:n_black] = 0
+    return clip
+
+
+def _layout_clip(ep: EpisodeFrames, cameras: Sequence[str], cfg: VAETrainConfig,
+                 rng: np.random.Generator) -> np.ndarray:
+    """A black frame, then groups of 4 identical frames: a random camera (or black) of one step each."""
+    from cosmos_policy_core.images import client_resize
+
+    step = int(rng.integers(len(ep)))
+    clip = np.zeros((cfg.clip_frames, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    for g in range((cfg.clip_frames - 1) // 4):
+        if rng.random() >= cfg.blank_prob:
+            clip[1 + 4 * g: 5 + 4 * g] = client_resize(ep.frame(cameras[int(rng.integers(len(cameras)))], step),
+                                                       cfg.image_size)
+    return clip
 
 
 def _clip_batch(episodes: Sequence[EpisodeFrames], cameras: Sequence[str], cfg: VAETrainConfig,
                 rng: np.random.Generator) -> torch.Tensor:
-    """(B, 3, T, S, S) in [-1, 1]: consecutive frames (every other step) of one camera of a random episode.
-
-    Some clips start with black frames then switch to camera images, like the policy's pixel clip.
-    """
-    from cosmos_policy_core.images import client_resize
-
+    """(B, 3, T, S, S) in [-1, 1]: `cfg.clip_mode` clips of random episodes."""
     clips = []
     for _ in range(cfg.batch_size):
         ep = episodes[int(rng.integers(len(episodes)))]
-        cam = cameras[int(rng.integers(len(cameras)))]
-        stride = 2
-        start = int(rng.integers(max(1, len(ep) - stride * cfg.clip_frames)))
-        frames = [client_resize(ep.frame(cam, min(len(ep) - 1, start + stride * i)), cfg.image_size)
-                  for i in range(cfg.clip_frames)]
-        clip = np.stack(frames)
-        if cfg.clip_frames > 1 and rng.random() < cfg.blank_prob:
-            n_black = 1 + 4 * int(rng.integers((cfg.clip_frames - 1) // 4))
-            clip[:n_black] = 0
-        clips.append(clip)
+        if cfg.clip_mode == "layout":
+            clips.append(_layout_clip(ep, cameras, cfg, rng))
+        else:
+            clips.append(_camera_clip(ep, cameras[int(rng.integers(len(cameras)))], cfg, rng))
     x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float()
     return x / 127.5 - 1.0
 
 
-def vae_losses(vae: WanVAE, video_B_3_T_H_W: torch.Tensor, cfg: VAETrainConfig) -> dict[str, torch.Tensor]:
-    """Reconstruction (L1 + L2), KL of the posterior and a unit-variance pull on the normalized latent."""
+def camera_mean_images(episodes: Sequence[EpisodeFrames], cameras: Sequence[str], image_size: int,
+                       frames_per_camera: int = 256, seed: int = 0) -> torch.Tensor:
+    """(n_cameras, 3, S, S) mean image of each camera in [-1, 1], over random frames of random episodes."""
+    from cosmos_policy_core.images import client_resize
+
+    rng = np.random.default_rng(seed)
+    means = []
+    for cam in cameras:
+        total = np.zeros((image_size, image_size, 3))
+        for _ in range(frames_per_camera):
+            ep = episodes[int(rng.integers(len(episodes)))]
+            total += client_resize(ep.frame(cam, int(rng.integers(len(ep)))), image_size)
+        means.append(total / frames_per_camera)
+    return torch.from_numpy(np.stack(means)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def foreground_weights(video_B_3_T_H_W: torch.Tensor, means_N_3_H_W: torch.Tensor, weight: float) -> torch.Tensor:
+    """(B, 1, T, H, W) per-pixel loss weights 1 + weight * |x - nearest camera mean| (1 on black frames).
+
+    A frame's camera is not carried with the clip, so its deviation is taken from the closest camera mean
+    (the cameras' views differ far more than any scene does); black frames weigh 1.
+    """
+    x = video_B_3_T_H_W.permute(0, 2, 1, 3, 4)                          # B, T, 3, H, W
+    dev = (x[:, :, None] - means_N_3_H_W[None, None]).abs().mean(3)    # B, T, N, H, W
+    nearest = dev.mean((-1, -2)).argmin(2)                             # B, T
+    d = torch.gather(dev, 2, nearest[:, :, None, None, None].expand(-1, -1, 1, *dev.shape[-2:]))[:, :, 0]
+    black = (x <= -1.0 + 1e-6).flatten(2).all(2)                        # B, T
+    d = torch.where(black[:, :, None, None], torch.zeros_like(d), d)
+    return (1.0 + weight * d)[:, None]                                 # B, 1, T, H, W
+
+
+def vae_losses(vae: WanVAE, video_B_3_T_H_W: torch.Tensor, cfg: VAETrainConfig,
+               weights_B_1_T_H_W: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Reconstruction (L1 + L2, per-pixel `weights` if given, normalized by their sum), KL of the posterior and
+    a unit-variance pull on the normalized latent."""
     h = vae.encoder(video_B_3_T_H_W, CausalCache())
     mu, log_var = vae.conv1(h).chunk(2, dim=1)
     log_var = log_var.clamp(-30.0, 20.0)
     z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var) if cfg.kl_weight > 0 else mu
     recon = vae.decoder(vae.conv2(z), CausalCache())
-    l1 = (recon - video_B_3_T_H_W).abs().mean()
-    l2 = ((recon - video_B_3_T_H_W) ** 2).mean()
+    err = recon - video_B_3_T_H_W
+    if weights_B_1_T_H_W is None:
+        l1, l2 = err.abs().mean(), (err**2).mean()
+    else:
+        w = weights_B_1_T_H_W.expand_as(err)
+        l1, l2 = (w * err.abs()).sum() / w.sum(), (w * err**2).sum() / w.sum()
     kl = 0.5 * (mu**2 + log_var.exp() - 1.0 - log_var).mean()
     z_norm = (mu - vae.latent_mean.view(1, -1, 1, 1, 1)) / vae.latent_std.view(1, -1, 1, 1, 1)
     std_pull = (z_norm.std() - 1.0) ** 2
@@ -138,9 +206,11 @@ def vae_lr_factor(step: int, steps: int, elapsed_s: float = 0.0, time_limit: flo
 
 def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = VAETrainConfig(),
               progress: bool = True, device: str | torch.device | None = None,
-              time_limit: float | None = None) -> dict:
+              time_limit: float | None = None, init: str | Path | None = None) -> dict:
     """Train the VAE on the demos' camera frames and save it to `out_dir`; returns the metrics history.
 
+    `init`: a VAE (anything `load_vae` reads) to fine-tune instead of starting from scratch; its architecture
+    replaces `cfg.vae`.
     `device`: "cuda" when available by default. `time_limit` (seconds) stops early; the cosine LR then
     anneals over the time limit when that ends the run before `cfg.steps`.
     """
@@ -153,8 +223,10 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    vae = WanVAE(cfg.vae).to(device).train()
+    vae = (load_vae(init) if init is not None else WanVAE(cfg.vae)).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    means = (camera_mean_images(episodes, cameras, cfg.image_size, seed=cfg.seed).to(device)
+             if cfg.foreground_weight > 0 else None)
     history = []
     start = time.perf_counter()
     steps_done = 0
@@ -168,7 +240,8 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
         for g in opt.param_groups:
             g["lr"] = cfg.lr * vae_lr_factor(step, cfg.steps, time.perf_counter() - start, time_limit)
         video = _clip_batch(episodes, cameras, cfg, rng).to(device)
-        losses = vae_losses(vae, video, cfg)
+        weights = foreground_weights(video, means, cfg.foreground_weight) if means is not None else None
+        losses = vae_losses(vae, video, cfg, weights)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -187,7 +260,9 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
         mse = float(((recon - video) ** 2).mean()) / 4.0  # [-1, 1] -> [0, 1] scale
         psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
     metadata = {"trained_by": "cosmos-aloha train-vae", "data": str(data_dir), "steps": steps_done,
-                "config": {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in cfg.__dict__.items()},
+                "init": None if init is None else str(init),
+                "config": {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in cfg.__dict__.items()
+                           if not (k == "vae" and init is not None)},
                 "psnr_db": round(psnr, 2), "episodes": len(episodes)}
     save_vae_dir(out_dir, vae, metadata)
     (Path(out_dir) / "vae_metrics.json").write_text(json.dumps(history, indent=1))
@@ -196,4 +271,5 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
     return {"history": history, "psnr_db": psnr, "steps": steps_done}
 
 
-__all__ = ["vae_lr_factor", "VAETrainConfig", "save_vae_dir", "load_vae", "vae_losses", "train_vae", "VAE_CONFIG_FILE"]
+__all__ = ["vae_lr_factor", "VAETrainConfig", "save_vae_dir", "load_vae", "vae_losses", "train_vae", "VAE_CONFIG_FILE",
+           "camera_mean_images", "foreground_weights"]
