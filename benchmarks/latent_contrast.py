@@ -7,7 +7,11 @@ causal VAE pass) and reports, per camera slot and image size:
 - `content_rms`: the RMS of the camera's latent frame (what every token carries anyway);
 - `object_dev_max`: over latent positions, the largest channel-RMS standard deviation across scenes,
   i.e. how far the object moves the latent where it moves it most;
-- `contrast`: their ratio.
+- `contrast`: their ratio;
+- `object_recall`: how much of the object the VAE gives back after a decode of that clip: over the pixels where
+  a scene differs from the scenes' mean image (the object, mostly), 1 - |reconstruction - image| / |image - mean|,
+  averaged over the camera's 4 decoded frames (1: the object comes back; 0: the mean image does; < 0: worse);
+- `psnr_db`: the PSNR of those 4 decoded frames against the camera image (the whole frame).
 
 In benchmarks/first_reach_probe.py a small DiT trained from scratch started to use the cube sooner the
 larger this contrast was, with the token grid fixed (docs/training.md, "Why the first reach is blind").
@@ -52,6 +56,37 @@ def camera_latents(vae, layout: LatentLayout, frames: list[dict[str, np.ndarray]
     return {cam: torch.stack(zs) for cam, zs in per_slot.items()}
 
 
+@torch.no_grad()
+def reconstruction(vae, layout: LatentLayout, frames: list[dict[str, np.ndarray]],
+                   threshold: float = 0.1) -> dict[str, dict[str, float | None]]:
+    """camera slot -> {"object_recall", "psnr_db"} of the camera's 4 frames of the decoded policy clip.
+
+    object_recall: 1 - |recon - x| / |x - mean| over the pixels whose |x - mean| (mean over RGB, [-1, 1] units)
+    exceeds `threshold`, pooled over scenes; None where no pixel differs between scenes (the camera does not
+    see the object)."""
+    decoded: dict[str, list[torch.Tensor]] = {c: [] for c in layout.cameras}
+    images: dict[str, list[torch.Tensor]] = {c: [] for c in layout.cameras}
+    for scene in frames:
+        resized = {src: torch.from_numpy(np.array(client_resize(scene[src], layout.image_size)))
+                   for src in layout.camera_sources}
+        clip = clip_to_vae_input(build_pixel_clip(layout, resized))
+        recon = vae.decode(vae.encode(clip))[0]                                     # 3, T, S, S
+        for cam in layout.cameras:
+            start = layout.pixel_frame(layout.index(cam))
+            decoded[cam].append(recon[:, start:start + layout.duplicates_per_image])
+            images[cam].append(clip[0, :, start:start + 1])
+    out = {}
+    for cam in layout.cameras:
+        x, r = torch.stack(images[cam]), torch.stack(decoded[cam])                  # N, 3, 1|4, S, S
+        dev = (x - x.mean(0, keepdim=True)).abs().mean(1, keepdim=True)            # N, 1, 1, S, S
+        fg = (dev > threshold).expand(-1, -1, r.shape[2], -1, -1)
+        err = (r - x).abs().mean(1, keepdim=True)
+        recall = round(1.0 - float(err[fg].sum()) / float(dev.expand_as(err)[fg].sum()), 4) if fg.any() else None
+        mse = float(((r - x) ** 2).mean()) / 4.0                                    # [-1, 1] -> [0, 1] scale
+        out[cam] = {"object_recall": recall, "psnr_db": round(10 * np.log10(1.0 / max(mse, 1e-12)), 2)}
+    return out
+
+
 def contrast(z_N_C_H_W: torch.Tensor) -> dict[str, float]:
     content = float(z_N_C_H_W.pow(2).mean().sqrt())
     dev = float(z_N_C_H_W.std(0).pow(2).mean(0).sqrt().max())
@@ -78,14 +113,18 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for size in args.sizes:
         layout = dataclasses.replace(LatentLayout.aloha(), image_size=size)
+        recon = reconstruction(vae, layout, frames)
         for cam, z in camera_latents(vae, layout, frames).items():
-            rows.append({"image_size": size, "latent_hw": layout.latent_hw, "camera": cam, **contrast(z)})
+            rows.append({"image_size": size, "latent_hw": layout.latent_hw, "camera": cam, **contrast(z),
+                         **recon[cam]})
 
     print(f"{args.task}, {args.scenes} reset scenes, VAE {args.vae} ({platform.processor() or platform.machine()})")
-    print(f"{'size':>5} {'latent':>7} {'camera':>12} {'content_rms':>12} {'object_dev_max':>15} {'contrast':>9}")
+    print(f"{'size':>5} {'latent':>7} {'camera':>12} {'content_rms':>12} {'object_dev_max':>15} {'contrast':>9} "
+          f"{'object_recall':>14} {'psnr_db':>8}")
     for r in rows:
         print(f"{r['image_size']:>5} {r['latent_hw']:>5}² {r['camera']:>12} {r['content_rms']:>12.3f} "
-              f"{r['object_dev_max']:>15.3f} {r['contrast']:>9.3f}")
+              f"{r['object_dev_max']:>15.3f} {r['contrast']:>9.3f} "
+              f"{'-' if r['object_recall'] is None else format(r['object_recall'], '.3f'):>14} {r['psnr_db']:>8.2f}")
     if args.json:
         args.json.write_text(json.dumps({"task": args.task, "scenes": args.scenes, "seed": args.seed,
                                          "vae": str(args.vae), "rows": rows}, indent=1) + "\n")

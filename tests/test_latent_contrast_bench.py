@@ -51,6 +51,45 @@ def test_only_the_camera_that_sees_the_object_changes(bench, tmp_path, monkeypat
     assert rows["top"]["latent_hw"] == 8 and rows["top"]["object_dev_max"] > 0  # a random VAE: small but not 0
     # the wrist cameras are the same in every scene; the causal encoder sees the top frame only after them
     assert rows["left_wrist"]["object_dev_max"] == 0 and rows["right_wrist"]["object_dev_max"] == 0
+    assert rows["left_wrist"]["object_recall"] is None and rows["top"]["object_recall"] is not None
+
+
+class _PassThroughVAE:
+    """encode = identity; decode gives the clip back, or `mean` (a VAE that forgets the object) once set."""
+
+    def __init__(self):
+        self.seen, self.mean = [], None
+
+    def encode(self, clip):
+        self.seen.append(clip)
+        return clip
+
+    def decode(self, z):
+        return z if self.mean is None else self.mean
+
+
+def test_object_recall_is_one_for_a_perfect_vae_and_zero_for_one_that_returns_the_mean_image(bench):
+    import dataclasses
+
+    from cosmos_policy_core.layout import LatentLayout
+
+    layout = dataclasses.replace(LatentLayout.aloha(), image_size=64)
+    rng = np.random.default_rng(1)
+    background = {cam: rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)
+                  for cam in ("cam_high", "cam_left_wrist", "cam_right_wrist")}
+    frames = []
+    for i in range(4):
+        scene = {k: v.copy() for k, v in background.items()}
+        scene["cam_high"][8 + 12 * i:16 + 12 * i, 20:28] = (250, 10, 10)
+        frames.append(scene)
+    vae = _PassThroughVAE()
+    perfect = bench.reconstruction(vae, layout, frames)
+    assert perfect["top"]["object_recall"] == pytest.approx(1.0) and perfect["left_wrist"]["object_recall"] is None
+    assert perfect["top"]["psnr_db"] == 120.0                            # mse 0 -> the 1e-12 floor
+    vae.mean = torch.stack(vae.seen).mean(0)
+    forgetful = bench.reconstruction(vae, layout, frames)
+    assert forgetful["top"]["object_recall"] == pytest.approx(0.0, abs=1e-4)
+    assert forgetful["left_wrist"]["psnr_db"] == 120.0 and forgetful["top"]["psnr_db"] < 40
 
 
 def test_needs_two_scenes(bench, tmp_path):
