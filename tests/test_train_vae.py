@@ -58,36 +58,77 @@ def test_vae_lr_anneals_over_whichever_budget_ends_first():
 
 def test_layout_clips_switch_camera_between_groups_of_four_identical_frames(tmp_path):
     from cosmos_policy_core.train.samples import load_episode_dir
-    from cosmos_policy_core.train.vae import _clip_batch
+    from cosmos_policy_core.train.vae import BLACK, _clip_batch
 
     episodes = load_episode_dir(_dataset(tmp_path / "data"))
     cfg = VAETrainConfig(batch_size=64, image_size=32, clip_frames=13, clip_mode="layout", blank_prob=0.25)
-    clips = _clip_batch(episodes, CAMS, cfg, np.random.default_rng(0))
-    assert clips.shape == (64, 3, 13, 32, 32)
-    assert (clips[:, :, 0] == -1).all()                               # the black first frame
+    clips, record = _clip_batch(episodes, CAMS, cfg, np.random.default_rng(0))
+    assert clips.shape == (64, 3, 13, 32, 32) and record.shape == (64, 13, 2)
+    assert (clips[:, :, 0] == -1).all() and (record[:, 0, 0] == BLACK).all()   # the black first frame
     groups = clips[:, :, 1:].reshape(64, 3, 3, 4, 32, 32)              # B, C, group, copy, H, W
     assert (groups == groups[:, :, :, :1]).all()                       # each group is 4 copies
     black = (groups[:, :, :, 0] == -1).flatten(3).all(3).all(1)        # B, group
     assert 0.1 < float(black.float().mean()) < 0.4                     # blank_prob of the groups
-    # the cameras differ by the square's x offset: some clips switch camera from one group to the next
-    switched = [not torch.equal(groups[b, :, 0, 0], groups[b, :, 1, 0]) for b in range(64) if not black[b].any()]
-    assert any(switched)
+    cams = record[:, 1:, 0].reshape(64, 3, 4)
+    assert ((cams == BLACK) == black.numpy()[:, :, None]).all() and (cams == cams[:, :, :1]).all()
+    assert (record[:, :, 1] == record[:, :1, 1]).all()                 # one step per clip
+    # the record is what the clip shows: each non-black group is that camera's frame at that step
+    for b in range(8):
+        for g in range(3):
+            if cams[b, g, 0] != BLACK:
+                expected = [torch.from_numpy(ep.frame(CAMS[cams[b, g, 0]], record[b, 0, 1])).permute(2, 0, 1)
+                            .float() / 127.5 - 1 for ep in episodes]
+                assert any(torch.equal(groups[b, :, g, 0], e) for e in expected)
+    assert any(len(set(cams[b, :, 0])) > 1 for b in range(64) if not black[b].any())   # camera switches
 
 
-def test_foreground_weights_single_out_what_differs_from_the_camera_mean():
-    from cosmos_policy_core.train.vae import foreground_weights
+def test_camera_clips_record_their_camera_and_steps(tmp_path):
+    from cosmos_policy_core.train.samples import load_episode_dir
+    from cosmos_policy_core.train.vae import BLACK, _clip_batch
 
-    means = torch.stack([torch.full((3, 8, 8), -0.25), torch.full((3, 8, 8), 0.5)])   # two cameras
-    video = torch.full((1, 3, 3, 8, 8), -0.25)
+    episodes = load_episode_dir(_dataset(tmp_path / "data", T=20))
+    cfg = VAETrainConfig(batch_size=32, image_size=32, clip_frames=5, blank_prob=0.5)
+    clips, record = _clip_batch(episodes, CAMS, cfg, np.random.default_rng(3))
+    for b in range(32):
+        shown = record[b, :, 0][record[b, :, 0] != BLACK]
+        assert len(set(shown)) <= 1                                   # one camera per clip
+        assert (np.diff(record[b, :, 1]) == 2).all() or record[b, -1, 1] == 19   # every other step
+        assert ((record[b, :, 0] == BLACK) == (clips[b] == -1).transpose(0, 1).flatten(1).all(1).numpy()).all()
+
+
+def test_foreground_weights_single_out_what_differs_from_that_camera_and_time():
+    from cosmos_policy_core.train.vae import BLACK, foreground_weights
+
+    # two cameras x two 10-step buckets of mean images
+    means = torch.stack([torch.stack([torch.full((3, 8, 8), -0.25), torch.full((3, 8, 8), 0.0)]),
+                         torch.stack([torch.full((3, 8, 8), 0.5), torch.full((3, 8, 8), 0.5)])])
+    video = torch.full((1, 3, 4, 8, 8), -0.25)
     video[:, :, 0] = -1.0                      # a black frame
-    video[:, :, 1, 2, 3] = 0.75                # one pixel of an object on camera 0's background
-    video[:, :, 2] = 0.5                       # camera 1's mean image
-    w = foreground_weights(video, means, 4.0)
-    assert w.shape == (1, 1, 3, 8, 8)
+    video[:, :, 1, 2, 3] = 0.75                # one pixel of an object on camera 0's background at step 3
+    video[:, :, 2] = 0.5                       # camera 1 at step 4: its mean image
+    video[:, :, 3] = 0.0                       # camera 0 at step 27: past the last bucket -> bucket 1
+    record = np.array([[(BLACK, 3), (0, 3), (1, 4), (0, 27)]])
+    w = foreground_weights(video, record, means, 4.0, bucket=10)
+    assert w.shape == (1, 1, 4, 8, 8)
     assert torch.allclose(w[0, 0, 0], torch.ones(8, 8))                   # black: weight 1
     assert abs(float(w[0, 0, 1, 2, 3]) - 5.0) < 1e-6                      # 1 + 4 * |0.75 - (-0.25)|
     assert float(w[0, 0, 1].sum()) == 5.0 + 63                            # the rest is background
-    assert torch.allclose(w[0, 0, 2], torch.ones(8, 8))                   # matched to camera 1's mean
+    assert torch.allclose(w[0, 0, 2], torch.ones(8, 8))                   # camera 1's mean
+    assert torch.allclose(w[0, 0, 3], torch.ones(8, 8))                   # bucket 1's mean, not bucket 0's
+
+
+def test_camera_mean_images_are_per_camera_and_step_bucket(tmp_path):
+    from cosmos_policy_core.train.samples import load_episode_dir
+    from cosmos_policy_core.train.vae import camera_mean_images
+
+    episodes = load_episode_dir(_dataset(tmp_path / "data", T=12))
+    means = camera_mean_images(episodes, CAMS, 32, bucket=5, frames_per_bucket=200)
+    assert means.shape == (3, 3, 3, 32, 32)                               # 12 steps -> buckets 0-4, 5-9, 10-11
+    assert float(means.min()) >= -1 and float(means.max()) <= 1
+    # the square moves with the step, so the buckets' means differ, and the cameras' (offset squares) too
+    assert not torch.allclose(means[0, 0], means[0, 2]) and not torch.allclose(means[0, 0], means[1, 0])
+    exact = torch.stack([torch.from_numpy(ep.frame("cam_high", t)).float() for ep in episodes for t in (10, 11)])
+    assert torch.allclose(means[0, 2], (exact / 127.5 - 1).mean(0).permute(2, 0, 1), atol=0.08)
 
 
 def test_weighted_reconstruction_loss_counts_the_weighted_pixels_more():
@@ -135,3 +176,5 @@ def test_vae_train_config_rejects_bad_clip_modes_and_weights():
         VAETrainConfig(clip_mode="layout", clip_frames=1)
     with pytest.raises(ConfigError, match="foreground_weight"):
         VAETrainConfig(foreground_weight=-1.0)
+    with pytest.raises(ConfigError, match="foreground_bucket"):
+        VAETrainConfig(foreground_bucket=0)

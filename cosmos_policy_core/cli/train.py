@@ -62,7 +62,8 @@ def _train_vae(args) -> int:
         raise ConfigError(f"unknown VAE preset {args.config!r}; choose one of {sorted(presets)}")
     cfg = VAETrainConfig(vae=presets[args.config], steps=args.steps, batch_size=args.batch,
                          image_size=args.image_size, clip_frames=args.clip_frames, lr=args.lr, seed=args.seed,
-                         clip_mode=args.clip_mode, foreground_weight=args.foreground_weight)
+                         clip_mode=args.clip_mode, foreground_weight=args.foreground_weight,
+                         foreground_bucket=args.foreground_bucket)
     result = train_vae(args.data, args.out, cfg, progress=not args.no_progress, device=args.device,
                        time_limit=args.time_limit, init=args.init)
     last = result["history"][-1]
@@ -112,7 +113,10 @@ def register(subparsers) -> None:
                    help="camera: consecutive frames of one camera; layout: like the policy's clip, groups of 4 "
                         "copies of one image switching camera between groups")
     v.add_argument("--foreground-weight", type=float, default=0.0,
-                   help="pixels weigh 1 + this x their distance to the camera's mean image (0: plain mean)")
+                   help="pixels weigh 1 + this x their distance to the camera's mean image at that point of an "
+                        "episode (0: plain mean)")
+    v.add_argument("--foreground-bucket", type=int, default=20,
+                   help="steps per bucket of the per-step mean images of --foreground-weight")
     v.add_argument("--lr", type=float, default=1e-3)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--device", help="cuda | cpu (default: cuda when available)")

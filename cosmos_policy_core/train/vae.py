@@ -81,11 +81,14 @@ class VAETrainConfig:
     # groups of 4 copies of one image, each group a random camera (or black) of the same step, so the causal
     # encoder learns the camera switches between latent frames that every policy clip has.
     clip_mode: str = "camera"
-    # Pixels weigh 1 + foreground_weight * |x - the camera's mean image| (mean over RGB, [-1, 1] units) in the
-    # reconstruction loss: what changes across the data (arms, objects) outweighs the static table. It does not
-    # single out a small object where large parts move too (at 64², W = 200, the sim cube carries 0.9 % of the
-    # top frame's loss; docs/training.md). 0: the plain mean (every pixel weighs the same).
+    # Pixels weigh 1 + foreground_weight * |x - the mean image of that camera at that point of an episode| (mean
+    # over the episodes' frames in the same `foreground_bucket`-step bucket; mean over RGB, [-1, 1] units) in the
+    # reconstruction loss: what differs from the typical frame at that time (the object, wherever it lies)
+    # outweighs the static table (a mean over all steps would weigh the moving arms as much). On the 64² sim
+    # demos it did not make the small VAE keep the 3-pixel cube: 2 % of the top frame's loss at W = 200 is not
+    # enough (docs/training.md, "The small VAE does not give the cube back"). 0: every pixel weighs the same.
     foreground_weight: float = 0.0
+    foreground_bucket: int = 20
     seed: int = 0
     log_every: int = 10
 
@@ -100,79 +103,92 @@ class VAETrainConfig:
             raise ConfigError("layout clips need at least one group of 4 frames (clip_frames >= 5)")
         if self.foreground_weight < 0:
             raise ConfigError(f"foreground_weight must be >= 0, got {self.foreground_weight}")
+        if self.foreground_bucket < 1:
+            raise ConfigError(f"foreground_bucket must be >= 1 step, got {self.foreground_bucket}")
 
 
-def _camera_clip(ep: EpisodeFrames, cam: str, cfg: VAETrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """Consecutive frames (every other step) of one camera; some clips start black, as the policy's does."""
+BLACK = -1  # the camera index of a black frame in a clip's (camera, step) record
+
+
+def _camera_clip(ep: EpisodeFrames, cam: int, cameras: Sequence[str], cfg: VAETrainConfig,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Consecutive frames (every other step) of one camera, some clips starting black as the policy's does;
+    with each frame's (camera index, step)."""
     from cosmos_policy_core.images import client_resize
 
     stride = 2
     start = int(rng.integers(max(1, len(ep) - stride * cfg.clip_frames)))
-    clip = np.stack([client_resize(ep.frame(cam, min(len(ep) - 1, start + stride * i)), cfg.image_size)
-                     for i in range(cfg.clip_frames)])
+    steps = [min(len(ep) - 1, start + stride * i) for i in range(cfg.clip_frames)]
+    clip = np.stack([client_resize(ep.frame(cameras[cam], step), cfg.image_size) for step in steps])
+    record = np.array([(cam, step) for step in steps])
     if cfg.clip_frames > 1 and rng.random() < cfg.blank_prob:
         n_black = 1 + 4 * int(rng.integers((cfg.clip_frames - 1) // 4))
-        clip[:n_black] = 0
-    return clip
+        clip[:n_black], record[:n_black, 0] = 0, BLACK
+    return clip, record
 
 
 def _layout_clip(ep: EpisodeFrames, cameras: Sequence[str], cfg: VAETrainConfig,
-                 rng: np.random.Generator) -> np.ndarray:
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A black frame, then groups of 4 identical frames: a random camera (or black) of one step each."""
     from cosmos_policy_core.images import client_resize
 
     step = int(rng.integers(len(ep)))
     clip = np.zeros((cfg.clip_frames, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    record = np.array([(BLACK, step)] * cfg.clip_frames)
     for g in range((cfg.clip_frames - 1) // 4):
         if rng.random() >= cfg.blank_prob:
-            clip[1 + 4 * g: 5 + 4 * g] = client_resize(ep.frame(cameras[int(rng.integers(len(cameras)))], step),
-                                                       cfg.image_size)
-    return clip
+            cam = int(rng.integers(len(cameras)))
+            clip[1 + 4 * g: 5 + 4 * g] = client_resize(ep.frame(cameras[cam], step), cfg.image_size)
+            record[1 + 4 * g: 5 + 4 * g, 0] = cam
+    return clip, record
 
 
 def _clip_batch(episodes: Sequence[EpisodeFrames], cameras: Sequence[str], cfg: VAETrainConfig,
-                rng: np.random.Generator) -> torch.Tensor:
-    """(B, 3, T, S, S) in [-1, 1]: `cfg.clip_mode` clips of random episodes."""
-    clips = []
+                rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
+    """(B, 3, T, S, S) in [-1, 1]: `cfg.clip_mode` clips of random episodes; and (B, T, 2) each frame's
+    (camera index into `cameras`, or BLACK; episode step)."""
+    clips, records = [], []
     for _ in range(cfg.batch_size):
         ep = episodes[int(rng.integers(len(episodes)))]
         if cfg.clip_mode == "layout":
-            clips.append(_layout_clip(ep, cameras, cfg, rng))
+            clip, record = _layout_clip(ep, cameras, cfg, rng)
         else:
-            clips.append(_camera_clip(ep, cameras[int(rng.integers(len(cameras)))], cfg, rng))
+            clip, record = _camera_clip(ep, int(rng.integers(len(cameras))), cameras, cfg, rng)
+        clips.append(clip)
+        records.append(record)
     x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float()
-    return x / 127.5 - 1.0
+    return x / 127.5 - 1.0, np.stack(records)
 
 
 def camera_mean_images(episodes: Sequence[EpisodeFrames], cameras: Sequence[str], image_size: int,
-                       frames_per_camera: int = 256, seed: int = 0) -> torch.Tensor:
-    """(n_cameras, 3, S, S) mean image of each camera in [-1, 1], over random frames of random episodes."""
+                       bucket: int, frames_per_bucket: int = 64, seed: int = 0) -> torch.Tensor:
+    """(n_cameras, n_buckets, 3, S, S): each camera's mean image in [-1, 1] over random frames of random
+    episodes whose step lies in each `bucket`-step bucket (bucket k: steps k*bucket .. (k+1)*bucket - 1)."""
     from cosmos_policy_core.images import client_resize
 
     rng = np.random.default_rng(seed)
-    means = []
-    for cam in cameras:
-        total = np.zeros((image_size, image_size, 3))
-        for _ in range(frames_per_camera):
-            ep = episodes[int(rng.integers(len(episodes)))]
-            total += client_resize(ep.frame(cam, int(rng.integers(len(ep)))), image_size)
-        means.append(total / frames_per_camera)
-    return torch.from_numpy(np.stack(means)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    n_buckets = -(-max(len(ep) for ep in episodes) // bucket)
+    means = np.zeros((len(cameras), n_buckets, image_size, image_size, 3))
+    for k in range(n_buckets):
+        holders = [ep for ep in episodes if len(ep) > k * bucket]
+        for c, cam in enumerate(cameras):
+            for _ in range(frames_per_bucket):
+                ep = holders[int(rng.integers(len(holders)))]
+                step = int(rng.integers(k * bucket, min(len(ep), (k + 1) * bucket)))
+                means[c, k] += client_resize(ep.frame(cam, step), image_size)
+    return torch.from_numpy(means / frames_per_bucket).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
 
 
-def foreground_weights(video_B_3_T_H_W: torch.Tensor, means_N_3_H_W: torch.Tensor, weight: float) -> torch.Tensor:
-    """(B, 1, T, H, W) per-pixel loss weights 1 + weight * |x - nearest camera mean| (1 on black frames).
-
-    A frame's camera is not carried with the clip, so its deviation is taken from the closest camera mean
-    (the cameras' views differ far more than any scene does); black frames weigh 1.
-    """
-    x = video_B_3_T_H_W.permute(0, 2, 1, 3, 4)                          # B, T, 3, H, W
-    dev = (x[:, :, None] - means_N_3_H_W[None, None]).abs().mean(3)    # B, T, N, H, W
-    nearest = dev.mean((-1, -2)).argmin(2)                             # B, T
-    d = torch.gather(dev, 2, nearest[:, :, None, None, None].expand(-1, -1, 1, *dev.shape[-2:]))[:, :, 0]
-    black = (x <= -1.0 + 1e-6).flatten(2).all(2)                        # B, T
-    d = torch.where(black[:, :, None, None], torch.zeros_like(d), d)
-    return (1.0 + weight * d)[:, None]                                 # B, 1, T, H, W
+def foreground_weights(video_B_3_T_H_W: torch.Tensor, record_B_T_2: np.ndarray, means: torch.Tensor,
+                       weight: float, bucket: int) -> torch.Tensor:
+    """(B, 1, T, H, W) per-pixel loss weights 1 + weight * |x - mean image of the frame's camera and step bucket|
+    (mean over RGB); black frames weigh 1. Steps past the last bucket use the last one."""
+    cam = torch.as_tensor(record_B_T_2[..., 0], device=video_B_3_T_H_W.device)
+    k = torch.as_tensor(record_B_T_2[..., 1] // bucket, device=video_B_3_T_H_W.device).clamp(max=means.shape[1] - 1)
+    ref = means[cam.clamp(min=0), k]                                            # B, T, 3, H, W
+    dev = (video_B_3_T_H_W.permute(0, 2, 1, 3, 4) - ref).abs().mean(2)        # B, T, H, W
+    dev = torch.where((cam == BLACK)[:, :, None, None], torch.zeros_like(dev), dev)
+    return (1.0 + weight * dev)[:, None]
 
 
 def vae_losses(vae: WanVAE, video_B_3_T_H_W: torch.Tensor, cfg: VAETrainConfig,
@@ -226,7 +242,7 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     vae = (load_vae(init) if init is not None else WanVAE(cfg.vae)).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    means = (camera_mean_images(episodes, cameras, cfg.image_size, seed=cfg.seed).to(device)
+    means = (camera_mean_images(episodes, cameras, cfg.image_size, cfg.foreground_bucket, seed=cfg.seed).to(device)
              if cfg.foreground_weight > 0 else None)
     history = []
     start = time.perf_counter()
@@ -240,8 +256,10 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
         # the reconstruction.
         for g in opt.param_groups:
             g["lr"] = cfg.lr * vae_lr_factor(step, cfg.steps, time.perf_counter() - start, time_limit)
-        video = _clip_batch(episodes, cameras, cfg, rng).to(device)
-        weights = foreground_weights(video, means, cfg.foreground_weight) if means is not None else None
+        video, record = _clip_batch(episodes, cameras, cfg, rng)
+        video = video.to(device)
+        weights = (foreground_weights(video, record, means, cfg.foreground_weight, cfg.foreground_bucket)
+                   if means is not None else None)
         losses = vae_losses(vae, video, cfg, weights)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -256,7 +274,7 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
     vae = vae.eval().cpu()
     # The PSNR of a held set of clips tells the user whether the VAE is good enough to train on.
     with torch.no_grad():
-        video = _clip_batch(episodes, cameras, cfg, np.random.default_rng(cfg.seed + 1))
+        video, _ = _clip_batch(episodes, cameras, cfg, np.random.default_rng(cfg.seed + 1))
         recon = vae.decode(vae.encode(video))
         mse = float(((recon - video) ** 2).mean()) / 4.0  # [-1, 1] -> [0, 1] scale
         psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
