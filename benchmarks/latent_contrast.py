@@ -44,40 +44,39 @@ def render_scenes(task: str, scenes: int, seed: int, render_size: int) -> list[d
 
 
 @torch.no_grad()
-def camera_latents(vae, layout: LatentLayout, frames: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
-    """camera slot -> (scenes, C, h, w) latent of that slot, encoded as the policy encodes an observation."""
-    per_slot: dict[str, list[torch.Tensor]] = {c: [] for c in layout.cameras}
-    for images in frames:
-        resized = {src: client_resize(images[src], layout.image_size) for src in layout.camera_sources}
-        clip = build_pixel_clip(layout, {k: torch.from_numpy(np.array(v)) for k, v in resized.items()})
-        z = vae.encode(clip_to_vae_input(clip))[0]
-        for cam in layout.cameras:
-            per_slot[cam].append(z[:, layout.index(cam)])
-    return {cam: torch.stack(zs) for cam, zs in per_slot.items()}
-
-
-@torch.no_grad()
-def reconstruction(vae, layout: LatentLayout, frames: list[dict[str, np.ndarray]],
-                   threshold: float = 0.1) -> dict[str, dict[str, float | None]]:
-    """camera slot -> {"object_recall", "psnr_db"} of the camera's 4 frames of the decoded policy clip.
-
-    object_recall: 1 - |recon - x| / |x - mean| over the pixels whose |x - mean| (mean over RGB, [-1, 1] units)
-    exceeds `threshold`, pooled over scenes; None where no pixel differs between scenes (the camera does not
-    see the object)."""
-    decoded: dict[str, list[torch.Tensor]] = {c: [] for c in layout.cameras}
-    images: dict[str, list[torch.Tensor]] = {c: [] for c in layout.cameras}
+def encode_scenes(vae, layout: LatentLayout, frames: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scenes, 3, T, S, S) pixel clips in [-1, 1] and (scenes, C, T', h, w) latents, built and encoded (one
+    scene at a time) as the policy builds and encodes an observation."""
+    clips, latents = [], []
     for scene in frames:
         resized = {src: torch.from_numpy(np.array(client_resize(scene[src], layout.image_size)))
                    for src in layout.camera_sources}
         clip = clip_to_vae_input(build_pixel_clip(layout, resized))
-        recon = vae.decode(vae.encode(clip))[0]                                     # 3, T, S, S
-        for cam in layout.cameras:
-            start = layout.pixel_frame(layout.index(cam))
-            decoded[cam].append(recon[:, start:start + layout.duplicates_per_image])
-            images[cam].append(clip[0, :, start:start + 1])
+        clips.append(clip)
+        latents.append(vae.encode(clip))
+    return torch.cat(clips), torch.cat(latents)
+
+
+def camera_latents(layout: LatentLayout, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+    """camera slot -> (scenes, C, h, w) latent frame of that slot."""
+    return {cam: latents[:, :, layout.index(cam)] for cam in layout.cameras}
+
+
+@torch.no_grad()
+def reconstruction(vae, layout: LatentLayout, clips: torch.Tensor, latents: torch.Tensor,
+                   threshold: float = 0.1) -> dict[str, dict[str, float | None]]:
+    """camera slot -> {"object_recall", "psnr_db"} of the camera's 4 frames of the decoded policy clips
+    (`encode_scenes`' output, decoded one scene at a time).
+
+    object_recall: 1 - |recon - x| / |x - mean| over the pixels whose |x - mean| (mean over RGB, [-1, 1] units)
+    exceeds `threshold`, pooled over scenes; None where no pixel differs between scenes (the camera does not
+    see the object)."""
+    recon = torch.cat([vae.decode(latents[i:i + 1]) for i in range(len(latents))])   # N, 3, T, S, S
     out = {}
     for cam in layout.cameras:
-        x, r = torch.stack(images[cam]), torch.stack(decoded[cam])                  # N, 3, 1|4, S, S
+        start = layout.pixel_frame(layout.index(cam))
+        x = clips[:, :, start:start + 1]                                            # N, 3, 1, S, S
+        r = recon[:, :, start:start + layout.duplicates_per_image]                  # N, 3, 4, S, S
         dev = (x - x.mean(0, keepdim=True)).abs().mean(1, keepdim=True)            # N, 1, 1, S, S
         fg = (dev > threshold).expand(-1, -1, r.shape[2], -1, -1)
         err = (r - x).abs().mean(1, keepdim=True)
@@ -113,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for size in args.sizes:
         layout = dataclasses.replace(LatentLayout.aloha(), image_size=size)
-        recon = reconstruction(vae, layout, frames)
-        for cam, z in camera_latents(vae, layout, frames).items():
+        clips, latents = encode_scenes(vae, layout, frames)
+        recon = reconstruction(vae, layout, clips, latents)
+        for cam, z in camera_latents(layout, latents).items():
             rows.append({"image_size": size, "latent_hw": layout.latent_hw, "camera": cam, **contrast(z),
                          **recon[cam]})
 
