@@ -5,6 +5,7 @@ rclpy 9.1.2's MultiThreadedExecutor collapses on 2 cores, so each node is its ow
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from types import SimpleNamespace
 from typing import Callable
@@ -46,8 +47,31 @@ def apply_realtime_priority(node: Node, priority: int) -> bool:
     return True
 
 
+class _StopSignals:
+    """Remembers that SIGINT / SIGTERM arrived; SIGINT then raises KeyboardInterrupt as Python's default does.
+
+    Installed before rclpy.init, so rclpy's own handler (which shuts the context down) chains to it.
+    rclpy runs this Python handler before it marks the context shut down, so a callback the signal
+    interrupts can fail while `rclpy.ok()` still says True. Worse, a signal that lands while rclpy
+    converts a received message to Python (`take_message`) comes out of its pybind layer as
+    "RuntimeError: Unable to convert call argument '0' to Python object" (seen in CI on a loaded
+    2-core machine at the end of a bringup). The flag tells that apart from a real error.
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def __call__(self, signum, frame):
+        self.received = signum
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+
 def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> int:
     """Create the node, spin it until Ctrl-C / SIGTERM / shutdown, then tear it down quietly."""
+    stop = _StopSignals()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
     rclpy.init(args=sys.argv if argv is None else argv)
     node = None
     try:
@@ -58,9 +82,9 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
-        # SIGINT/SIGTERM shut the context down asynchronously; a callback that was running then fails
-        # to publish. That is the shutdown, not an error; anything while the context is fine is.
-        if rclpy.ok():
+        # A stop signal makes a running callback fail (a publish on a context being shut down, a take
+        # interrupted mid-conversion). That is the shutdown, not an error; anything else is.
+        if rclpy.ok() and stop.received is None:
             raise
     finally:
         if node is not None:
