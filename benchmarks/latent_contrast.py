@@ -33,14 +33,8 @@ import torch
 
 from cosmos_policy_core.images import client_resize
 from cosmos_policy_core.layout import LatentLayout, build_pixel_clip, clip_to_vae_input
-from cosmos_policy_core.train.vae import load_vae
-
-
-def render_scenes(task: str, scenes: int, seed: int, render_size: int) -> list[dict[str, np.ndarray]]:
-    from cosmos_policy_core.sim.env import AlohaSimEnv
-
-    env = AlohaSimEnv(task, render_size, render_size, control_hz=25)
-    return [{k: v.copy() for k, v in env.reset(seed=seed + i)["images"].items()} for i in range(scenes)]
+from cosmos_policy_core.sim.env import render_reset_scenes
+from cosmos_policy_core.train.vae import load_vae, object_recall
 
 
 @torch.no_grad()
@@ -77,10 +71,8 @@ def reconstruction(vae, layout: LatentLayout, clips: torch.Tensor, latents: torc
         start = layout.pixel_frame(layout.index(cam))
         x = clips[:, :, start:start + 1]                                            # N, 3, 1, S, S
         r = recon[:, :, start:start + layout.duplicates_per_image]                  # N, 3, 4, S, S
-        dev = (x - x.mean(0, keepdim=True)).abs().mean(1, keepdim=True)            # N, 1, 1, S, S
-        fg = (dev > threshold).expand(-1, -1, r.shape[2], -1, -1)
-        err = (r - x).abs().mean(1, keepdim=True)
-        recall = round(1.0 - float(err[fg].sum()) / float(dev.expand_as(err)[fg].sum()), 4) if fg.any() else None
+        recall = object_recall(r, x, x.mean(0, keepdim=True), threshold)
+        recall = None if recall is None else round(recall, 4)
         mse = float(((r - x) ** 2).mean()) / 4.0                                    # [-1, 1] -> [0, 1] scale
         out[cam] = {"object_recall": recall, "psnr_db": round(10 * np.log10(1.0 / max(mse, 1e-12)), 2)}
     return out
@@ -108,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
 
     vae = load_vae(args.vae).eval()
-    frames = render_scenes(args.task, args.scenes, args.seed, args.render_size)
+    frames = render_reset_scenes(args.task, args.scenes, args.seed, args.render_size)
     rows = []
     for size in args.sizes:
         layout = dataclasses.replace(LatentLayout.aloha(), image_size=size)

@@ -42,7 +42,7 @@ def test_only_the_camera_that_sees_the_object_changes(bench, tmp_path, monkeypat
             out.append(frames)
         return out
 
-    monkeypatch.setattr(bench, "render_scenes", scenes)
+    monkeypatch.setattr(bench, "render_reset_scenes", scenes)
     report = tmp_path / "contrast.json"
     bench.main(["--vae", str(tmp_path / "vae"), "--sizes", "64", "--scenes", "3", "--threads", "1",
                 "--json", str(report)])

@@ -178,3 +178,84 @@ def test_vae_train_config_rejects_bad_clip_modes_and_weights():
         VAETrainConfig(foreground_weight=-1.0)
     with pytest.raises(ConfigError, match="foreground_bucket"):
         VAETrainConfig(foreground_bucket=0)
+    with pytest.raises(ConfigError, match="object_scenes"):
+        VAETrainConfig(object_scenes=1)
+    with pytest.raises(ConfigError, match="object_fraction"):
+        VAETrainConfig(object_scenes=8, object_fraction=0.0)
+    with pytest.raises(ConfigError, match="object_weight"):
+        VAETrainConfig(object_scenes=8, object_weight=-1.0)
+    with pytest.raises(ConfigError, match="clip_frames"):
+        VAETrainConfig(object_scenes=8, clip_frames=1)
+
+
+def _object_scenes(n=4, size=16):
+    """n scenes of 3 cameras: the same random backgrounds, a 2x2 'cube' moving in the last (third-person) camera."""
+    from cosmos_policy_core.train.vae import ObjectScenes
+
+    rng = np.random.default_rng(0)
+    background = torch.from_numpy(rng.uniform(-0.5, 0.5, (3, 3, size, size))).float()
+    images = background[None].repeat(n, 1, 1, 1, 1)
+    for i in range(n):
+        images[i, 2, :, 4:6, 2 + 3 * i:4 + 3 * i] = 1.0
+    return ObjectScenes(images)
+
+
+def test_object_scene_clips_weigh_the_object_alone():
+    scenes = _object_scenes()
+    rng = np.random.default_rng(0)
+    last_is_top = []
+    for _ in range(200):
+        video, weights = scenes.clip(1, 13, 50.0, 0.25, rng)
+        assert video.shape == (3, 13, 16, 16) and weights.shape == (1, 13, 16, 16)
+        assert torch.all(video[:, 0] == -1) and torch.all(weights[:, 0] == 1)   # the black first frame
+        for g in range(3):
+            group = video[:, 1 + 4 * g: 5 + 4 * g]
+            assert torch.equal(group, group[:, :1].expand_as(group))              # 4 copies of one image
+        shown = [int(np.argmin([float((video[:, 9] - scenes.images[1, c]).abs().max()) for c in range(3)]))]
+        assert float((video[:, 9] - scenes.images[1, shown[0]]).abs().max()) == 0  # the last group is never black
+        last_is_top.append(shown[0] == 2)
+        heavy = weights[0] > 1
+        # only the top camera differs between scenes: weights above 1 there, on this scene's cube or where
+        # the other scenes' cubes lie (the mean image is lighter there)
+        for g in range(3):
+            frame = video[:, 1 + 4 * g]
+            is_top = float((frame - scenes.images[1, 2]).abs().max()) == 0
+            assert bool(heavy[1 + 4 * g].any()) == is_top
+    assert 0.55 < np.mean(last_is_top) < 0.8   # half the time forced, else 1 in 3
+
+
+def test_object_recall_is_one_when_the_object_comes_back_and_zero_for_the_mean():
+    from cosmos_policy_core.train.vae import object_recall
+
+    scenes = _object_scenes()
+    video = scenes.images[:, 2][:, :, None]                  # N, 3, 1, S, S
+    mean = scenes.mean[2][None, :, None]
+    assert object_recall(video.expand(-1, -1, 4, -1, -1), video, mean) == 1.0
+    assert abs(object_recall(mean.expand_as(video), video, mean)) < 1e-6
+    assert object_recall(video, video, video) is None         # nothing differs
+
+    class PassThrough(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return z
+
+    assert scenes.recall(PassThrough(), 2) == 1.0
+    assert scenes.recall(PassThrough(), 0) is None            # a wrist camera: the same in every scene
+
+
+def test_train_vae_with_object_scenes_renders_them_and_reports_their_recall(tmp_path):
+    data = _dataset(tmp_path / "data")
+    cfg = VAETrainConfig(vae=VAEConfig(dim=4, num_res_blocks=1), steps=2, batch_size=4, image_size=32,
+                         clip_frames=9, clip_mode="layout", object_scenes=3, object_fraction=0.5)
+    result = train_vae(data, tmp_path / "vae", cfg, progress=False, device="cpu")
+    meta = json.loads((tmp_path / "vae" / "vae_config.json").read_text())["metadata"]
+    assert meta["config"]["object_scenes"] == 3 and meta["object_recall"] == result["object_recall"]
+    recall = result["object_recall"]
+    assert set(recall) == set(CAMS)
+    assert isinstance(recall["cam_high"], float)  # the cube moves between the 16 held-out resets in the top view

@@ -63,12 +63,17 @@ def _train_vae(args) -> int:
     cfg = VAETrainConfig(vae=presets[args.config], steps=args.steps, batch_size=args.batch,
                          image_size=args.image_size, clip_frames=args.clip_frames, lr=args.lr, seed=args.seed,
                          clip_mode=args.clip_mode, foreground_weight=args.foreground_weight,
-                         foreground_bucket=args.foreground_bucket)
+                         foreground_bucket=args.foreground_bucket, object_scenes=args.object_scenes,
+                         object_task=args.object_task, object_fraction=args.object_fraction,
+                         object_weight=args.object_weight)
     result = train_vae(args.data, args.out, cfg, progress=not args.no_progress, device=args.device,
                        time_limit=args.time_limit, init=args.init)
     last = result["history"][-1]
     print(f"VAE saved to {args.out}: reconstruction L1 {last['l1']:.4f}, PSNR {result['psnr_db']:.2f} dB; "
           f"use it with `cosmos-aloha train --vae {args.out}`")
+    if result["object_recall"] is not None:
+        recall = ", ".join(f"{cam} {'-' if r is None else format(r, '.2f')}" for cam, r in result["object_recall"].items())
+        print(f"object recall on held-out reset scenes (1: the object comes back, 0: the mean image): {recall}")
     return 0
 
 
@@ -117,6 +122,14 @@ def register(subparsers) -> None:
                         "episode (0: plain mean)")
     v.add_argument("--foreground-bucket", type=int, default=20,
                    help="steps per bucket of the per-step mean images of --foreground-weight")
+    v.add_argument("--object-scenes", type=int, default=0,
+                   help="render this many reset scenes of --object-task in the sim and train on them too, the "
+                        "object's pixels weighted by --object-weight (what keeps a small object; 0: off)")
+    v.add_argument("--object-task", default="transfer_cube", help="sim task of --object-scenes")
+    v.add_argument("--object-fraction", type=float, default=0.75,
+                   help="fraction of every batch drawn from --object-scenes")
+    v.add_argument("--object-weight", type=float, default=200.0,
+                   help="object-scene pixels weigh 1 + this x their distance to the scenes' mean image")
     v.add_argument("--lr", type=float, default=1e-3)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--device", help="cuda | cpu (default: cuda when available)")

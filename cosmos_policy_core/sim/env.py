@@ -262,3 +262,13 @@ class AlohaSimEnv(BimanualSim):
         for _ in range(n):
             self._advance()
         return self.observation(), self.reward
+
+
+def render_reset_scenes(task: str, scenes: int, seed: int, render_size: int = 224) -> list[dict[str, np.ndarray]]:
+    """Camera images {camera: (S, S, 3) uint8} of `scenes` reset states of a sim task (seeds seed, seed + 1, ...):
+    the arms at the start pose, only the objects' poses differ between them."""
+    env = AlohaSimEnv(task, render_size, render_size, control_hz=25)
+    try:
+        return [{k: v.copy() for k, v in env.reset(seed=seed + i)["images"].items()} for i in range(scenes)]
+    finally:
+        env.close()

@@ -89,6 +89,14 @@ class VAETrainConfig:
     # enough (docs/training.md, "The small VAE does not give the cube back"). 0: every pixel weighs the same.
     foreground_weight: float = 0.0
     foreground_bucket: int = 20
+    # `object_scenes` > 0: render that many reset scenes of the sim task `object_task` (only the object's pose
+    # differs between them) and make `object_fraction` of every batch layout clips of them, their pixels weighed
+    # 1 + object_weight * |x - the scenes' mean image| (the object alone; see ObjectScenes). 16 more scenes are
+    # held out and the VAE's object recall on them is reported per camera.
+    object_scenes: int = 0
+    object_task: str = "transfer_cube"
+    object_fraction: float = 0.75
+    object_weight: float = 200.0
     seed: int = 0
     log_every: int = 10
 
@@ -105,9 +113,19 @@ class VAETrainConfig:
             raise ConfigError(f"foreground_weight must be >= 0, got {self.foreground_weight}")
         if self.foreground_bucket < 1:
             raise ConfigError(f"foreground_bucket must be >= 1 step, got {self.foreground_bucket}")
+        if self.object_scenes < 0 or self.object_scenes == 1:
+            raise ConfigError(f"object_scenes must be 0 (off) or at least 2, got {self.object_scenes}")
+        if not 0.0 < self.object_fraction <= 1.0:
+            raise ConfigError(f"object_fraction must be in (0, 1], got {self.object_fraction}")
+        if self.object_weight < 0:
+            raise ConfigError(f"object_weight must be >= 0, got {self.object_weight}")
+        if self.object_scenes and self.clip_frames < 5:
+            raise ConfigError("object scenes come as layout clips: clip_frames must be >= 5")
 
 
 BLACK = -1  # the camera index of a black frame in a clip's (camera, step) record
+OBJECT_SEED = 100_000  # object scenes are sim resets from this seed on (+ cfg.seed), apart from eval seeds
+OBJECT_HELD_OUT = 16   # reset scenes rendered after the training ones, for the object recall report
 
 
 def _camera_clip(ep: EpisodeFrames, cam: int, cameras: Sequence[str], cfg: VAETrainConfig,
@@ -144,11 +162,12 @@ def _layout_clip(ep: EpisodeFrames, cameras: Sequence[str], cfg: VAETrainConfig,
 
 
 def _clip_batch(episodes: Sequence[EpisodeFrames], cameras: Sequence[str], cfg: VAETrainConfig,
-                rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
-    """(B, 3, T, S, S) in [-1, 1]: `cfg.clip_mode` clips of random episodes; and (B, T, 2) each frame's
-    (camera index into `cameras`, or BLACK; episode step)."""
+                rng: np.random.Generator, n: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """(n, 3, T, S, S) in [-1, 1]: `cfg.clip_mode` clips of random episodes (n: `cfg.batch_size` by default);
+    and (n, T, 2) each frame's (camera index into `cameras`, or BLACK; episode step)."""
+    n = cfg.batch_size if n is None else n
     clips, records = [], []
-    for _ in range(cfg.batch_size):
+    for _ in range(n):
         ep = episodes[int(rng.integers(len(episodes)))]
         if cfg.clip_mode == "layout":
             clip, record = _layout_clip(ep, cameras, cfg, rng)
@@ -156,6 +175,9 @@ def _clip_batch(episodes: Sequence[EpisodeFrames], cameras: Sequence[str], cfg: 
             clip, record = _camera_clip(ep, int(rng.integers(len(cameras))), cameras, cfg, rng)
         clips.append(clip)
         records.append(record)
+    if not clips:
+        return (torch.zeros(0, 3, cfg.clip_frames, cfg.image_size, cfg.image_size),
+                np.zeros((0, cfg.clip_frames, 2), dtype=np.int64))
     x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float()
     return x / 127.5 - 1.0, np.stack(records)
 
@@ -189,6 +211,98 @@ def foreground_weights(video_B_3_T_H_W: torch.Tensor, record_B_T_2: np.ndarray, 
     dev = (video_B_3_T_H_W.permute(0, 2, 1, 3, 4) - ref).abs().mean(2)        # B, T, H, W
     dev = torch.where((cam == BLACK)[:, :, None, None], torch.zeros_like(dev), dev)
     return (1.0 + weight * dev)[:, None]
+
+
+def object_recall(recon: torch.Tensor, video: torch.Tensor, mean: torch.Tensor, threshold: float = 0.1) -> float | None:
+    """How much of what differs from a reference image the VAE gives back: 1 - |recon - x| / |x - mean| over the
+    pixels whose |x - mean| (mean over RGB, [-1, 1] units) exceeds `threshold`, pooled over everything given.
+
+    `recon` (N, 3, T, H, W) and `video` (N, 3, T or 1, H, W) broadcast; `mean` broadcasts against `video`.
+    1: the object comes back; 0: the mean image does; < 0: worse. None where no pixel differs."""
+    dev = (video - mean).abs().mean(1, keepdim=True)
+    err = (recon - video).abs().mean(1, keepdim=True)
+    fg = (dev > threshold).expand_as(err)
+    if not fg.any():
+        return None
+    return 1.0 - float(err[fg].sum()) / float(dev.expand_as(err)[fg].sum())
+
+
+class ObjectScenes:
+    """Reset scenes of a sim task, where only the object's pose differs: clips of them weighted on the object.
+
+    In these scenes a pixel that differs from the scenes' mean image belongs to the object, so weighting the
+    loss by 1 + weight * |x - mean| puts it on the object alone. On the 64² transfer-cube demos the weighting
+    of `foreground_weight` (about the demos' per-step mean images, where the arms differ too) left the 3-pixel
+    cube 1-2 % of the loss and the VAE dropped it; these clips made it keep it (docs/training.md).
+
+    `images`: (scenes, cameras, 3, S, S) in [-1, 1], cameras in the layout's order (the last one the
+    third-person camera, where the object is smallest).
+    """
+
+    def __init__(self, images: torch.Tensor):
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise ConfigError(f"object scenes must be (scenes, cameras, 3, S, S), got {tuple(images.shape)}")
+        if images.shape[0] < 2:
+            raise ConfigError("object scenes need at least 2 scenes (the object is what differs between them)")
+        self.images = images
+        self.mean = images.mean(0)                                          # cameras, 3, S, S
+
+    @classmethod
+    def render(cls, task: str, scenes: int, seed: int, cameras: Sequence[str], image_size: int,
+               render_size: int = 224) -> "ObjectScenes":
+        """Render `scenes` reset scenes of a sim task and resize them as the policy does."""
+        from cosmos_policy_core.images import client_resize
+        from cosmos_policy_core.sim.env import render_reset_scenes
+
+        frames = render_reset_scenes(task, scenes, seed, render_size)
+        missing = [cam for cam in cameras if cam not in frames[0]]
+        if missing:
+            raise ConfigError(f"the {task!r} sim renders {sorted(frames[0])}, not {missing}")
+        arr = np.stack([[np.asarray(client_resize(f[cam], image_size)) for cam in cameras] for f in frames])
+        return cls(torch.from_numpy(arr).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def clip(self, scene: int, frames: int, weight: float, blank_prob: float,
+             rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3, T, S, S) video and (1, T, S, S) weights of one scene in a layout clip: a black first frame, then
+        groups of 4 copies of a random camera's image (or black); the last group is never black and shows the
+        third-person camera half the time. Black frames weigh 1."""
+        n_cams, size = self.images.shape[1], self.images.shape[-1]
+        video = torch.full((3, frames, size, size), -1.0)
+        weights = torch.ones(1, frames, size, size)
+        groups = (frames - 1) // 4
+        for g in range(groups):
+            last = g == groups - 1
+            if last and rng.random() < 0.5:
+                cam = n_cams - 1
+            elif not last and rng.random() < blank_prob:
+                continue
+            else:
+                cam = int(rng.integers(n_cams))
+            image = self.images[scene, cam]
+            video[:, 1 + 4 * g: 5 + 4 * g] = image[:, None]
+            weights[:, 1 + 4 * g: 5 + 4 * g] = 1.0 + weight * (image - self.mean[cam]).abs().mean(0)
+        return video, weights
+
+    def batch(self, n: int, frames: int, weight: float, blank_prob: float,
+              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` clips of random scenes: (n, 3, T, S, S) video, (n, 1, T, S, S) weights."""
+        pairs = [self.clip(int(rng.integers(len(self))), frames, weight, blank_prob, rng) for _ in range(n)]
+        return torch.stack([v for v, _ in pairs]), torch.stack([w for _, w in pairs])
+
+    @torch.no_grad()
+    def recall(self, vae: WanVAE, camera: int, batch: int = 16) -> float | None:
+        """`object_recall` of one camera over all scenes, each as a black frame then 4 copies of its image."""
+        parts = []
+        for start in range(0, len(self), batch):
+            image = self.images[start:start + batch, camera]                  # n, 3, S, S
+            video = torch.cat([torch.full_like(image, -1.0)[:, :, None], image[:, :, None].expand(-1, -1, 4, -1, -1)], 2)
+            recon = vae.decode(vae.encode(video.to(next(vae.parameters()).device))).cpu()
+            parts.append((recon[:, :, 1:], video[:, :, 1:]))
+        recon, video = torch.cat([r for r, _ in parts]), torch.cat([v for _, v in parts])
+        return object_recall(recon, video, self.mean[camera][None, :, None])
 
 
 def vae_losses(vae: WanVAE, video_B_3_T_H_W: torch.Tensor, cfg: VAETrainConfig,
@@ -244,6 +358,15 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     means = (camera_mean_images(episodes, cameras, cfg.image_size, cfg.foreground_bucket, seed=cfg.seed).to(device)
              if cfg.foreground_weight > 0 else None)
+    objects = held_out = None
+    n_objects = 0
+    if cfg.object_scenes:
+        log.info("train-vae: rendering %d + %d reset scenes of %s", cfg.object_scenes, OBJECT_HELD_OUT, cfg.object_task)
+        rendered = ObjectScenes.render(cfg.object_task, cfg.object_scenes + OBJECT_HELD_OUT, OBJECT_SEED + cfg.seed,
+                                       cameras, cfg.image_size)
+        objects = ObjectScenes(rendered.images[:cfg.object_scenes])
+        held_out = ObjectScenes(rendered.images[cfg.object_scenes:])
+        n_objects = max(1, round(cfg.batch_size * cfg.object_fraction))
     history = []
     start = time.perf_counter()
     steps_done = 0
@@ -256,10 +379,16 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
         # the reconstruction.
         for g in opt.param_groups:
             g["lr"] = cfg.lr * vae_lr_factor(step, cfg.steps, time.perf_counter() - start, time_limit)
-        video, record = _clip_batch(episodes, cameras, cfg, rng)
+        video, record = _clip_batch(episodes, cameras, cfg, rng, n=cfg.batch_size - n_objects)
         video = video.to(device)
         weights = (foreground_weights(video, record, means, cfg.foreground_weight, cfg.foreground_bucket)
                    if means is not None else None)
+        if objects is not None:
+            object_video, object_weights = objects.batch(n_objects, cfg.clip_frames, cfg.object_weight,
+                                                         cfg.blank_prob, rng)
+            weights = torch.ones_like(video[:, :1]) if weights is None else weights
+            video = torch.cat([video, object_video.to(device)])
+            weights = torch.cat([weights, object_weights.to(device)])
         losses = vae_losses(vae, video, cfg, weights)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -278,17 +407,22 @@ def train_vae(data_dir: str | Path, out_dir: str | Path, cfg: VAETrainConfig = V
         recon = vae.decode(vae.encode(video))
         mse = float(((recon - video) ** 2).mean()) / 4.0  # [-1, 1] -> [0, 1] scale
         psnr = 10 * math.log10(1.0 / max(mse, 1e-12))
+    # Whether the VAE keeps the object: its recall on reset scenes it never saw (1: all of it, 0: the mean image).
+    recall = ({cam: held_out.recall(vae, c) for c, cam in enumerate(cameras)} if held_out is not None else None)
+    if recall is not None:
+        recall = {cam: None if r is None else round(r, 4) for cam, r in recall.items()}
+        log.info("train-vae: object recall on %d held-out reset scenes: %s", len(held_out), recall)
     metadata = {"trained_by": "cosmos-aloha train-vae", "data": str(data_dir), "steps": steps_done,
                 "init": None if init is None else str(init),
                 "config": {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in cfg.__dict__.items()
                            if not (k == "vae" and init is not None)},
-                "psnr_db": round(psnr, 2), "episodes": len(episodes)}
+                "psnr_db": round(psnr, 2), "episodes": len(episodes), "object_recall": recall}
     save_vae_dir(out_dir, vae, metadata)
     (Path(out_dir) / "vae_metrics.json").write_text(json.dumps(history, indent=1))
     log.info("train-vae: %d steps in %.0f s, reconstruction PSNR %.2f dB -> %s", steps_done,
              time.perf_counter() - start, psnr, out_dir)
-    return {"history": history, "psnr_db": psnr, "steps": steps_done}
+    return {"history": history, "psnr_db": psnr, "steps": steps_done, "object_recall": recall}
 
 
 __all__ = ["vae_lr_factor", "VAETrainConfig", "save_vae_dir", "load_vae", "vae_losses", "train_vae", "VAE_CONFIG_FILE",
-           "camera_mean_images", "foreground_weights"]
+           "camera_mean_images", "foreground_weights", "object_recall", "ObjectScenes"]
