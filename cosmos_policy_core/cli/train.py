@@ -72,7 +72,8 @@ def _train_vae(args) -> int:
     print(f"VAE saved to {args.out}: reconstruction L1 {last['l1']:.4f}, PSNR {result['psnr_db']:.2f} dB; "
           f"use it with `cosmos-aloha train --vae {args.out}`")
     if result["object_recall"] is not None:
-        recall = ", ".join(f"{cam} {'-' if r is None else format(r, '.2f')}" for cam, r in result["object_recall"].items())
+        recall = ", ".join(f"{cam} {'-' if r is None else format(r, '.2f')}"
+                           for cam, r in result["object_recall"].items())
         print(f"object recall on held-out reset scenes (1: the object comes back, 0: the mean image): {recall}")
     return 0
 

@@ -298,7 +298,8 @@ class ObjectScenes:
         parts = []
         for start in range(0, len(self), batch):
             image = self.images[start:start + batch, camera]                  # n, 3, S, S
-            video = torch.cat([torch.full_like(image, -1.0)[:, :, None], image[:, :, None].expand(-1, -1, 4, -1, -1)], 2)
+            black = torch.full_like(image, -1.0)[:, :, None]
+            video = torch.cat([black, image[:, :, None].expand(-1, -1, 4, -1, -1)], 2)
             recon = vae.decode(vae.encode(video.to(next(vae.parameters()).device))).cpu()
             parts.append((recon[:, :, 1:], video[:, :, 1:]))
         recon, video = torch.cat([r for r, _ in parts]), torch.cat([v for _, v in parts])
