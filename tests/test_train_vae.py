@@ -249,13 +249,18 @@ def test_object_recall_is_one_when_the_object_comes_back_and_zero_for_the_mean()
     assert scenes.recall(PassThrough(), 0) is None            # a wrist camera: the same in every scene
 
 
-def test_train_vae_with_object_scenes_renders_them_and_reports_their_recall(tmp_path):
+def test_train_vae_cli_with_object_scenes_renders_them_and_reports_their_recall(tmp_path, capsys):
+    from cosmos_policy_core.cli import main
+
     data = _dataset(tmp_path / "data")
-    cfg = VAETrainConfig(vae=VAEConfig(dim=4, num_res_blocks=1), steps=2, batch_size=4, image_size=32,
-                         clip_frames=9, clip_mode="layout", object_scenes=3, object_fraction=0.5)
-    result = train_vae(data, tmp_path / "vae", cfg, progress=False, device="cpu")
+    rc = main(["train-vae", "--data", str(data), "--out", str(tmp_path / "vae"), "--steps", "2", "--batch", "4",
+               "--image-size", "32", "--clip-mode", "layout", "--clip-frames", "9", "--object-scenes", "3",
+               "--object-fraction", "0.5", "--object-weight", "50", "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "object recall on held-out reset scenes" in out and "cam_high" in out
     meta = json.loads((tmp_path / "vae" / "vae_config.json").read_text())["metadata"]
-    assert meta["config"]["object_scenes"] == 3 and meta["object_recall"] == result["object_recall"]
-    recall = result["object_recall"]
+    assert meta["config"]["object_scenes"] == 3 and meta["config"]["object_weight"] == 50.0
+    recall = meta["object_recall"]
     assert set(recall) == set(CAMS)
     assert isinstance(recall["cam_high"], float)  # the cube moves between the 16 held-out resets in the top view
