@@ -125,6 +125,30 @@ def test_step_stride_subsamples_steps():
     assert [b.spec_for_slot(i, np.random.default_rng(0)).step for i in range(3)] == [0, 10, 20]
 
 
+
+def test_first_steps_prob_moves_that_share_of_demo_samples_to_the_first_steps():
+    eps = [make_episode(0, T=100, size=8), make_episode(1, T=60, size=8)]   # 10 and 6 steps at stride 10
+    cfg = SampleConfig(step_stride=10, first_steps_prob=0.25, first_steps=2)
+    b = SampleBuilder(LatentLayout.aloha(), stats_of(eps), eps, config=cfg)
+    plain = SampleBuilder(LatentLayout.aloha(), stats_of(eps), eps, config=replace(cfg, first_steps_prob=0.0))
+    n = 4000
+    pairs = [(b.spec_at(p), plain.spec_at(p)) for p in range(n)]
+    # Only the step of a demo (policy) sample moves, to step 0 or 10; rollout samples are untouched.
+    assert all(s.source == o.source and s.episode == o.episode and s.role == o.role for s, o in pairs)
+    assert all(s == o for s, o in pairs if s.source != "demo")
+    demo = [(s, o) for s, o in pairs if s.source == "demo"]
+    assert all(s.step in (0, 10) for s, o in demo if s.step != o.step)
+    # P(step 0 or 10) of a demo sample: 0.25 + 0.75 * (2 + 2) / 16 against (2 + 2) / 16 without the option.
+    assert np.mean([s.step < 20 for s, _ in demo]) == pytest.approx(0.25 + 0.75 * 4 / 16, abs=0.025)
+    assert np.mean([o.step < 20 for _, o in demo]) == pytest.approx(4 / 16, abs=0.02)
+    # The stream is still a function of the position alone.
+    assert [b.spec_at(p) for p in (7, 3999, 12)] == [pairs[7][0], pairs[3999][0], pairs[12][0]]
+    with pytest.raises(ConfigError):
+        SampleConfig(first_steps_prob=1.5)
+    with pytest.raises(ConfigError):
+        SampleConfig(first_steps=0)
+
+
 # --- LR schedule -----------------------------------------------------------------------------------
 def test_reference_lr_schedule_values():
     s = LRSchedule.reference()

@@ -542,7 +542,9 @@ class Trainer:
         if not episodes:
             return None
         cfg, lay = self.config, self.layout
-        builder = SampleBuilder(lay, self.stats, episodes, (), replace(cfg.samples, treat_demos_as_success_rollouts=False))
+        # Evenly spaced steps of the held-out demos: no first-step emphasis, no rollouts.
+        builder = SampleBuilder(lay, self.stats, episodes, (),
+                                replace(cfg.samples, treat_demos_as_success_rollouts=False, first_steps_prob=0.0))
         total = builder.structure.demo
         positions = np.linspace(0, total - 1, cfg.eval_samples).round().astype(int)
         specs = [builder.spec_for_slot(int(p), np.random.default_rng(0)) for p in positions]

@@ -263,8 +263,18 @@ class SampleConfig:
     value_role: str = "value_v_sas"     # base model: V(s,a,s'); the planning model trains V(s')
     gamma: float = 0.998
     step_stride: int = 1                # sample every k-th step only (1 = the reference; >1 for CPU budgets)
+    # Share of demo samples moved to the episode's first `first_steps` sampled steps (0 = the reference).
+    # Only there are the arms at rest, so only there must the policy find the object in the cameras;
+    # everywhere else the arm's pose already tells where it is heading, and a small model learns to read
+    # the reach from the proprioception and stays blind at step 0 (docs/training.md).
+    first_steps_prob: float = 0.0
+    first_steps: int = 1
 
     def __post_init__(self) -> None:
+        if not 0 <= self.first_steps_prob <= 1:
+            raise ConfigError(f"first_steps_prob must be in [0, 1], got {self.first_steps_prob}")
+        if self.first_steps < 1:
+            raise ConfigError(f"first_steps must be >= 1, got {self.first_steps}")
         if self.value_role not in VALUE_ROLES:
             raise ConfigError(f"value_role must be one of {VALUE_ROLES}, got {self.value_role!r}")
         if self.step_stride < 1:
@@ -344,6 +354,9 @@ class SampleBuilder:
         step = (step_index - int(cum[episode])) * self.config.step_stride
         if source == "demo":
             role = "policy"
+            if self.config.first_steps_prob > 0 and rng.random() < self.config.first_steps_prob:
+                last = min(self.config.first_steps, int(cum[episode + 1] - cum[episode]))
+                step = int(rng.integers(last)) * self.config.step_stride
         else:
             role = "world_model" if rng.random() < self.config.world_model_prob else self.config.value_role
         return SampleSpec(source, role, episode, step)
