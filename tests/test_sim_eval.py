@@ -45,6 +45,10 @@ def test_sim_eval_two_episodes_with_the_shipped_checkpoint(tmp_path):
     assert len(report["max_rewards"]) == 2 and all(0 <= r <= 4 for r in report["max_rewards"])
     assert [e["seed"] for e in report["per_episode"]] == [100, 101]
     assert all(e["queries"] >= 1 for e in report["per_episode"])
+    for e in report["per_episode"]:
+        assert len(e["reward_steps"]) == 5 and sum(e["reward_steps"]) == e["steps"]
+        assert max(level for level, n in enumerate(e["reward_steps"]) if n) <= e["max_reward"]
+    assert "control steps at reward 0..4" in proc.stdout
     from PIL import Image
 
     with Image.open(gif) as im:
@@ -61,4 +65,5 @@ def test_parallel_workers_give_the_same_episodes_as_one_process():
     for a, b in zip(one.per_episode, two.per_episode):
         assert (a.seed, a.steps, a.queries, a.max_reward, a.success) == (b.seed, b.steps, b.queries, b.max_reward,
                                                                          b.success)
+        assert a.reward_steps == b.reward_steps and sum(a.reward_steps) == a.steps
         assert b.values == pytest.approx(a.values, abs=1e-3)

@@ -19,6 +19,8 @@ def _eval(args) -> int:
     lo, hi = report.ci95
     print(f"{report.task}: {report.successes}/{report.episodes} successes, rate {report.success_rate:.1%} "
           f"(95% Wilson CI {lo:.1%}-{hi:.1%}); max rewards {[e.max_reward for e in report.per_episode]}")
+    at_level = [sum(n) for n in zip(*(e.reward_steps for e in report.per_episode))]
+    print(f"control steps at reward 0..{len(at_level) - 1}, all episodes: {at_level}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report.to_json_dict(), indent=2))

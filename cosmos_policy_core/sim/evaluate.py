@@ -68,6 +68,9 @@ class EpisodeResult:
     queries: int
     seconds: float
     values: list[float] = field(default_factory=list)   # predicted value of each chunk
+    # Control steps spent at each reward level 0..4 (max_reward alone counts a cube nudged off the table
+    # for one step as lifted; this tells that apart from a held one).
+    reward_steps: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -141,7 +144,7 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
                 gif: GifRecorder | None = None) -> EpisodeResult:
     """One seeded episode: query a chunk every `execute_steps`, play it through the executor at 25 Hz."""
     from cosmos_policy_core.policy import Observation
-    from cosmos_policy_core.sim.tasks import get_task
+    from cosmos_policy_core.sim.tasks import MAX_REWARD, get_task
 
     seed = cfg.seed + index
     task = get_task(cfg.task)
@@ -150,6 +153,7 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
     obs = env.reset(seed=seed)
     start = time.perf_counter()
     queries, values, predicted = 0, [], None
+    reward_steps = [0] * (MAX_REWARD + 1)
     step = 0
     for step in range(max_steps):
         now_ns = step * STEP_NS
@@ -174,12 +178,13 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
         command = tick.command if tick.command is not None else obs["qpos"]
         if gif is not None:
             gif.add(step, obs["images"], predicted)
-        obs, _ = env.step(command)
+        obs, reward = env.step(command)
+        reward_steps[int(reward)] += 1
         if cfg.stop_on_success and env.success:
             break
     return EpisodeResult(index=index, seed=seed, success=bool(env.success), max_reward=int(env.max_reward),
                          steps=step + 1, queries=queries, seconds=round(time.perf_counter() - start, 2),
-                         values=values)
+                         values=values, reward_steps=reward_steps)
 
 
 def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
