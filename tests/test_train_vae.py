@@ -266,18 +266,22 @@ def test_train_vae_cli_with_object_scenes_renders_them_and_reports_their_recall(
     assert isinstance(recall["cam_high"], float)  # the cube moves between the 16 held-out resets in the top view
 
 
-def test_the_committed_object_scene_vae_gives_the_cube_back_where_the_shipped_one_does_not():
-    """models/vae64_transfer_cube_objects (docs/training.md): top-camera object recall on fresh reset scenes."""
+def test_the_committed_object_scene_vae_gives_the_cube_back_where_the_demo_one_does_not():
+    """models/vae64_transfer_cube_objects, the shipped policy's VAE (docs/training.md), against models/vae64_demos,
+    the previous policy's: top-camera object recall on fresh reset scenes."""
     from pathlib import Path
 
     from cosmos_policy_core.layout import LatentLayout
     from cosmos_policy_core.train.vae import ObjectScenes
 
     models = Path(__file__).resolve().parents[1] / "models"
+    objects_vae = load_vae(models / "vae64_transfer_cube_objects")
+    shipped = load_vae(models / "aloha_sim_transfer_cube_small").state_dict()
+    assert all(torch.equal(v, shipped[k]) for k, v in objects_vae.state_dict().items())
     cameras = LatentLayout.aloha().camera_sources
     scenes = ObjectScenes.render("transfer_cube", 16, 3000, cameras, 64)
     top = cameras.index("cam_high")
     with torch.no_grad():
-        shipped = scenes.recall(load_vae(models / "aloha_sim_transfer_cube_small"), top)
-        objects = scenes.recall(load_vae(models / "vae64_transfer_cube_objects"), top)
-    assert shipped < 0.1 and objects > 0.4, (shipped, objects)
+        demo = scenes.recall(load_vae(models / "vae64_demos"), top)
+        objects = scenes.recall(objects_vae, top)
+    assert demo < 0.1 and objects > 0.4, (demo, objects)
