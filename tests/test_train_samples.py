@@ -125,7 +125,6 @@ def test_step_stride_subsamples_steps():
     assert [b.spec_for_slot(i, np.random.default_rng(0)).step for i in range(3)] == [0, 10, 20]
 
 
-
 def test_first_steps_prob_moves_that_share_of_demo_samples_to_the_first_steps():
     eps = [make_episode(0, T=100, size=8), make_episode(1, T=60, size=8)]   # 10 and 6 steps at stride 10
     cfg = SampleConfig(step_stride=10, first_steps_prob=0.25, first_steps=2)
