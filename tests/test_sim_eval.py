@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cosmos_policy_core.errors import ConfigError
@@ -34,7 +35,7 @@ def test_sim_eval_two_episodes_with_the_shipped_checkpoint(tmp_path):
     out, gif = tmp_path / "eval.json", tmp_path / "rollout.gif"
     cmd = [str(Path(sys.executable).parent / "cosmos-aloha"), "sim", "eval", "--checkpoint", str(SHIPPED),
            "--episodes", "2", "--seed", "100", "--steps", "2", "--max-steps", "60", "--json", str(out),
-           "--video", str(gif), "--no-progress"]
+           "--video", str(gif), "--hold-steps", "2", "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -49,6 +50,9 @@ def test_sim_eval_two_episodes_with_the_shipped_checkpoint(tmp_path):
         assert len(e["reward_steps"]) == 5 and sum(e["reward_steps"]) == e["steps"]
         assert max(level for level, n in enumerate(e["reward_steps"]) if n) <= e["max_reward"]
     assert "control steps at reward 0..4" in proc.stdout
+    assert report["held_successes"] == sum(e["held_success"] for e in report["per_episode"]) <= report["successes"]
+    assert all(e["held_success"] == (e["longest_hold"] >= 2) for e in report["per_episode"])
+    assert "held 2+ control steps" in proc.stdout
     from PIL import Image
 
     with Image.open(gif) as im:
@@ -67,3 +71,57 @@ def test_parallel_workers_give_the_same_episodes_as_one_process():
                                                                          b.success)
         assert a.reward_steps == b.reward_steps and sum(a.reward_steps) == a.steps
         assert b.values == pytest.approx(a.values, abs=1e-3)
+
+
+class _ScriptedRewardEnv:
+    """A stand-in sim whose reward after control step i is rewards[i] (then 0); success as gym-aloha's."""
+
+    def __init__(self, rewards):
+        self.rewards, self.qpos = list(rewards), np.zeros(14)
+
+    def _obs(self):
+        return {"qpos": self.qpos.copy(), "images": {}}
+
+    def reset(self, seed):
+        self.i, self.max_reward = 0, 0
+        return self._obs()
+
+    def step(self, command):
+        reward = self.rewards[self.i] if self.i < len(self.rewards) else 0
+        self.i += 1
+        self.max_reward = max(self.max_reward, reward)
+        return self._obs(), reward
+
+    @property
+    def success(self):
+        return self.max_reward >= 4
+
+
+class _StillPolicy:
+    def act(self, observation, seed, num_steps=None, return_future_images=False):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(actions=np.tile(observation.proprio, (50, 1)), value=0.0, future_images=None)
+
+
+def test_held_success_counts_consecutive_control_steps_at_the_maximum_reward():
+    from cosmos_policy_core.execution import ExecutorConfig
+    from cosmos_policy_core.sim.evaluate import run_episode
+
+    # Reward 4 for one step at step 3, then for 2 steps at 6-7, then for 5 steps at 10-14.
+    rewards = [0, 2, 2, 4, 2, 2, 4, 4, 2, 2, 4, 4, 4, 4, 4, 2]
+    env, policy, executor = _ScriptedRewardEnv(rewards), _StillPolicy(), ExecutorConfig.aloha(25)
+
+    def run(**cfg):
+        return run_episode(policy, env, executor, EvalConfig(episodes=1, max_steps=40, **cfg), 0)
+
+    first = run()  # gym-aloha's metric: stop at the first reward 4
+    assert (first.success, first.steps, first.longest_hold, first.held_success) == (True, 4, 1, False)
+    held = run(hold_steps=3)  # runs past the first success and stops when 3 steps at reward 4 are reached
+    assert (held.success, held.steps, held.longest_hold, held.held_success) == (True, 13, 3, True)
+    assert held.reward_steps == [1, 0, 6, 0, 6]
+    short = run(hold_steps=6)  # the longest hold is 5: a success by gym-aloha's count, not a held one
+    assert (short.success, short.steps, short.longest_hold, short.held_success) == (True, 40, 5, False)
+    assert run(stop_on_success=False).steps == 40
+    with pytest.raises(ConfigError):
+        EvalConfig(hold_steps=-1)

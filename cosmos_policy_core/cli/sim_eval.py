@@ -13,12 +13,17 @@ def _eval(args) -> int:
 
     cfg = EvalConfig(task=args.task, episodes=args.episodes, seed=args.seed, num_steps=args.steps,
                      execute_steps=args.execute_steps, max_steps=args.max_steps,
-                     planner_candidates=args.planner_candidates)
+                     planner_candidates=args.planner_candidates, hold_steps=args.hold_steps)
     report = evaluate_checkpoint(args.checkpoint, cfg, gif_path=args.video, progress=not args.no_progress,
                                  workers=args.workers)
     lo, hi = report.ci95
     print(f"{report.task}: {report.successes}/{report.episodes} successes, rate {report.success_rate:.1%} "
           f"(95% Wilson CI {lo:.1%}-{hi:.1%}); max rewards {[e.max_reward for e in report.per_episode]}")
+    if report.held_successes is not None:
+        lo, hi = report.held_ci95
+        print(f"held {args.hold_steps}+ control steps: {report.held_successes}/{report.episodes}, rate "
+              f"{report.held_success_rate:.1%} (95% Wilson CI {lo:.1%}-{hi:.1%}); longest holds "
+              f"{[e.longest_hold for e in report.per_episode]}")
     at_level = [sum(n) for n in zip(*(e.reward_steps for e in report.per_episode))]
     print(f"control steps at reward 0..{len(at_level) - 1}, all episodes: {at_level}")
     if args.json:
@@ -44,7 +49,11 @@ def add_eval_parser(sim_commands) -> None:
     parser.add_argument("--execute-steps", type=int, default=50, help="actions played before re-querying")
     parser.add_argument("--max-steps", type=int, help="control steps per episode (default: the task length)")
     parser.add_argument("--planner-candidates", type=int, default=0, help="best-of-N planning with N > 1")
-    parser.add_argument("--json", help="write the report (episodes, successes, success_rate, ci95, max rewards)")
+    parser.add_argument("--hold-steps", type=int, default=0,
+                        help="also count a stricter success: the maximum reward held this many consecutive control "
+                             "steps (episodes then run on past their first success)")
+    parser.add_argument("--json", help="write the report (episodes, successes, success_rate, ci95, max rewards; "
+                                        "held_* with --hold-steps)")
     parser.add_argument("--video", help="GIF of episode 0 with the predicted future frames")
     parser.add_argument("--workers", type=int, default=1,
                         help="episodes in parallel processes (one sim + policy each, cores split between them)")

@@ -50,10 +50,17 @@ class EvalConfig:
     render_size: int = 224              # camera render size; the policy resizes to its own image_size
     planner_candidates: int = 0         # > 1: best-of-N planning with world model + value
     stop_on_success: bool = True
+    # > 0: also count a held success, the maximum reward at the end of this many consecutive control steps
+    # (gym-aloha's success is the maximum at any one 50 Hz physics step). Episodes then run on past their
+    # first success, until the hold or their end; the success count is unchanged (the rollout up to the
+    # first success is the same).
+    hold_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.episodes <= 0:
             raise ConfigError(f"episodes must be positive, got {self.episodes}")
+        if self.hold_steps < 0:
+            raise ConfigError(f"hold_steps must be >= 0, got {self.hold_steps}")
         if not 1 <= self.execute_steps <= 50:
             raise ConfigError(f"execute_steps must be in 1..50, got {self.execute_steps}")
 
@@ -71,6 +78,10 @@ class EpisodeResult:
     # Control steps spent at each reward level 0..4 (max_reward alone counts a cube nudged off the table
     # for one step as lifted; this tells that apart from a held one).
     reward_steps: list[int] = field(default_factory=list)
+    # Longest run of consecutive control steps at the maximum reward (up to where the episode stopped), and
+    # whether it reached EvalConfig.hold_steps (False when hold_steps is 0).
+    longest_hold: int = 0
+    held_success: bool = False
 
 
 @dataclass
@@ -84,10 +95,16 @@ class EvalReport:
     per_episode: list[EpisodeResult]
     config: dict
     seconds: float
+    # With EvalConfig.hold_steps > 0: episodes whose maximum reward held that many control steps, and the
+    # rate and Wilson interval of those; None otherwise.
+    held_successes: int | None = None
+    held_success_rate: float | None = None
+    held_ci95: tuple[float, float] | None = None
 
     def to_json_dict(self) -> dict:
         out = asdict(self)
         out["ci95"] = list(self.ci95)
+        out["held_ci95"] = None if self.held_ci95 is None else list(self.held_ci95)
         out["max_rewards"] = [e.max_reward for e in self.per_episode]
         return out
 
@@ -154,6 +171,7 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
     start = time.perf_counter()
     queries, values, predicted = 0, [], None
     reward_steps = [0] * (MAX_REWARD + 1)
+    run = longest_hold = 0
     step = 0
     for step in range(max_steps):
         now_ns = step * STEP_NS
@@ -180,11 +198,17 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
             gif.add(step, obs["images"], predicted)
         obs, reward = env.step(command)
         reward_steps[int(reward)] += 1
-        if cfg.stop_on_success and env.success:
+        run = run + 1 if reward >= MAX_REWARD else 0
+        longest_hold = max(longest_hold, run)
+        if cfg.hold_steps > 0:
+            if longest_hold >= cfg.hold_steps:
+                break
+        elif cfg.stop_on_success and env.success:
             break
     return EpisodeResult(index=index, seed=seed, success=bool(env.success), max_reward=int(env.max_reward),
                          steps=step + 1, queries=queries, seconds=round(time.perf_counter() - start, 2),
-                         values=values, reward_steps=reward_steps)
+                         values=values, reward_steps=reward_steps, longest_hold=longest_hold,
+                         held_success=cfg.hold_steps > 0 and longest_hold >= cfg.hold_steps)
 
 
 def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
@@ -279,9 +303,13 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
     results.sort(key=lambda r: r.index)
     k = sum(r.success for r in results)
     config = {**asdict(cfg), "workers": workers}
+    held = {}
+    if cfg.hold_steps > 0:
+        h = sum(r.held_success for r in results)
+        held = dict(held_successes=h, held_success_rate=h / len(results), held_ci95=wilson_interval(h, len(results)))
     return EvalReport(task=cfg.task, checkpoint=str(checkpoint), episodes=len(results), successes=k,
                       success_rate=k / len(results), ci95=wilson_interval(k, len(results)), per_episode=results,
-                      config=config, seconds=round(time.perf_counter() - start, 1))
+                      config=config, seconds=round(time.perf_counter() - start, 1), **held)
 
 
 __all__ = ["wilson_interval", "EvalConfig", "EpisodeResult", "EvalReport", "GifRecorder", "run_episode",
