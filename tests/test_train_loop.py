@@ -191,3 +191,25 @@ def test_evaluation_reports_the_blind_mean_chunk_baseline(tmp_path):
     np.testing.assert_allclose(trainer.mean_chunk(step), by_hand, atol=1e-6)
     result = trainer.evaluate()
     assert result["held_out"] and result["mean_chunk_l1_normalized"] > 0
+
+
+def test_init_checkpoint_keeps_its_normalization_unless_the_data_brings_stats(tmp_path, caplog):
+    from cosmos_policy_core.checkpoint import write_dataset_stats
+
+    base = Trainer(fast_config(max_steps=1), None, tmp_path / "base", demos=demos(2), progress=False).run()
+    kept = load_checkpoint_dir(base.final_checkpoint).stats
+    other = [InMemoryEpisode(episode(i), f"ep{i}") for i in (5, 6)]  # other demos, other min/max
+    fresh = Trainer(fast_config(), None, tmp_path / "fresh", demos=other, progress=False)
+    assert not np.allclose(fresh.stats.actions_min, kept.actions_min)  # recomputed without --init
+    with caplog.at_level("WARNING", logger="cosmos_policy_core.train.loop"):
+        tuned = Trainer(fast_config(), None, tmp_path / "tuned", demos=other, init=base.final_checkpoint,
+                        progress=False)
+    for name in ("actions_min", "actions_max", "proprio_min", "proprio_max"):
+        np.testing.assert_array_equal(getattr(tuned.stats, name), getattr(kept, name))
+    assert "exceeds the --init checkpoint's statistics" in caplog.text  # these demos span other ranges
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_dataset_stats(data / "stats.json", fresh.stats)
+    own = Trainer(fast_config(), data, tmp_path / "own", demos=other, init=base.final_checkpoint, progress=False)
+    np.testing.assert_allclose(own.stats.actions_min, fresh.stats.actions_min)

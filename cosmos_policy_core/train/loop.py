@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 
 from cosmos_policy_core.checkpoint import (
-    CosmosCheckpoint, DatasetStats, load_checkpoint_dir, load_into, read_dataset_stats, read_reference_state_dict,
-    read_t5_embeddings, read_text_embeddings, save_checkpoint_dir,
+    STATS_FILE, CosmosCheckpoint, DatasetStats, load_checkpoint_dir, load_into, read_dataset_stats,
+    read_reference_state_dict, read_t5_embeddings, read_text_embeddings, save_checkpoint_dir,
 )
 from cosmos_policy_core.diffusion import diffusion_loss, initial_noise, make_x0_fn, sample, sample_training_sigma
 from cosmos_policy_core.errors import ConfigError, DataError
@@ -270,7 +270,7 @@ class Trainer:
         n_val = min(config.val_episodes, max(0, len(successes) - 1))
         self.train_demos, self.val_demos = successes[: len(successes) - n_val], successes[len(successes) - n_val:]
         rollouts = load_episode_dir(rollouts_dir) if rollouts_dir is not None else []
-        self.stats = self._stats(data_dir, self.train_demos + self.val_demos)
+        self.stats = self._stats(data_dir, self.train_demos + self.val_demos, init)
         self.samples = SampleBuilder(self.layout, self.stats, self.train_demos, rollouts, config.samples, config.seed)
         tasks = [e.task for e in episodes + rollouts]
         self.text = load_text_table(text_embeddings, tasks, config.text_length, config.model.crossattn_emb_channels)
@@ -303,14 +303,35 @@ class Trainer:
             self._resume()
 
     # --- setup helpers ---------------------------------------------------------------------------
-    def _stats(self, data_dir, demos: Sequence[EpisodeFrames]) -> DatasetStats:
+    def _stats(self, data_dir, demos: Sequence[EpisodeFrames], init=None) -> DatasetStats:
+        """Normalization statistics: the data directory's file, else an --init checkpoint's, else the demos'.
+
+        Fine-tuning one of our checkpoints keeps its normalization: statistics recomputed over other
+        demos move every normalized target (the min/max of 40 regenerated demos moved by up to 0.13 rad),
+        which the model would first have to unlearn.
+        """
         for name in ("stats.json", "dataset_statistics.json"):
             if data_dir is not None and (Path(data_dir) / name).is_file():
                 log.info("dataset statistics from %s", Path(data_dir) / name)
                 return read_dataset_stats(Path(data_dir) / name, self.layout)
+        computed = DatasetStats.from_arrays(np.concatenate([e.action for e in demos]),
+                                            np.concatenate([e.qpos for e in demos]))
+        if init is not None and (Path(init) / STATS_FILE).is_file():
+            stats = read_dataset_stats(Path(init) / STATS_FILE, self.layout)
+            log.info("dataset statistics of the --init checkpoint %s (the data directory has none)", init)
+            for name, lo, hi, data_lo, data_hi in (
+                    ("action", stats.actions_min, stats.actions_max, computed.actions_min, computed.actions_max),
+                    ("proprio", stats.proprio_min, stats.proprio_max, computed.proprio_min, computed.proprio_max)):
+                # Normalized values beyond [-1, 1] by more than 5 % of a dimension's range.
+                margin = 0.05 * np.maximum(hi - lo, 1e-6)
+                outside = np.flatnonzero((data_lo < lo - margin) | (data_hi > hi + margin))
+                if outside.size:
+                    log.warning("the demos' %s range exceeds the --init checkpoint's statistics in dimensions "
+                                "%s; put a stats.json in the data directory to renormalize", name,
+                                outside.tolist())
+            return stats
         log.info("no stats.json in the data directory: computing statistics over %d demos", len(demos))
-        return DatasetStats.from_arrays(np.concatenate([e.action for e in demos]),
-                                        np.concatenate([e.qpos for e in demos]))
+        return computed
 
     def _load_vae(self, vae) -> tuple[WanVAE, str]:
         from cosmos_policy_core.train.vae import load_vae
