@@ -193,23 +193,30 @@ def test_evaluation_reports_the_blind_mean_chunk_baseline(tmp_path):
     assert result["held_out"] and result["mean_chunk_l1_normalized"] > 0
 
 
-def test_init_checkpoint_keeps_its_normalization_unless_the_data_brings_stats(tmp_path, caplog):
+def test_init_checkpoint_keeps_its_normalization_while_the_demos_fit_in_it(tmp_path, caplog):
     from cosmos_policy_core.checkpoint import write_dataset_stats
 
     base = Trainer(fast_config(max_steps=1), None, tmp_path / "base", demos=demos(2), progress=False).run()
     kept = load_checkpoint_dir(base.final_checkpoint).stats
-    other = [InMemoryEpisode(episode(i), f"ep{i}") for i in (5, 6)]  # other demos, other min/max
-    fresh = Trainer(fast_config(), None, tmp_path / "fresh", demos=other, progress=False)
-    assert not np.allclose(fresh.stats.actions_min, kept.actions_min)  # recomputed without --init
-    with caplog.at_level("WARNING", logger="cosmos_policy_core.train.loop"):
-        tuned = Trainer(fast_config(), None, tmp_path / "tuned", demos=other, init=base.final_checkpoint,
-                        progress=False)
-    for name in ("actions_min", "actions_max", "proprio_min", "proprio_max"):
-        np.testing.assert_array_equal(getattr(tuned.stats, name), getattr(kept, name))
-    assert "exceeds the --init checkpoint's statistics" in caplog.text  # these demos span other ranges
 
-    data = tmp_path / "data"
+    def scaled(i, k):  # episode i with actions and joints shrunk (inside the base range) or grown (outside)
+        e = episode(i)
+        return InMemoryEpisode(replace(e, qpos=e.qpos * k, action=(e.action - 0.1) * k + 0.1), f"ep{i}")
+
+    inside = Trainer(fast_config(), None, tmp_path / "in", demos=[scaled(0, 0.9), scaled(1, 0.9)],
+                     init=base.final_checkpoint, progress=False)
+    for name in ("actions_min", "actions_max", "proprio_min", "proprio_max"):
+        np.testing.assert_array_equal(getattr(inside.stats, name), getattr(kept, name))
+    wide = [scaled(0, 1.5), scaled(1, 1.5)]
+    with caplog.at_level("WARNING", logger="cosmos_policy_core.train.loop"):
+        outside = Trainer(fast_config(), None, tmp_path / "out", demos=wide, init=base.final_checkpoint,
+                          progress=False)
+    assert "exceed the --init checkpoint's statistics" in caplog.text
+    np.testing.assert_allclose(outside.stats.actions_max, np.concatenate([e.action for e in wide]).max(0))
+
+    data = tmp_path / "data"  # a stats file in the data directory wins over both
     data.mkdir()
-    write_dataset_stats(data / "stats.json", fresh.stats)
-    own = Trainer(fast_config(), data, tmp_path / "own", demos=other, init=base.final_checkpoint, progress=False)
-    np.testing.assert_allclose(own.stats.actions_min, fresh.stats.actions_min)
+    write_dataset_stats(data / "stats.json", outside.stats)
+    own = Trainer(fast_config(), data, tmp_path / "own", demos=[scaled(0, 0.9)], init=base.final_checkpoint,
+                  progress=False)
+    np.testing.assert_allclose(own.stats.actions_min, outside.stats.actions_min)

@@ -306,9 +306,11 @@ class Trainer:
     def _stats(self, data_dir, demos: Sequence[EpisodeFrames], init=None) -> DatasetStats:
         """Normalization statistics: the data directory's file, else an --init checkpoint's, else the demos'.
 
-        Fine-tuning one of our checkpoints keeps its normalization: statistics recomputed over other
-        demos move every normalized target (the min/max of 40 regenerated demos moved by up to 0.13 rad),
-        which the model would first have to unlearn.
+        Fine-tuning one of our checkpoints keeps its normalization when the demos fit in it: statistics
+        recomputed over other demos move every normalized target (40 regenerated demos moved the min/max
+        by up to 0.13 rad), which the model must first unlearn. Demos outside it (by more than 5 % of a
+        dimension's range) get their own statistics instead, with a warning: targets beyond [-1, 1] are
+        actions the policy clips away at inference.
         """
         for name in ("stats.json", "dataset_statistics.json"):
             if data_dir is not None and (Path(data_dir) / name).is_file():
@@ -317,19 +319,22 @@ class Trainer:
         computed = DatasetStats.from_arrays(np.concatenate([e.action for e in demos]),
                                             np.concatenate([e.qpos for e in demos]))
         if init is not None and (Path(init) / STATS_FILE).is_file():
-            stats = read_dataset_stats(Path(init) / STATS_FILE, self.layout)
-            log.info("dataset statistics of the --init checkpoint %s (the data directory has none)", init)
-            for name, lo, hi, data_lo, data_hi in (
-                    ("action", stats.actions_min, stats.actions_max, computed.actions_min, computed.actions_max),
-                    ("proprio", stats.proprio_min, stats.proprio_max, computed.proprio_min, computed.proprio_max)):
-                # Normalized values beyond [-1, 1] by more than 5 % of a dimension's range.
+            kept = read_dataset_stats(Path(init) / STATS_FILE, self.layout)
+            outside = {}
+            for name in ("actions", "proprio"):
+                lo, hi = getattr(kept, f"{name}_min"), getattr(kept, f"{name}_max")
                 margin = 0.05 * np.maximum(hi - lo, 1e-6)
-                outside = np.flatnonzero((data_lo < lo - margin) | (data_hi > hi + margin))
-                if outside.size:
-                    log.warning("the demos' %s range exceeds the --init checkpoint's statistics in dimensions "
-                                "%s; put a stats.json in the data directory to renormalize", name,
-                                outside.tolist())
-            return stats
+                dims = np.flatnonzero((getattr(computed, f"{name}_min") < lo - margin)
+                                      | (getattr(computed, f"{name}_max") > hi + margin))
+                if dims.size:
+                    outside[name] = dims.tolist()
+            if not outside:
+                log.info("dataset statistics of the --init checkpoint %s (the demos fit in them)", init)
+                return kept
+            log.warning("the demos exceed the --init checkpoint's statistics (dimensions %s): normalizing with "
+                        "statistics over these %d demos instead; the model re-learns the mapping", outside,
+                        len(demos))
+            return computed
         log.info("no stats.json in the data directory: computing statistics over %d demos", len(demos))
         return computed
 
