@@ -308,7 +308,7 @@ class Trainer:
 
         Fine-tuning one of our checkpoints keeps its normalization when the demos fit in it: statistics
         recomputed over other demos move every normalized target (40 regenerated demos moved the min/max
-        by up to 0.13 rad), which the model must first unlearn. Demos outside it (by more than 5 % of a
+        by up to 0.14 rad), which the model must first unlearn. Demos outside it (by more than 5 % of a
         dimension's range) get their own statistics instead, with a warning: targets beyond [-1, 1] are
         actions the policy clips away at inference.
         """
