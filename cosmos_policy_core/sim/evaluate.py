@@ -78,10 +78,9 @@ class EpisodeResult:
     # Control steps spent at each reward level 0..4 (max_reward alone counts a cube nudged off the table
     # for one step as lifted; this tells that apart from a held one).
     reward_steps: list[int] = field(default_factory=list)
-    # Longest run of consecutive control steps at the maximum reward (up to where the episode stopped), and
-    # whether it reached EvalConfig.hold_steps (False when hold_steps is 0).
+    # Longest run of consecutive control steps at the maximum reward, up to where the episode stopped (a
+    # held success where it reaches EvalConfig.hold_steps > 0).
     longest_hold: int = 0
-    held_success: bool = False
 
 
 @dataclass
@@ -207,8 +206,7 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
             break
     return EpisodeResult(index=index, seed=seed, success=bool(env.success), max_reward=int(env.max_reward),
                          steps=step + 1, queries=queries, seconds=round(time.perf_counter() - start, 2),
-                         values=values, reward_steps=reward_steps, longest_hold=longest_hold,
-                         held_success=cfg.hold_steps > 0 and longest_hold >= cfg.hold_steps)
+                         values=values, reward_steps=reward_steps, longest_hold=longest_hold)
 
 
 def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
@@ -305,7 +303,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
     config = {**asdict(cfg), "workers": workers}
     held = {}
     if cfg.hold_steps > 0:
-        h = sum(r.held_success for r in results)
+        h = sum(r.longest_hold >= cfg.hold_steps for r in results)
         held = dict(held_successes=h, held_success_rate=h / len(results), held_ci95=wilson_interval(h, len(results)))
     return EvalReport(task=cfg.task, checkpoint=str(checkpoint), episodes=len(results), successes=k,
                       success_rate=k / len(results), ci95=wilson_interval(k, len(results)), per_episode=results,
