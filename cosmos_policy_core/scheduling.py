@@ -5,6 +5,7 @@ Pure Python (a thread, nanosecond stamps, no ROS): the policy and planner nodes 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -30,17 +31,28 @@ def remaining_steps(chunk_stamp_ns: int, chunk_len: int, step_ns: int, now_ns: i
     return int(max(0, chunk_len - started))
 
 
+TRIGGER_MODES = ("fixed", "latency")
+
+
 @dataclass(frozen=True)
 class TriggerConfig:
-    """Start the next inference once the executing chunk has at most `trigger_remaining_steps` left.
+    """When to start the next inference, by the steps the executing chunk has left.
 
-    A trigger below the inference latency in steps leaves the executor without a fresh chunk for the
-    difference (it holds); a trigger of chunk_len - 1 or more recomputes back to back.
+    "fixed": at `trigger_remaining_steps` left. A trigger below the inference latency in steps leaves the
+    executor without a fresh chunk for the difference (it holds); a trigger of chunk_len - 1 or more
+    recomputes back to back.
+    "latency": at the measured latency (observation stamp -> chunk published, in steps, rounded up) plus
+    `margin_steps` left, so each chunk plays almost to its end, as in the reference's deployment (all 50
+    actions, then a blocking query) but without the robot waiting. Until a latency has been measured,
+    `trigger_remaining_steps` applies. Small checkpoints re-queried mid-chunk do much worse in sim
+    (docs/training.md, "When to ask for the next chunk").
     """
 
     trigger_remaining_steps: int = 25
     chunk_len: int = 50
     step_ns: int = 40_000_000
+    mode: str = "fixed"
+    margin_steps: int = 2
 
     def __post_init__(self) -> None:
         if self.chunk_len < 1 or self.step_ns <= 0:
@@ -48,6 +60,10 @@ class TriggerConfig:
         if not 0 <= self.trigger_remaining_steps <= self.chunk_len:
             raise ConfigError(f"trigger_remaining_steps must be in [0, {self.chunk_len}], got "
                               f"{self.trigger_remaining_steps}")
+        if self.mode not in TRIGGER_MODES:
+            raise ConfigError(f"trigger mode must be one of {TRIGGER_MODES}, got {self.mode!r}")
+        if not 0 <= self.margin_steps < self.chunk_len:
+            raise ConfigError(f"margin_steps must be in [0, {self.chunk_len - 1}], got {self.margin_steps}")
 
 
 class ChunkTrigger:
@@ -64,13 +80,21 @@ class ChunkTrigger:
         cfg = self.config
         return remaining_steps(self.last_chunk_stamp_ns, cfg.chunk_len, cfg.step_ns, now_ns)
 
-    def should_start(self, now_ns: int, observation_stamp_ns: int, busy: bool) -> bool:
+    def threshold(self, latency_s: float | None = None) -> int:
+        """Steps left at which the next inference starts (`latency_s`: the measured latency, "latency" mode)."""
+        cfg = self.config
+        if cfg.mode == "fixed" or latency_s is None:
+            return cfg.trigger_remaining_steps
+        latency_steps = math.ceil(max(0.0, latency_s) * 1e9 / cfg.step_ns - 1e-9)
+        return min(cfg.chunk_len - 1, latency_steps + cfg.margin_steps)
+
+    def should_start(self, now_ns: int, observation_stamp_ns: int, busy: bool, latency_s: float | None = None) -> bool:
         if busy:
             return False
         if self.last_input_stamp_ns is not None and observation_stamp_ns <= self.last_input_stamp_ns:
             return False                 # the same input again would give the same chunk
         remaining = self.remaining(now_ns)
-        return remaining is None or remaining <= self.config.trigger_remaining_steps
+        return remaining is None or remaining <= self.threshold(latency_s)
 
     def started(self, observation_stamp_ns: int) -> None:
         self.last_input_stamp_ns = int(observation_stamp_ns)
@@ -156,4 +180,4 @@ class LatencyWindow:
         return float(np.percentile(self._values, q)) if self._values else None
 
 
-__all__ = ["remaining_steps", "TriggerConfig", "ChunkTrigger", "InferenceWorker", "LatencyWindow"]
+__all__ = ["remaining_steps", "TRIGGER_MODES", "TriggerConfig", "ChunkTrigger", "InferenceWorker", "LatencyWindow"]

@@ -100,6 +100,28 @@ def test_trigger_starts_once_per_observation_and_when_the_chunk_runs_low():
         TriggerConfig(trigger_remaining_steps=51)
 
 
+def test_latency_trigger_starts_the_measured_latency_plus_a_margin_before_the_chunk_ends():
+    cfg = TriggerConfig(trigger_remaining_steps=25, chunk_len=50, step_ns=40 * MS, mode="latency", margin_steps=2)
+    trig = ChunkTrigger(cfg)
+    assert trig.threshold(None) == 25                   # nothing measured yet: the fixed threshold
+    assert trig.threshold(0.0) == 2
+    assert trig.threshold(0.080) == 4                   # exactly 2 steps of latency + 2
+    assert trig.threshold(0.081) == 5                   # a little more rounds up to 3 steps
+    assert trig.threshold(10.0) == 49                   # slower than a chunk: back to back
+    trig.started(0)
+    trig.published(0)
+    # chunk stamped 0, latency 150 ms (4 steps) + 2: start at 6 steps left, t = 43 steps = 1720 ms
+    assert not trig.should_start(1680 * MS, 1680 * MS, busy=False, latency_s=0.150)
+    assert trig.should_start(1720 * MS, 1720 * MS, busy=False, latency_s=0.150)
+    assert trig.should_start(960 * MS, 960 * MS, busy=False, latency_s=None)   # until measured: 25 left
+    fixed = ChunkTrigger(TriggerConfig(trigger_remaining_steps=25, chunk_len=50, step_ns=40 * MS))
+    assert fixed.threshold(0.150) == 25                 # fixed mode ignores the latency
+    with pytest.raises(ConfigError, match="mode"):
+        TriggerConfig(mode="auto")
+    with pytest.raises(ConfigError, match="margin_steps"):
+        TriggerConfig(margin_steps=50)
+
+
 def test_worker_runs_one_job_at_a_time_off_the_caller_thread_and_survives_errors():
     started, release = threading.Event(), threading.Event()
     ran, errors = [], []

@@ -124,3 +124,49 @@ def test_held_success_counts_consecutive_control_steps_at_the_maximum_reward():
     assert run(stop_on_success=False).steps == 40
     with pytest.raises(ConfigError):
         EvalConfig(hold_steps=-1)
+
+
+class _CountingPolicy:
+    """Chunk k (the k-th query) holds 0.001 * (100 k + i) at step i on every joint."""
+
+    def __init__(self):
+        self.query_steps = []
+
+    def act(self, observation, seed, num_steps=None, return_future_images=False):
+        from types import SimpleNamespace
+
+        k = len(self.query_steps)
+        self.query_steps.append(round(observation.timestamp * 25))
+        actions = 0.001 * (100 * k + np.arange(50, dtype=float))[:, None] * np.ones((1, 14))
+        return SimpleNamespace(actions=actions, value=0.0, future_images=None)
+
+
+class _RecordingEnv(_ScriptedRewardEnv):
+    def step(self, command):
+        self.commands.append(np.asarray(command, float).copy())
+        return super().step(command)
+
+    def reset(self, seed):
+        self.commands = []
+        return super().reset(seed)
+
+
+def test_latency_steps_deliver_each_chunk_late_and_play_it_from_its_observation_time():
+    from cosmos_policy_core.execution import ExecutorConfig
+    from cosmos_policy_core.sim.evaluate import run_episode
+
+    env, policy = _RecordingEnv([0] * 25), _CountingPolicy()
+    executor = ExecutorConfig.aloha(25, blend_steps=0)  # no blending: each command is one chunk's action
+    result = run_episode(policy, env, executor, EvalConfig(episodes=1, max_steps=25, execute_steps=10,
+                                                           latency_steps=3), 0)
+    assert policy.query_steps == [0, 10, 20] and result.queries == 3
+    played = [c[0] for c in env.commands]
+    # Steps 0-2 hold (no chunk yet); chunk k, observed at 10 k, arrives at 10 k + 3 and plays index t - 10 k.
+    newest = [(t - 3) // 10 for t in range(3, 25)]          # the last chunk to have arrived by step t
+    expected = [0.0] * 3 + [0.001 * (100 * k + t - 10 * k) for t, k in zip(range(3, 25), newest)]
+    assert played == pytest.approx(expected, abs=1e-12)
+    assert played[12] == pytest.approx(0.012) and played[13] == pytest.approx(0.103)  # the switch at 13
+    with pytest.raises(ConfigError):
+        EvalConfig(execute_steps=10, latency_steps=10)   # the next query would start before this chunk arrived
+    with pytest.raises(ConfigError):
+        EvalConfig(execute_steps=48, latency_steps=3)    # the chunk would run out before the next arrives

@@ -46,6 +46,11 @@ class EvalConfig:
     seed: int = 0                       # episode i uses object seed `seed + i` and policy seeds from it
     num_steps: int | None = None        # denoising steps per chunk (None: the policy's default, 10)
     execute_steps: int = 50             # actions played before re-querying (the reference: all 50)
+    # Inference latency in control steps, as on the robot: the chunk of the observation at step q arrives
+    # at q + latency_steps, stamped q, so the executor plays it from index latency_steps while the previous
+    # chunk plays on. 0: the sim clock stops while the model thinks (the reference's blocking deploy).
+    # The ROS policy node with trigger_remaining_steps R and latency L plays execute_steps = 50 - R + L.
+    latency_steps: int = 0
     max_steps: int | None = None        # control steps per episode (None: the task's 25 Hz demo length)
     render_size: int = 224              # camera render size; the policy resizes to its own image_size
     planner_candidates: int = 0         # > 1: best-of-N planning with world model + value
@@ -63,6 +68,10 @@ class EvalConfig:
             raise ConfigError(f"hold_steps must be >= 0, got {self.hold_steps}")
         if not 1 <= self.execute_steps <= 50:
             raise ConfigError(f"execute_steps must be in 1..50, got {self.execute_steps}")
+        if not 0 <= self.latency_steps < self.execute_steps or self.latency_steps + self.execute_steps > 50:
+            raise ConfigError(
+                f"latency_steps must be in 0..execute_steps-1 and leave execute_steps of the 50-step chunk "
+                f"to play (latency + execute <= 50), got latency {self.latency_steps}, execute {self.execute_steps}")
 
 
 @dataclass
@@ -158,7 +167,11 @@ def _policy_config_for(checkpoint_dir: Path, num_steps: int | None):
 
 def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, index: int, planner=None,
                 gif: GifRecorder | None = None) -> EpisodeResult:
-    """One seeded episode: query a chunk every `execute_steps`, play it through the executor at 25 Hz."""
+    """One seeded episode: query a chunk every `execute_steps`, play it through the executor at 25 Hz.
+
+    With `latency_steps` L, each chunk reaches the executor L steps after its observation (stamped with
+    the observation's time), as a published chunk reaches the ROS executor node.
+    """
     from cosmos_policy_core.policy import Observation
     from cosmos_policy_core.sim.tasks import MAX_REWARD, get_task
 
@@ -169,6 +182,7 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
     obs = env.reset(seed=seed)
     start = time.perf_counter()
     queries, values, predicted = 0, [], None
+    pending: list[tuple[int, TimedChunk]] = []       # (arrival step, chunk) of chunks still "computing"
     reward_steps = [0] * (MAX_REWARD + 1)
     run = longest_hold = 0
     step = 0
@@ -187,8 +201,11 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
             queries += 1
             values.append(float(chunk.value))
             predicted = chunk.future_images
-            # The simulated clock stops while the model thinks, so the chunk is stamped "now".
-            verdict = executor.submit(TimedChunk(np.asarray(chunk.actions, float), now_ns), now_ns)
+            # Stamped with its observation's time; the simulated clock stops while the model thinks and
+            # the chunk arrives latency_steps later.
+            pending.append((step + cfg.latency_steps, TimedChunk(np.asarray(chunk.actions, float), now_ns)))
+        while pending and pending[0][0] <= step:
+            verdict = executor.submit(pending.pop(0)[1], now_ns)
             if verdict != "accepted":
                 log.warning("episode %d step %d: executor rejected the chunk (%s)", index, step, verdict)
         tick = executor.tick(now_ns)

@@ -34,7 +34,9 @@ COMMON_DEFAULTS = {
     "cameras": list(CAMERAS),
     "max_skew_ms": 20.0,              # each camera stamp at most this far from the joint state's
     "max_observation_age_ms": 500.0,  # never start from an older observation (<= 0: no limit)
+    "trigger_mode": "fixed",          # fixed: at trigger_remaining_steps left; latency: at measured latency + margin
     "trigger_remaining_steps": 25,    # start the next inference when the executing chunk has this many steps left
+    "trigger_margin_steps": 2,        # latency mode: steps of slack on top of the measured latency (p90)
     "step_hz": 25.0,                  # chunk step rate (the executor's control rate)
     "autostart": True,                # configure + activate on start (ros2 launch / bringup); false: lifecycle services
     "diagnostics_hz": 1.0,
@@ -166,7 +168,8 @@ class InferenceNode(LifecycleNode):
             if note:
                 self.get_logger().warning(note)
             lay = self.policy.layout
-            self.trigger = ChunkTrigger(TriggerConfig(int(self.p.trigger_remaining_steps), lay.chunk_size, self._step_ns))
+            self.trigger = ChunkTrigger(TriggerConfig(int(self.p.trigger_remaining_steps), lay.chunk_size, self._step_ns,
+                                                      str(self.p.trigger_mode), int(self.p.trigger_margin_steps)))
             t_load = time.perf_counter() - t0
             self.create_outputs()
             timings = self.warm_up(dummy_observation(self.policy, self.task))
@@ -188,9 +191,11 @@ class InferenceNode(LifecycleNode):
         self._cancel.clear()
         self.worker = InferenceWorker(self._run_job, name=f"{self.get_name()}_inference", on_error=self._on_error)
         self.state_label = "active"
-        self.get_logger().info(
-            f"active: next chunk when {self.trigger.config.trigger_remaining_steps} of {self.trigger.config.chunk_len} "
-            f"steps remain, observations within {self.p.max_skew_ms:g} ms")
+        cfg = self.trigger.config
+        when = (f"{cfg.trigger_remaining_steps}" if cfg.mode == "fixed" else
+                f"the measured latency + {cfg.margin_steps} (at first {cfg.trigger_remaining_steps})")
+        self.get_logger().info(f"active: next chunk when {when} of {cfg.chunk_len} steps remain, observations "
+                               f"within {self.p.max_skew_ms:g} ms")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -245,7 +250,7 @@ class InferenceNode(LifecycleNode):
             return
         now = self.now_ns()
         synced = self.obs_sync.latest(now)
-        if synced is None or not self.trigger.should_start(now, synced.stamp_ns, worker.busy):
+        if synced is None or not self.trigger.should_start(now, synced.stamp_ns, worker.busy, self._trigger_latency()):
             self._ready_since = None
             return
         # The first message of a new tick makes the trigger true while its set is still arriving: wait
@@ -259,6 +264,10 @@ class InferenceNode(LifecycleNode):
         job = Job(self.obs_sync.observation(synced, self.task), synced.stamp_ns, now, synced.skew_ns)
         if worker.submit(job):
             self.trigger.started(synced.stamp_ns)
+
+    def _trigger_latency(self) -> float | None:
+        """The latency the "latency" trigger plans with: p90 of the recent observation -> chunk latencies."""
+        return self.latency.percentile(90) if self.trigger.config.mode == "latency" else None
 
     def _run_job(self, job: Job) -> None:
         # Worker thread. The trigger's two stamps are plain ints written here and read by the executor
@@ -283,6 +292,7 @@ class InferenceNode(LifecycleNode):
             values["observation"] = self.obs_sync.why_not(now)
         remaining = self.trigger.remaining(now)
         values["chunk_steps_remaining"] = "none" if remaining is None else str(remaining)
+        values["trigger_remaining_steps"] = str(self.trigger.threshold(self._trigger_latency()))
         for q in (50, 99):
             v = self.latency.percentile(q)
             if v is not None:

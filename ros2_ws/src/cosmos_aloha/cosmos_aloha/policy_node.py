@@ -27,6 +27,9 @@ PREDICTED_PREFIX = "/cosmos/predicted"
 CHUNK_TIMING_TOPIC = "~/chunk_timing"
 DEFAULTS = {
     "num_steps": 1,   # denoising steps per chunk: 1 is the real-time mode (the reference deploys 10, blocking)
+    # Play each chunk almost to its end, as the reference does: re-querying mid-chunk cost the shipped sim
+    # policy most of its successes (docs/training.md, "When to ask for the next chunk").
+    "trigger_mode": "latency",
 }
 
 
