@@ -178,10 +178,16 @@ class ExecutorConfig:
     max_future_s: float = 0.5             # chunks stamped further ahead reveal a clock mismatch
     prefer_planner: bool = True
     safety: SafetyConfig = field(default_factory=SafetyConfig.aloha_vx300s)
+    # None: play the newest chunk of a source. A number k >= 0: temporal ensembling (ACT, Zhao et al. 2023):
+    # each tick commands the weighted mean of the current step of every live chunk of the source, weight
+    # exp(-k i) with i = 0 for the oldest (ACT: k = 0.01). Meant for a policy queried every few steps.
+    ensemble_decay: float | None = None
 
     def __post_init__(self) -> None:
         if not self.control_hz > 0 or self.blend_steps < 0 or self.chunk_len <= 0:
             raise ConfigError(f"ExecutorConfig: control_hz > 0, blend_steps >= 0, chunk_len > 0 needed, got {self}")
+        if self.ensemble_decay is not None and not (math.isfinite(self.ensemble_decay) and self.ensemble_decay >= 0):
+            raise ConfigError(f"ExecutorConfig.ensemble_decay must be None or a finite k >= 0, got {self.ensemble_decay}")
         if not (self.max_chunk_age_s > 0 and self.max_observation_age_s > 0 and self.max_future_s >= 0):
             raise ConfigError("ExecutorConfig: timeouts must be positive")
         if abs(self.safety.control_hz - self.control_hz) > 1e-9:
@@ -220,6 +226,10 @@ class ChunkExecutor:
     the middle of a blend stay continuous; the per-tick jump is 1/(blend_steps+1) of the offset, and
     the safety filter's rate limit bounds whatever is left. RTC-style inpainting belongs in the policy
     (it changes what is sampled); this executor is correct with or without it.
+
+    With `ensemble_decay` set, a source's live chunks (not too old, not played out) are averaged step by
+    step instead (temporal ensembling); a new chunk joins the mean without a blend, and a switch between
+    sources or out of a hold blends as above.
     """
 
     def __init__(self, config: ExecutorConfig | None = None):
@@ -227,6 +237,7 @@ class ChunkExecutor:
         self.safety = SafetyFilter(self.config.safety)
         self.estop = EStop()
         self._chunks: dict[str, TimedChunk] = {}
+        self._ensemble: dict[str, list[TimedChunk]] = {}   # ensemble_decay set: each source's chunks, oldest first
         self._min_stamp_ns: int | None = None   # chunks observed before an e-stop never resume
         self._observation: np.ndarray | None = None
         self._observation_ns: int | None = None
@@ -253,12 +264,16 @@ class ChunkExecutor:
         self.count(f"chunk_{reason}")
         if reason == "accepted":
             self._chunks[chunk.source] = chunk
+            if self.config.ensemble_decay is not None:
+                live = [c for c in self._ensemble.get(chunk.source, []) if self._playable(c, now_ns) is not None]
+                self._ensemble[chunk.source] = live + [chunk]
         return reason
 
     def engage_estop(self, reason: str, now_ns: int) -> None:
         self.estop.engage(reason, now_ns)
         # Chunks computed before the stop describe a world the operator just stopped: drop them.
         self._chunks.clear()
+        self._ensemble.clear()
         self._min_stamp_ns = int(now_ns)
 
     def clear_estop(self) -> bool:
@@ -268,6 +283,7 @@ class ChunkExecutor:
         """Forget chunks and the last command: hold the next measured position (after a sim reset, or
         after the arms were moved by hand), and refuse chunks observed before `now_ns`."""
         self._chunks.clear()
+        self._ensemble.clear()
         self._min_stamp_ns = int(now_ns)
         self._last_command = None
         self._active = None
@@ -300,8 +316,12 @@ class ChunkExecutor:
             return Tick(result.command, hold, chunk_age_s=age, filter=result)
 
         chunk, step = chosen
-        raw = chunk.actions[step]
-        key = (chunk.source, chunk.stamp_ns)
+        if self.config.ensemble_decay is None:
+            raw = chunk.actions[step]
+            key = (chunk.source, chunk.stamp_ns)
+        else:
+            raw = self._ensembled(chunk.source, now_ns)
+            key = (chunk.source, -1)       # the mean moves smoothly as chunks join: no blend per chunk
         if key != self._active:
             self._active = key
             self._offset = reference - raw
@@ -345,6 +365,14 @@ class ChunkExecutor:
             return None
         step = chunk.index_at(now_ns)
         return (chunk, step) if step < len(chunk) else None
+
+    def _ensembled(self, source: str, now_ns: int) -> np.ndarray:
+        """Weighted mean of the current step of the source's live chunks (the newest is always live here)."""
+        live = [c for c in self._ensemble.get(source, []) if self._playable(c, now_ns) is not None]
+        self._ensemble[source] = live
+        actions = np.stack([np.asarray(c.actions[c.index_at(now_ns)], dtype=float) for c in live])
+        weights = np.exp(-self.config.ensemble_decay * np.arange(len(live)))
+        return weights @ actions / weights.sum()
 
     def _select(self, now_ns: int) -> tuple[TimedChunk, int] | None:
         policy = self._playable(self._chunks.get("policy"), now_ns)

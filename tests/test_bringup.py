@@ -62,7 +62,12 @@ def test_launch_arguments_reach_node_parameters():
                       available=every_module)
     nodes = {n.name: n for n in plan.nodes}
     assert nodes["aloha_sim"].parameters == {"task": "insertion", "seed": 0, "height": 224, "width": 640}
-    assert nodes["policy"].parameters == {"checkpoint": "/m", "engine": "onnx"}
+    assert nodes["policy"].parameters == {"checkpoint": "/m", "engine": "onnx", "temporal_ensemble": False}
+    assert nodes["executor"].parameters == {"temporal_ensemble": False}
+    ensemble = {n.name: n for n in graph.plan({"checkpoint": "/m", "temporal_ensemble": "true"},
+                                              available=every_module).nodes}
+    assert ensemble["policy"].parameters["temporal_ensemble"] is True
+    assert "temporal_ensemble:=True" in graph.ros_arguments(ensemble["executor"])
     argv = graph.ros_arguments(nodes["aloha_sim"])
     assert argv[:3] == ["--ros-args", "-r", "__node:=aloha_sim"]
     assert "--params-file" in argv and "task:=insertion" in argv
@@ -96,6 +101,11 @@ def test_config_files_parse_and_match_node_parameters():
 
     preset = SafetyConfig.aloha_vx300s()
     assert tuple(executor["joint_lower"]) == preset.lower and tuple(executor["max_velocity"]) == preset.max_velocity
+    from types import SimpleNamespace
+
+    assert executor_node.config_from_parameters(SimpleNamespace(**executor)).ensemble_decay is None
+    ensemble = SimpleNamespace(**{**executor, "temporal_ensemble": True, "ensemble_decay": 0.02})
+    assert executor_node.config_from_parameters(ensemble).ensemble_decay == 0.02
 
 
 def test_rviz_config_shows_cameras_predictions_and_value():

@@ -134,6 +134,35 @@ def test_switch_without_blend_is_rate_limited():
     assert np.abs(tick.command - HOME).max() <= ExecutorConfig.aloha().safety.max_step.max() + 1e-12
 
 
+def test_temporal_ensemble_averages_live_chunks_oldest_weighted_most():
+    """k = ln 2: weights 1, 1/2, 1/4 from the oldest live chunk on; hand-computed means."""
+    ex = make(blend_steps=8, ensemble_decay=math.log(2))
+    a = ramp_chunk(T0, HOME, np.zeros(14))                       # holds HOME
+    b = ramp_chunk(T0 + 10 * PERIOD, HOME + 0.03, np.zeros(14))  # HOME + 0.03
+    c = ramp_chunk(T0 + 20 * PERIOD, HOME + 0.06, np.zeros(14))  # HOME + 0.06
+    ex.submit(a, T0)
+    commands, states = {}, {}
+    for k in range(75):
+        now = T0 + k * PERIOD
+        ex.observe(HOME, now)
+        if k in (10, 20):
+            assert ex.submit(b if k == 10 else c, now) == "accepted"
+        tick = ex.tick(now)
+        commands[k], states[k] = tick.command, tick.state
+    np.testing.assert_allclose(commands[5], HOME)
+    np.testing.assert_allclose(commands[15], HOME + 0.03 * 0.5 / 1.5)                   # a and b
+    np.testing.assert_allclose(commands[25], HOME + (0.03 * 0.5 + 0.06 * 0.25) / 1.75)  # a, b and c
+    np.testing.assert_allclose(commands[55], HOME + (0.03 + 0.06 * 0.5) / 1.5)          # a played out at 50
+    np.testing.assert_allclose(commands[65], HOME + 0.06)                               # only c is left
+    assert states[10] is ExecState.PLAYING and states[20] is ExecState.PLAYING          # a new chunk joins, no blend
+    assert ex.counters["switch"] == 1
+    assert ex.tick(T0 + 70 * PERIOD).state is ExecState.HOLD_STALE_CHUNK                # every chunk played out
+    ex.engage_estop("test", T0 + 71 * PERIOD)
+    assert ex._ensemble == {}
+    with pytest.raises(ConfigError, match="ensemble_decay"):
+        ExecutorConfig.aloha(ensemble_decay=-0.1)
+
+
 def test_out_of_order_future_bad_shape_and_nan_chunks_are_rejected():
     ex = make()
     assert ex.submit(ramp_chunk(T0 + 5 * PERIOD, HOME, np.zeros(14)), T0 + 5 * PERIOD) == "accepted"

@@ -258,3 +258,18 @@ def test_policy_and_planner_yaml_keys_are_declared_parameters():
         for key, value in params.items():
             assert type(value) is type(declared[key]), (name, key)
             assert value == declared[key], (name, key)   # the YAML documents the defaults, it does not change them
+
+
+def test_temporal_ensemble_makes_the_policy_query_every_few_steps():
+    """With the executor averaging chunks, the policy starts one every ensemble_query_steps, whatever trigger_mode."""
+    from types import SimpleNamespace
+
+    from cosmos_aloha.policy_node import PolicyNode
+    from cosmos_policy_core.errors import ConfigError
+
+    node = SimpleNamespace(p=SimpleNamespace(temporal_ensemble=True, ensemble_query_steps=5), _step_ns=40_000_000)
+    cfg = PolicyNode.trigger_config(node, 50)
+    assert (cfg.mode, cfg.trigger_remaining_steps, cfg.chunk_len) == ("fixed", 45, 50)
+    node.p.ensemble_query_steps = 0
+    with pytest.raises(ConfigError, match="ensemble_query_steps"):
+        PolicyNode.trigger_config(node, 50)

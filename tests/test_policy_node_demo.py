@@ -20,3 +20,7 @@ def test_demo_uses_the_shipped_checkpoint_only_when_it_exists(tmp_path, monkeypa
     assert demo.demo_checkpoint(str(shipped), "insertion") == shipped
     with pytest.raises(ConfigError, match="not a checkpoint directory"):
         demo.demo_checkpoint(str(tmp_path / "missing"), "transfer_cube")
+    assert demo.demo_temporal_ensemble("auto", shipped)                     # measured better for the shipped one
+    other = tmp_path / "elsewhere" / demo.SHIPPED_CHECKPOINTS["transfer_cube"]
+    assert not demo.demo_temporal_ensemble("auto", other)                   # a user's checkpoint: the reference's way
+    assert demo.demo_temporal_ensemble("true", other) and not demo.demo_temporal_ensemble("false", shipped)

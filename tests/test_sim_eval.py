@@ -167,6 +167,24 @@ def test_latency_steps_deliver_each_chunk_late_and_play_it_from_its_observation_
     assert played == pytest.approx(expected, abs=1e-12)
     assert played[12] == pytest.approx(0.012) and played[13] == pytest.approx(0.103)  # the switch at 13
     with pytest.raises(ConfigError):
-        EvalConfig(execute_steps=10, latency_steps=10)   # the next query would start before this chunk arrived
+        EvalConfig(execute_steps=10, latency_steps=11)   # the next query would start before this chunk arrived
+    EvalConfig(execute_steps=10, latency_steps=10)       # back to back
     with pytest.raises(ConfigError):
         EvalConfig(execute_steps=48, latency_steps=3)    # the chunk would run out before the next arrives
+
+
+def test_ensemble_decay_reaches_the_executor_and_averages_the_chunks():
+    from cosmos_policy_core.sim.evaluate import _executor_config, run_episode
+
+    assert _executor_config(EvalConfig()).ensemble_decay is None
+    cfg = EvalConfig(episodes=1, max_steps=25, execute_steps=10, ensemble_decay=0.0)   # k = 0: a plain mean
+    executor = _executor_config(cfg)
+    assert executor.ensemble_decay == 0.0
+    env, policy = _RecordingEnv([0] * 25), _CountingPolicy()
+    run_episode(policy, env, executor, cfg, 0)
+    played = [c[0] for c in env.commands]
+    # Steps 10-19: chunks 0 and 1 live, mean of 0.001 t and 0.001 (100 + t - 10), reached after the
+    # 8-step blend out of the initial hold (offset 0: the first chunk starts at the measured pose).
+    assert played[5] == pytest.approx(0.005)
+    assert played[15] == pytest.approx(0.001 * (15 + 105) / 2)
+    assert played[24] == pytest.approx(0.001 * (24 + 114 + 204) / 3)

@@ -38,6 +38,14 @@ def demo_checkpoint(choice: str, task: str) -> Path | None:
     return path
 
 
+def demo_temporal_ensemble(choice: str, checkpoint: Path) -> bool:
+    """auto: on for the checkpoints shipped here, measured to succeed far more often with it
+    (docs/training.md, "Temporal ensembling"); off for others, whose deployment the reference defines."""
+    if choice == "auto":
+        return checkpoint.resolve().parent == MODELS_DIR.resolve() and checkpoint.name in SHIPPED_CHECKPOINTS.values()
+    return choice == "true"
+
+
 def _run(args) -> int:
     from cosmos_policy_core.sim.demos import scripted_rollout
 
@@ -46,8 +54,10 @@ def _run(args) -> int:
     arguments = {"sim": "true", "task": args.task, "seed": str(args.seed),
                  "image_height": str(args.image_height), "image_width": str(args.image_width)}
     if checkpoint is not None:
-        print(f"demo: {args.task} seed {args.seed}: policy node with {checkpoint}")
-        arguments.update(checkpoint=str(checkpoint), replay="false")
+        ensemble = demo_temporal_ensemble(args.temporal_ensemble, checkpoint)
+        print(f"demo: {args.task} seed {args.seed}: policy node with {checkpoint}"
+              + (", temporal ensembling (a chunk every 5 steps, averaged)" if ensemble else ""))
+        arguments.update(checkpoint=str(checkpoint), replay="false", temporal_ensemble=str(ensemble).lower())
     else:
         rollout = scripted_rollout(args.task, args.seed)
         trajectory = work / "scripted_actions.npy"
@@ -98,6 +108,9 @@ def register(subparsers) -> None:
     parser.add_argument("--checkpoint", default="auto",
                         help="policy checkpoint directory; auto = the shipped models/ checkpoint of the task when "
                              "present, else replay the scripted demonstration; none = always replay")
+    parser.add_argument("--temporal-ensemble", default="auto", choices=("auto", "true", "false"),
+                        help="executor averages the live chunks, policy queries every 5 steps (auto: on for the "
+                             "shipped checkpoint)")
     # The policy sees 224x224; rendering 480x640 in software GL costs more than 2 cores can spare.
     parser.add_argument("--image-height", type=int, default=224)
     parser.add_argument("--image-width", type=int, default=224)

@@ -12,7 +12,8 @@ def _eval(args) -> int:
     from cosmos_policy_core.sim.evaluate import EvalConfig, evaluate_checkpoint
 
     cfg = EvalConfig(task=args.task, episodes=args.episodes, seed=args.seed, num_steps=args.steps,
-                     execute_steps=args.execute_steps, latency_steps=args.latency_steps, max_steps=args.max_steps,
+                     execute_steps=args.execute_steps, latency_steps=args.latency_steps,
+                     ensemble_decay=args.ensemble_decay, max_steps=args.max_steps,
                      planner_candidates=args.planner_candidates, hold_steps=args.hold_steps)
     report = evaluate_checkpoint(args.checkpoint, cfg, gif_path=args.video, progress=not args.no_progress,
                                  workers=args.workers)
@@ -52,6 +53,10 @@ def add_eval_parser(sim_commands) -> None:
                              "after its observation, as on the robot (default 0: the clock stops while the model "
                              "thinks). The ROS policy node with trigger_remaining_steps R plays 50 - R + latency "
                              "steps of each chunk: pass that as --execute-steps")
+    parser.add_argument("--ensemble-decay", type=float,
+                        help="temporal ensembling in the executor (ACT): every live chunk's current step averaged with "
+                             "weight exp(-k i), i = 0 for the oldest (ACT: 0.01); query often with it, e.g. "
+                             "--execute-steps 5")
     parser.add_argument("--max-steps", type=int, help="control steps per episode (default: the task length)")
     parser.add_argument("--planner-candidates", type=int, default=0, help="best-of-N planning with N > 1")
     parser.add_argument("--hold-steps", type=int, default=0,

@@ -51,6 +51,9 @@ class EvalConfig:
     # chunk plays on. 0: the sim clock stops while the model thinks (the reference's blocking deploy).
     # The ROS policy node with trigger_remaining_steps R and latency L plays execute_steps = 50 - R + L.
     latency_steps: int = 0
+    # None: each chunk replaces the last. k >= 0: the executor's temporal ensembling (ExecutorConfig
+    # .ensemble_decay; ACT: 0.01), every live chunk averaged; query often (small execute_steps) with it.
+    ensemble_decay: float | None = None
     max_steps: int | None = None        # control steps per episode (None: the task's 25 Hz demo length)
     render_size: int = 224              # camera render size; the policy resizes to its own image_size
     planner_candidates: int = 0         # > 1: best-of-N planning with world model + value
@@ -68,9 +71,10 @@ class EvalConfig:
             raise ConfigError(f"hold_steps must be >= 0, got {self.hold_steps}")
         if not 1 <= self.execute_steps <= 50:
             raise ConfigError(f"execute_steps must be in 1..50, got {self.execute_steps}")
-        if not 0 <= self.latency_steps < self.execute_steps or self.latency_steps + self.execute_steps > 50:
+        # One inference at a time, as in the ROS node: the next starts when the last has arrived at the latest.
+        if not 0 <= self.latency_steps <= self.execute_steps or self.latency_steps + self.execute_steps > 50:
             raise ConfigError(
-                f"latency_steps must be in 0..execute_steps-1 and leave execute_steps of the 50-step chunk "
+                f"latency_steps must be in 0..execute_steps and leave execute_steps of the 50-step chunk "
                 f"to play (latency + execute <= 50), got latency {self.latency_steps}, execute {self.execute_steps}")
 
 
@@ -241,6 +245,10 @@ def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
     return policy, planner
 
 
+def _executor_config(cfg: EvalConfig) -> ExecutorConfig:
+    return ExecutorConfig.aloha(CONTROL_HZ, ensemble_decay=cfg.ensemble_decay)
+
+
 # One policy + one sim per worker process (set by _worker_init, used by _worker_episode).
 _WORKER: dict = {}
 
@@ -260,7 +268,7 @@ def _worker_init(checkpoint: str, cfg: EvalConfig, threads: int, future_images: 
 def _worker_episode(index: int, gif_path: str | None) -> EpisodeResult:
     w = _WORKER
     gif = GifRecorder() if gif_path is not None else None
-    result = run_episode(w["policy"], w["env"], ExecutorConfig.aloha(CONTROL_HZ), w["cfg"], index, w["planner"], gif)
+    result = run_episode(w["policy"], w["env"], _executor_config(w["cfg"]), w["cfg"], index, w["planner"], gif)
     if gif is not None:
         gif.save(gif_path)
     return result
@@ -298,7 +306,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
     workers = min(workers, cfg.episodes)
     if workers == 1:
         policy, planner = _load(checkpoint, cfg, gif_path is not None)
-        executor_config = ExecutorConfig.aloha(CONTROL_HZ)
+        executor_config = _executor_config(cfg)
         with AlohaSimEnv(cfg.task, cfg.render_size, cfg.render_size, control_hz=CONTROL_HZ) as env:
             for i in range(cfg.episodes):
                 gif = GifRecorder() if (gif_path is not None and i == 0) else None

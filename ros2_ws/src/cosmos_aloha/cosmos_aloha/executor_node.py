@@ -36,6 +36,8 @@ DEFAULTS = {
     "max_observation_age_s": 0.2,
     "max_future_s": 0.5,
     "prefer_planner": True,
+    "temporal_ensemble": False,   # average every live chunk's current step (ACT) instead of playing the newest
+    "ensemble_decay": 0.01,       # temporal_ensemble: weight exp(-k i), i = 0 for the oldest chunk (ACT: 0.01)
     # ALOHA ViperX 300 s preset (execution.SafetyConfig.aloha_vx300s), policy joint order.
     "joint_lower": list(_PRESET.lower),
     "joint_upper": list(_PRESET.upper),
@@ -55,6 +57,7 @@ def config_from_parameters(p) -> ExecutorConfig:
         max_future_s=p.max_future_s,
         prefer_planner=p.prefer_planner,
         safety=safety,
+        ensemble_decay=float(p.ensemble_decay) if p.temporal_ensemble else None,
     )
 
 

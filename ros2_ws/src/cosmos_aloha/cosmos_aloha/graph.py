@@ -44,6 +44,8 @@ LAUNCH_ARGUMENTS = (
     LaunchArgument("record", "false", "record the graph's topics (recorder node)"),
     LaunchArgument("image_height", "480", "sim camera height"),
     LaunchArgument("image_width", "640", "sim camera width"),
+    LaunchArgument("temporal_ensemble", "false",
+                   "executor averages every live chunk (ACT's temporal ensembling); the policy then queries every 5 steps"),
 )
 ARGUMENT_DEFAULTS = {a.name: a.default for a in LAUNCH_ARGUMENTS}
 
@@ -86,14 +88,14 @@ NODES = (
              "aloha_driver.yaml"),
     NodeSpec("policy", "cosmos_aloha.policy_node",
              lambda a: bool(a["checkpoint"]) and not is_true(a["teleop"]), "checkpoint given",
-             "policy.yaml", {"checkpoint": "checkpoint", "engine": "engine"}),
+             "policy.yaml", {"checkpoint": "checkpoint", "engine": "engine", "temporal_ensemble": "temporal_ensemble"}),
     NodeSpec("planner", "cosmos_aloha.planner_node",
              lambda a: bool(a["checkpoint"]) and is_true(a["planner"]) and not is_true(a["teleop"]),
              "planner:=true and checkpoint given", "planner.yaml", {"checkpoint": "checkpoint", "engine": "engine"}),
     NodeSpec("replay_chunks", "cosmos_aloha.replay_chunk_node", _replay_enabled,
              "replay:=true, or replay:=auto without checkpoint", "replay_chunks.yaml", {"trajectory": "trajectory"}),
     NodeSpec("executor", "cosmos_aloha.executor_node", lambda a: not is_true(a["teleop"]), "teleop:=false",
-             "executor.yaml"),
+             "executor.yaml", {"temporal_ensemble": "temporal_ensemble"}),
     NodeSpec("teleop", "cosmos_aloha.teleop_node", lambda a: is_true(a["teleop"]), "teleop:=true",
              "teleop.yaml"),
     NodeSpec("recorder", "cosmos_aloha.recorder_node", lambda a: is_true(a["record"]), "record:=true",
@@ -156,6 +158,8 @@ def module_available(module: str) -> bool:
 def _parameter_value(arg: str, value: str) -> object:
     if arg in ("image_height", "image_width", "seed"):
         return int(value)
+    if arg == "temporal_ensemble":
+        return is_true(value)
     return value
 
 

@@ -150,6 +150,11 @@ class InferenceNode(LifecycleNode):
     def infer(self, job: Job) -> int | None:
         raise NotImplementedError
 
+    def trigger_config(self, chunk_len: int) -> TriggerConfig:
+        """When to start the next inference (the trigger_* parameters)."""
+        return TriggerConfig(int(self.p.trigger_remaining_steps), chunk_len, self._step_ns, str(self.p.trigger_mode),
+                             int(self.p.trigger_margin_steps))
+
     # -- lifecycle --------------------------------------------------------------------------------------
     def _autostart(self) -> None:
         self._autostart_timer.cancel()
@@ -168,8 +173,7 @@ class InferenceNode(LifecycleNode):
             if note:
                 self.get_logger().warning(note)
             lay = self.policy.layout
-            self.trigger = ChunkTrigger(TriggerConfig(int(self.p.trigger_remaining_steps), lay.chunk_size, self._step_ns,
-                                                      str(self.p.trigger_mode), int(self.p.trigger_margin_steps)))
+            self.trigger = ChunkTrigger(self.trigger_config(lay.chunk_size))
             t_load = time.perf_counter() - t0
             self.create_outputs()
             timings = self.warm_up(dummy_observation(self.policy, self.task))

@@ -20,7 +20,9 @@ from cosmos_aloha.inference_node import InferenceNode, Job, load_policy
 from cosmos_aloha.markers import VALUE_MARKER_TOPIC, value_marker
 from cosmos_aloha.node_runtime import run_node
 from cosmos_aloha.qos import COMMAND_QOS, SENSOR_QOS
+from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.policy import CosmosPolicy, Observation
+from cosmos_policy_core.scheduling import TriggerConfig
 
 PREDICTED_PREFIX = "/cosmos/predicted"
 # Per chunk, under the node's name (/policy/chunk_timing): where the observation -> chunk time went.
@@ -30,6 +32,10 @@ DEFAULTS = {
     # Play each chunk almost to its end, as the reference does: re-querying mid-chunk cost the shipped sim
     # policy most of its successes (docs/training.md, "When to ask for the next chunk").
     "trigger_mode": "latency",
+    # The executor averages the live chunks (launch argument temporal_ensemble): then query every
+    # ensemble_query_steps instead (trigger_mode fixed at chunk length - ensemble_query_steps).
+    "temporal_ensemble": False,
+    "ensemble_query_steps": 5,
 }
 
 
@@ -62,6 +68,14 @@ class PolicyNode(InferenceNode):
     # -- InferenceNode hooks ----------------------------------------------------------------------------
     def load(self) -> CosmosPolicy:
         return load_policy(self.p)
+
+    def trigger_config(self, chunk_len: int) -> TriggerConfig:
+        if not self.p.temporal_ensemble:
+            return super().trigger_config(chunk_len)
+        every = int(self.p.ensemble_query_steps)
+        if not 1 <= every <= chunk_len:
+            raise ConfigError(f"ensemble_query_steps must be in 1..{chunk_len}, got {every}")
+        return TriggerConfig(chunk_len - every, chunk_len, self._step_ns, "fixed")
 
     def create_outputs(self) -> None:
         make = self.create_lifecycle_publisher
