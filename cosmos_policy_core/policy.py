@@ -4,6 +4,7 @@ Owns the policy, world-model and value roles (masks of reference §3.2), the tes
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ import torch
 
 from cosmos_policy_core.diffusion import DiffusionConfig, initial_noise, sample
 from cosmos_policy_core.engines.base import Denoiser
-from cosmos_policy_core.errors import ConfigError, ShapeError
+from cosmos_policy_core.errors import CheckpointError, ConfigError, ShapeError
 from cosmos_policy_core.images import TRAIN_CROP_AREA, prepare_images
 from cosmos_policy_core.layout import (
     DECODE_RESTORE_SLOTS, LatentLayout, build_pixel_clip, clip_to_vae_input, condition_mask, extract_action_chunk,
@@ -79,6 +80,26 @@ class PolicyConfig:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.sample_batch < 1:
             raise ConfigError(f"sample_batch must be >= 1, got {self.sample_batch}")
+
+
+def policy_config_for(checkpoint: str | Path, **overrides) -> PolicyConfig:
+    """The inference options a checkpoint's training implies, then `overrides` (num_steps, ...).
+
+    A model trained without augmentation (our config.json records its train config: `"augment": null`)
+    saw whole frames, so it gets no test-time centre crop; anything else (a reference checkpoint, trained
+    with the crops of §1) keeps the crop.
+    """
+    config_json = Path(checkpoint) / "config.json"
+    implied = {}
+    if config_json.is_file():
+        try:
+            meta = json.loads(config_json.read_text()).get("metadata") or {}
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise CheckpointError(f"{config_json}: not a checkpoint config ({exc})") from exc
+        train_config = meta.get("train_config") or {}
+        if "augment" in train_config and train_config["augment"] is None:
+            implied["crop_area"] = None
+    return PolicyConfig(**{**implied, **overrides})
 
 
 @dataclass(frozen=True)
@@ -153,9 +174,12 @@ class CosmosPolicy:
         compile: str | None = None,
         onnx_dir: str | Path | None = None,
         planning_checkpoint: str | Path | None = None,
-        config: PolicyConfig = PolicyConfig(),
+        config: PolicyConfig | None = None,
     ) -> "CosmosPolicy":
         """Load our checkpoint directory (config.json + safetensors + stats + text embeddings).
+
+        config: None = the options its training implies (`policy_config_for`); pass
+        `policy_config_for(path, num_steps=...)` to change some and keep those.
 
         engine: "torch" (eager, or torch.compile with `compile`), "onnx" (ONNX Runtime on the
         graphs of `cosmos-aloha export`, in `onnx_dir`) or "tensorrt" (engines built by the export
@@ -174,7 +198,8 @@ class CosmosPolicy:
             planning, _ = _make_engine("torch", planning_ckpt.build_dit(dtype).to(device), planning_ckpt.diffusion,
                                        compile=compile, onnx_dir=None, device=device, name="planning")
         return cls(ckpt.layout, vae, denoiser, ckpt.stats, ckpt.text_embeddings, diffusion=ckpt.diffusion,
-                   planning_denoiser=planning, vae_encoder=vae_encoder, config=config)
+                   planning_denoiser=planning, vae_encoder=vae_encoder,
+                   config=config if config is not None else policy_config_for(path))
 
     @classmethod
     def from_reference(
@@ -487,5 +512,5 @@ def _make_engine(engine: str, net: torch.nn.Module, diffusion: DiffusionConfig, 
     raise ConfigError(f"unknown engine {engine!r}; choose 'torch', 'onnx' or 'tensorrt'")
 
 
-__all__ = ["Observation", "ActionChunk", "PolicyConfig", "ConditioningCache", "CosmosPolicy", "VALUE_MODES",
+__all__ = ["Observation", "ActionChunk", "PolicyConfig", "policy_config_for", "ConditioningCache", "CosmosPolicy", "VALUE_MODES",
            "TIMING_KEYS"]

@@ -209,3 +209,30 @@ def test_act_at_224_decodes_224_images(tmp_path):
     assert chunk.actions.shape == (50, 14)
     for img in chunk.future_images.values():
         assert img.shape == (224, 224, 3) and img.dtype == np.uint8
+
+
+def test_policy_config_for_follows_the_checkpoints_training(tmp_path):
+    """No test-time centre crop for a model trained without augmentation; the crop otherwise."""
+    import json
+
+    from cosmos_policy_core.errors import CheckpointError
+    from cosmos_policy_core.images import TRAIN_CROP_AREA
+    from cosmos_policy_core.policy import policy_config_for
+
+    def checkpoint(name, train_config):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"format": "cosmos_aloha.checkpoint",
+                                                   "metadata": {"train_config": train_config}}))
+        return d
+
+    assert policy_config_for(checkpoint("plain", {"augment": None})).crop_area is None
+    assert policy_config_for(checkpoint("aug", {"augment": {"crop_area": 0.9}})).crop_area == TRAIN_CROP_AREA
+    assert policy_config_for(tmp_path / "reference.pt").crop_area == TRAIN_CROP_AREA   # no config.json
+    cfg = policy_config_for(tmp_path / "plain", num_steps=1)
+    assert (cfg.crop_area, cfg.num_steps) == (None, 1)                                 # overrides keep the rest
+    assert policy_config_for(tmp_path / "plain", crop_area=0.8).crop_area == 0.8
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a checkpoint config"):
+        policy_config_for(tmp_path / "bad")

@@ -270,6 +270,29 @@ def test_temporal_ensemble_makes_the_policy_query_every_few_steps():
     node = SimpleNamespace(p=SimpleNamespace(temporal_ensemble=True, ensemble_query_steps=5), _step_ns=40_000_000)
     cfg = PolicyNode.trigger_config(node, 50)
     assert (cfg.mode, cfg.trigger_remaining_steps, cfg.chunk_len) == ("fixed", 45, 50)
-    node.p.ensemble_query_steps = 0
+    # Predicted frames for chunks 1, 11, 21, ... (one per chunk length), so decoding does not space chunks out.
+    node.trigger = SimpleNamespace(config=cfg)
+    node.counters = {"chunks_published": 0}
+    due = []
+    for k in range(1, 23):
+        node.counters["chunks_published"] = k
+        due.append(PolicyNode._decode_due(node))
+    assert [k for k, d in zip(range(1, 23), due) if d] == [1, 11, 21]
+    node.p.temporal_ensemble = False
+    assert PolicyNode._decode_due(node)                      # whole chunks: every chunk's frames
+    node.p.temporal_ensemble, node.p.ensemble_query_steps = True, 0
     with pytest.raises(ConfigError, match="ensemble_query_steps"):
         PolicyNode.trigger_config(node, 50)
+
+
+def test_policy_node_loads_the_shipped_checkpoint_with_the_options_of_its_training():
+    """The shipped model trained on whole frames: the node must not centre-crop them (as `sim eval` does not)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from cosmos_aloha.inference_node import load_policy
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "aloha_sim_transfer_cube_small"
+    policy = load_policy(SimpleNamespace(checkpoint=str(shipped), engine="torch", device="cpu", engine_dir="",
+                                         num_steps=1))
+    assert policy.config.crop_area is None and policy.config.num_steps == 1

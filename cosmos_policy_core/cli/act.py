@@ -62,13 +62,13 @@ def image_grid(current: dict[str, np.ndarray], predicted: dict[str, np.ndarray] 
 def run(args) -> int:
     from PIL import Image
 
-    from cosmos_policy_core.policy import CosmosPolicy, Observation, PolicyConfig
+    from cosmos_policy_core.policy import CosmosPolicy, Observation, policy_config_for
 
     if len(args.images) != 3:
         raise ConfigError("--images takes three files: top (cam_high), left wrist, right wrist")
     top, left, right = (read_image(p) for p in args.images)
     policy = CosmosPolicy.from_checkpoint(args.checkpoint, engine=args.engine, onnx_dir=args.onnx_dir,
-                                          device=args.device, config=PolicyConfig(clip_actions=not args.no_clip))
+                                          device=args.device, config=policy_config_for(args.checkpoint, clip_actions=not args.no_clip))
     obs = Observation(images={"cam_high": top, "cam_left_wrist": left, "cam_right_wrist": right},
                       proprio=read_proprio(args.proprio), task=args.task)
     cond = policy.encode_observation(obs)

@@ -4,7 +4,6 @@ Owns the simulated 25 Hz loop on a simulated clock, success counting with a Wils
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -156,17 +155,10 @@ class GifRecorder:
 
 
 def _policy_config_for(checkpoint_dir: Path, num_steps: int | None):
-    """Inference options matching training: no test-time centre crop for a model trained without crops."""
-    from cosmos_policy_core.policy import PolicyConfig
+    """Inference options matching training (policy_config_for), with `num_steps` when given."""
+    from cosmos_policy_core.policy import policy_config_for
 
-    config = json.loads((checkpoint_dir / "config.json").read_text())
-    train_config = (config.get("metadata") or {}).get("train_config") or {}
-    changes = {}
-    if "augment" in train_config and train_config["augment"] is None:
-        changes["crop_area"] = None
-    if num_steps is not None:
-        changes["num_steps"] = num_steps
-    return PolicyConfig(**changes)
+    return policy_config_for(checkpoint_dir, **({} if num_steps is None else {"num_steps": num_steps}))
 
 
 def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, index: int, planner=None,

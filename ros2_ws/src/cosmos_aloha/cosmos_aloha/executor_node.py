@@ -89,6 +89,8 @@ class ExecutorNode(Node):
         self.get_logger().info(
             f"executing chunks at {self.config.control_hz:g} Hz, blend {self.config.blend_steps} steps, "
             f"chunk timeout {self.config.max_chunk_age_s:g} s, observation timeout {self.config.max_observation_age_s:g} s"
+            + ("" if self.config.ensemble_decay is None else
+               f", temporal ensembling of the live chunks (decay {self.config.ensemble_decay:g})")
         )
 
     def _now_ns(self) -> int:

@@ -18,7 +18,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from cosmos_aloha.node_runtime import declare_parameters
 from cosmos_aloha.observation_sync import ObservationSync
 from cosmos_policy_core.errors import ConfigError, CosmosAlohaError
-from cosmos_policy_core.policy import CosmosPolicy, Observation, PolicyConfig
+from cosmos_policy_core.policy import CosmosPolicy, Observation, policy_config_for
 from cosmos_policy_core.scheduling import ChunkTrigger, InferenceWorker, LatencyWindow, TriggerConfig
 
 CAMERAS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
@@ -85,7 +85,9 @@ def load_policy(p, planning_checkpoint: str | None = None) -> CosmosPolicy:
     return CosmosPolicy.from_checkpoint(
         p.checkpoint, engine=engine, device=device, compile=compile_mode, onnx_dir=engine_dir,
         dtype=torch.bfloat16 if on_gpu and engine == "torch" else None,  # bf16 on a GPU, as the reference serves
-        planning_checkpoint=planning_checkpoint or None, config=PolicyConfig(num_steps=int(getattr(p, "num_steps", 10))))
+        planning_checkpoint=planning_checkpoint or None,
+        # The options the checkpoint's training implies (no test-time crop without training crops).
+        config=policy_config_for(p.checkpoint, num_steps=int(getattr(p, "num_steps", 10))))
 
 
 def resolve_task(policy: CosmosPolicy, requested: str) -> tuple[str, str | None]:

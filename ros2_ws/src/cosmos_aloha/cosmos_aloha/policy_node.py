@@ -69,6 +69,15 @@ class PolicyNode(InferenceNode):
     def load(self) -> CosmosPolicy:
         return load_policy(self.p)
 
+    def _decode_due(self) -> bool:
+        """Predicted frames for every chunk; with temporal ensembling for one chunk per chunk length (every
+        chunk_len / ensemble_query_steps chunks, the first included), so the decoder, which on a CPU takes
+        longer than the model, does not space the chunks out."""
+        if not self.p.temporal_ensemble:
+            return True
+        every = max(1, self.trigger.config.chunk_len // int(self.p.ensemble_query_steps))
+        return (self.counters["chunks_published"] - 1) % every == 0
+
     def trigger_config(self, chunk_len: int) -> TriggerConfig:
         if not self.p.temporal_ensemble:
             return super().trigger_config(chunk_len)
@@ -121,7 +130,7 @@ class PolicyNode(InferenceNode):
         self.counters["chunks_published"] += 1
         self._pubs["value"].publish(Float32(data=value))
         self._pubs["marker"].publish(value_marker(value, job.stamp_ns, label=self.get_name()))
-        if self.p.return_future_images and not self.cancelled():
+        if self.p.return_future_images and self._decode_due() and not self.cancelled():
             t0 = time.perf_counter()
             images = policy.decode_future_images(cond, latent)[0]
             timings["decode"] = time.perf_counter() - t0
