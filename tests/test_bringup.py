@@ -62,11 +62,14 @@ def test_launch_arguments_reach_node_parameters():
                       available=every_module)
     nodes = {n.name: n for n in plan.nodes}
     assert nodes["aloha_sim"].parameters == {"task": "insertion", "seed": 0, "height": 224, "width": 640}
-    assert nodes["policy"].parameters == {"checkpoint": "/m", "engine": "onnx", "temporal_ensemble": False}
+    assert nodes["policy"].parameters == {"checkpoint": "/m", "engine": "onnx", "temporal_ensemble": False,
+                                          "return_future_images": True}
     assert nodes["executor"].parameters == {"temporal_ensemble": False}
     ensemble = {n.name: n for n in graph.plan({"checkpoint": "/m", "temporal_ensemble": "true"},
                                               available=every_module).nodes}
     assert ensemble["policy"].parameters["temporal_ensemble"] is True
+    quiet = graph.plan({"checkpoint": "/m", "predicted_images": "false"}, available=every_module).nodes
+    assert next(n for n in quiet if n.name == "policy").parameters["return_future_images"] is False
     assert "temporal_ensemble:=True" in graph.ros_arguments(ensemble["executor"])
     argv = graph.ros_arguments(nodes["aloha_sim"])
     assert argv[:3] == ["--ros-args", "-r", "__node:=aloha_sim"]

@@ -57,7 +57,9 @@ def _run(args) -> int:
         ensemble = demo_temporal_ensemble(args.temporal_ensemble, checkpoint)
         print(f"demo: {args.task} seed {args.seed}: policy node with {checkpoint}"
               + (", temporal ensembling (a chunk every 5 steps, averaged)" if ensemble else ""))
-        arguments.update(checkpoint=str(checkpoint), replay="false", temporal_ensemble=str(ensemble).lower())
+        # No viewer here: decoding the predicted frames would only space the chunks out on a CPU.
+        arguments.update(checkpoint=str(checkpoint), replay="false", temporal_ensemble=str(ensemble).lower(),
+                         predicted_images="false")
     else:
         rollout = scripted_rollout(args.task, args.seed)
         trajectory = work / "scripted_actions.npy"

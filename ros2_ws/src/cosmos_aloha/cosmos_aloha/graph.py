@@ -44,6 +44,8 @@ LAUNCH_ARGUMENTS = (
     LaunchArgument("record", "false", "record the graph's topics (recorder node)"),
     LaunchArgument("image_height", "480", "sim camera height"),
     LaunchArgument("image_width", "640", "sim camera width"),
+    LaunchArgument("predicted_images", "true",
+                   "the policy decodes and publishes its predicted frames (for rviz; on a CPU it costs more than the chunk)"),
     LaunchArgument("temporal_ensemble", "false",
                    "executor averages every live chunk (ACT's temporal ensembling); the policy then queries every 5 steps"),
 )
@@ -88,7 +90,8 @@ NODES = (
              "aloha_driver.yaml"),
     NodeSpec("policy", "cosmos_aloha.policy_node",
              lambda a: bool(a["checkpoint"]) and not is_true(a["teleop"]), "checkpoint given",
-             "policy.yaml", {"checkpoint": "checkpoint", "engine": "engine", "temporal_ensemble": "temporal_ensemble"}),
+             "policy.yaml", {"checkpoint": "checkpoint", "engine": "engine", "temporal_ensemble": "temporal_ensemble",
+                             "return_future_images": "predicted_images"}),
     NodeSpec("planner", "cosmos_aloha.planner_node",
              lambda a: bool(a["checkpoint"]) and is_true(a["planner"]) and not is_true(a["teleop"]),
              "planner:=true and checkpoint given", "planner.yaml", {"checkpoint": "checkpoint", "engine": "engine"}),
@@ -158,7 +161,7 @@ def module_available(module: str) -> bool:
 def _parameter_value(arg: str, value: str) -> object:
     if arg in ("image_height", "image_width", "seed"):
         return int(value)
-    if arg == "temporal_ensemble":
+    if arg in ("temporal_ensemble", "predicted_images"):
         return is_true(value)
     return value
 
