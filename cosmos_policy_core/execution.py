@@ -187,7 +187,8 @@ class ExecutorConfig:
         if not self.control_hz > 0 or self.blend_steps < 0 or self.chunk_len <= 0:
             raise ConfigError(f"ExecutorConfig: control_hz > 0, blend_steps >= 0, chunk_len > 0 needed, got {self}")
         if self.ensemble_decay is not None and not (math.isfinite(self.ensemble_decay) and self.ensemble_decay >= 0):
-            raise ConfigError(f"ExecutorConfig.ensemble_decay must be None or a finite k >= 0, got {self.ensemble_decay}")
+            raise ConfigError(
+                f"ExecutorConfig.ensemble_decay must be None or a finite k >= 0, got {self.ensemble_decay}")
         if not (self.max_chunk_age_s > 0 and self.max_observation_age_s > 0 and self.max_future_s >= 0):
             raise ConfigError("ExecutorConfig: timeouts must be positive")
         if abs(self.safety.control_hz - self.control_hz) > 1e-9:

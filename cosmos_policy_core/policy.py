@@ -512,5 +512,5 @@ def _make_engine(engine: str, net: torch.nn.Module, diffusion: DiffusionConfig, 
     raise ConfigError(f"unknown engine {engine!r}; choose 'torch', 'onnx' or 'tensorrt'")
 
 
-__all__ = ["Observation", "ActionChunk", "PolicyConfig", "policy_config_for", "ConditioningCache", "CosmosPolicy", "VALUE_MODES",
-           "TIMING_KEYS"]
+__all__ = ["Observation", "ActionChunk", "PolicyConfig", "policy_config_for", "ConditioningCache", "CosmosPolicy",
+           "VALUE_MODES", "TIMING_KEYS"]
