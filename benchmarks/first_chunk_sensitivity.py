@@ -28,7 +28,6 @@ import torch
 
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.policy import CosmosPolicy, Observation
-from cosmos_policy_core.sim.evaluate import _policy_config_for
 from cosmos_policy_core.train.samples import load_episode_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks are scripts, not a package
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"{args.data} holds {len(episodes)} demos; R² across scenes needs at least 3")
     picked = [episodes[i] for i in np.linspace(0, len(episodes) - 1, min(args.episodes, len(episodes))).round()
               .astype(int)]
-    policy = CosmosPolicy.from_checkpoint(args.checkpoint, config=_policy_config_for(args.checkpoint, None))
+    policy = CosmosPolicy.from_checkpoint(args.checkpoint)   # with the options its training implies
     task = policy.known_tasks[0]
 
     def predict(ep, step: int, proprio: np.ndarray) -> np.ndarray:

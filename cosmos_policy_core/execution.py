@@ -266,8 +266,7 @@ class ChunkExecutor:
         if reason == "accepted":
             self._chunks[chunk.source] = chunk
             if self.config.ensemble_decay is not None:
-                live = [c for c in self._ensemble.get(chunk.source, []) if self._playable(c, now_ns) is not None]
-                self._ensemble[chunk.source] = live + [chunk]
+                self._ensemble.setdefault(chunk.source, []).append(chunk)   # each tick drops the expired
         return reason
 
     def engage_estop(self, reason: str, now_ns: int) -> None:

@@ -154,13 +154,6 @@ class GifRecorder:
         return path
 
 
-def _policy_config_for(checkpoint_dir: Path, num_steps: int | None):
-    """Inference options matching training (policy_config_for), with `num_steps` when given."""
-    from cosmos_policy_core.policy import policy_config_for
-
-    return policy_config_for(checkpoint_dir, **({} if num_steps is None else {"num_steps": num_steps}))
-
-
 def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, index: int, planner=None,
                 gif: GifRecorder | None = None) -> EpisodeResult:
     """One seeded episode: query a chunk every `execute_steps`, play it through the executor at 25 Hz.
@@ -224,9 +217,10 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
 
 def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
     """(policy, planner or None) of a checkpoint, with the inference options its training implies."""
-    from cosmos_policy_core.policy import CosmosPolicy
+    from cosmos_policy_core.policy import CosmosPolicy, policy_config_for
 
-    policy = CosmosPolicy.from_checkpoint(checkpoint, config=_policy_config_for(checkpoint, cfg.num_steps))
+    steps = {} if cfg.num_steps is None else {"num_steps": cfg.num_steps}
+    policy = CosmosPolicy.from_checkpoint(checkpoint, config=policy_config_for(checkpoint, **steps))
     planner = None
     if cfg.planner_candidates > 1:
         from cosmos_policy_core.planner import BestOfNPlanner, PlannerConfig

@@ -125,6 +125,7 @@ class InferenceNode(LifecycleNode):
         self.worker: InferenceWorker[Job] | None = None
         self.trigger = ChunkTrigger()
         self.latency = LatencyWindow()
+        self._trigger_latency_s: float | None = None   # "latency" trigger: p90 of `latency`, updated per chunk
         self.counters: Counter[str] = Counter()
         self.last_timings: dict[str, float] = {}
         self.state_label = "unconfigured"
@@ -256,7 +257,7 @@ class InferenceNode(LifecycleNode):
             return
         now = self.now_ns()
         synced = self.obs_sync.latest(now)
-        if synced is None or not self.trigger.should_start(now, synced.stamp_ns, worker.busy, self._trigger_latency()):
+        if synced is None or not self.trigger.should_start(now, synced.stamp_ns, worker.busy, self._trigger_latency_s):
             self._ready_since = None
             return
         # The first message of a new tick makes the trigger true while its set is still arriving: wait
@@ -271,14 +272,13 @@ class InferenceNode(LifecycleNode):
         if worker.submit(job):
             self.trigger.started(synced.stamp_ns)
 
-    def _trigger_latency(self) -> float | None:
-        """The latency the "latency" trigger plans with: p90 of the recent observation -> chunk latencies."""
-        return self.latency.percentile(90) if self.trigger.config.mode == "latency" else None
-
     def _run_job(self, job: Job) -> None:
         # Worker thread. The trigger's two stamps are plain ints written here and read by the executor
         # thread: a stale read only delays the next start by one message.
         stamp = self.infer(job)
+        if self.trigger.config.mode == "latency":
+            # Once per chunk, not per sensor message: the latency the trigger plans with.
+            self._trigger_latency_s = self.latency.percentile(90)
         self._last_error = ""
         if stamp is not None:
             self.trigger.published(stamp)
@@ -298,7 +298,7 @@ class InferenceNode(LifecycleNode):
             values["observation"] = self.obs_sync.why_not(now)
         remaining = self.trigger.remaining(now)
         values["chunk_steps_remaining"] = "none" if remaining is None else str(remaining)
-        values["trigger_remaining_steps"] = str(self.trigger.threshold(self._trigger_latency()))
+        values["trigger_remaining_steps"] = str(self.trigger.threshold(self._trigger_latency_s))
         for q in (50, 99):
             v = self.latency.percentile(q)
             if v is not None:
