@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from cosmos_policy_core.errors import ConfigError
-from cosmos_policy_core.policy import CosmosPolicy, Observation
+from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation
 from cosmos_policy_core.train.samples import load_episode_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks are scripts, not a package

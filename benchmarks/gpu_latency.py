@@ -293,7 +293,7 @@ class Bench:
         return build_pixel_clip(self.layout, images)
 
     def policy(self, mode: str | None):
-        from cosmos_policy_core.policy import CosmosPolicy, PolicyConfig
+        from cosmos_policy_core.runtime.policy import CosmosPolicy, PolicyConfig
 
         return CosmosPolicy(self.layout, self.vae(self.dtype), self.denoiser(mode), self.stats, self.text,
                             diffusion=self.diffusion, config=PolicyConfig())
@@ -376,7 +376,7 @@ def dit_step(bench: Bench, mode: str | None, batch: int) -> dict:
 
 def vae_encode_step(bench: Bench, dtype_name: str) -> dict:
     """uint8 clip -> normalized latent, as CosmosPolicy.encode_clip: to device, [-1, 1], one causal pass."""
-    from cosmos_policy_core.policy import PolicyConfig
+    from cosmos_policy_core.runtime.policy import PolicyConfig
 
     dtype = DTYPES[dtype_name]
     vae = bench.vae(dtype)
@@ -402,7 +402,7 @@ def vae_encode_step(bench: Bench, dtype_name: str) -> dict:
 def vae_decode_step(bench: Bench) -> dict:
     """The predicted-frame decode of CosmosPolicy.decode_future_images: latents up to the last future image
     -> pixels -> uint8 on the CPU (runs after the chunk is published)."""
-    from cosmos_policy_core.policy import PolicyConfig
+    from cosmos_policy_core.runtime.policy import PolicyConfig
 
     vae = bench.vae(bench.dtype)
     lay = bench.layout
@@ -429,7 +429,7 @@ def chunk_step(bench: Bench, mode: str | None, num_steps: int) -> dict:
     predicted-frame decode (it runs after publishing). Two views: the wall time of act() with its own stage
     timings (unsynchronized: GPU work queued in one stage is paid in a later one), and the same stages called
     one by one with a device sync between them."""
-    from cosmos_policy_core.policy import TIMING_KEYS
+    from cosmos_policy_core.runtime.policy import TIMING_KEYS
     from cosmos_policy_core.testing import random_observation
 
     _check_mode(bench, mode)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosmos_policy_core.images import client_resize
+from cosmos_policy_core.runtime.images import client_resize
 from cosmos_policy_core.layout import LatentLayout, build_pixel_clip, clip_to_vae_input
 from cosmos_policy_core.sim.env import render_reset_scenes
 from cosmos_policy_core.train.vae import load_vae, object_recall

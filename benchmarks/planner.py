@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cosmos_policy_core.planner import BestOfNPlanner, PlannerConfig
-from cosmos_policy_core.policy import CosmosPolicy
+from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig
+from cosmos_policy_core.runtime.policy import CosmosPolicy
 from cosmos_policy_core.testing import build_random_checkpoint, random_observation
 
 

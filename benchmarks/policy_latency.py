@@ -16,7 +16,7 @@ import torch
 
 from cosmos_policy_core.engines.export import export_checkpoint
 from cosmos_policy_core.nn.config import ModelConfig
-from cosmos_policy_core.policy import TIMING_KEYS, CosmosPolicy
+from cosmos_policy_core.runtime.policy import TIMING_KEYS, CosmosPolicy
 from cosmos_policy_core.testing import build_random_checkpoint, random_observation
 
 CONFIGS = {

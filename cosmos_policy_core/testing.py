@@ -104,7 +104,7 @@ def build_random_checkpoint(
 def random_observation(layout: LatentLayout | None = None, *, task: str = DEFAULT_TASKS[0], seed: int = 0,
                        height: int = 480, width: int = 640, stats: DatasetStats | None = None, timestamp: float = 0.0):
     """An `Observation` with smooth random camera frames and proprio inside the stats range."""
-    from cosmos_policy_core.policy import Observation
+    from cosmos_policy_core.runtime.policy import Observation
 
     layout = layout or LatentLayout.aloha()
     rng = np.random.default_rng(seed)

@@ -100,7 +100,7 @@ def test_config_files_parse_and_match_node_parameters():
         for key, value in params.items():
             assert type(value) is type(defaults[key]) or isinstance(defaults[key], float), (name, key)
     executor = yaml.safe_load((PKG / "config" / "executor.yaml").read_text())["executor"]["ros__parameters"]
-    from cosmos_policy_core.execution import SafetyConfig
+    from cosmos_policy_core.runtime.execution import SafetyConfig
 
     preset = SafetyConfig.aloha_vx300s()
     assert tuple(executor["joint_lower"]) == preset.lower and tuple(executor["max_velocity"]) == preset.max_velocity

@@ -11,7 +11,7 @@ from cosmos_policy_core.engines.base import DenoiserModule
 from cosmos_policy_core.engines.export import example_denoiser_inputs, export_checkpoint, read_manifest
 from cosmos_policy_core.engines.onnx_engine import OnnxDenoiser
 from cosmos_policy_core.errors import ConfigError
-from cosmos_policy_core.policy import CosmosPolicy
+from cosmos_policy_core.runtime.policy import CosmosPolicy
 from cosmos_policy_core.testing import build_random_checkpoint, random_observation
 
 pytest.importorskip("onnxruntime")

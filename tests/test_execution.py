@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cosmos_policy_core.errors import ConfigError, ShapeError
-from cosmos_policy_core.execution import (
+from cosmos_policy_core.runtime.execution import (
     ChunkExecutor,
     ExecState,
     ExecutorConfig,

@@ -8,10 +8,10 @@ import torch
 from cosmos_policy_core.engines.base import Denoiser
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.layout import extract_proprio, tile_to_frame
-from cosmos_policy_core.planner import (
+from cosmos_policy_core.runtime.planner import (
     BestOfNPlanner, PlannerConfig, aggregate_values, ensemble_steps, next_state_prior,
 )
-from cosmos_policy_core.policy import CosmosPolicy
+from cosmos_policy_core.runtime.policy import CosmosPolicy
 from cosmos_policy_core.testing import build_random_checkpoint, random_observation
 
 SMALL = dict(num_candidates=3, action_steps=1, world_model_samples=2, world_model_max_steps=3, value_samples=2,

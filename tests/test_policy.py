@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from cosmos_policy_core.errors import ConfigError, ShapeError
-from cosmos_policy_core.images import center_crop_resize, center_crop_size, client_resize, prepare_images
+from cosmos_policy_core.runtime.images import center_crop_resize, center_crop_size, client_resize, prepare_images
 from cosmos_policy_core.layout import build_pixel_clip, clip_to_vae_input, condition_mask, conditioning_frames
-from cosmos_policy_core.policy import TIMING_KEYS, CosmosPolicy, PolicyConfig
+from cosmos_policy_core.runtime.policy import TIMING_KEYS, CosmosPolicy, PolicyConfig
 from cosmos_policy_core.testing import DEFAULT_TASKS, build_random_checkpoint, random_observation
 
 IMAGE_SIZE = 64  # 8x8 latents: the ALOHA frame order and chunk sizes, at a CPU-friendly resolution
@@ -216,8 +216,8 @@ def test_policy_config_for_follows_the_checkpoints_training(tmp_path):
     import json
 
     from cosmos_policy_core.errors import CheckpointError
-    from cosmos_policy_core.images import TRAIN_CROP_AREA
-    from cosmos_policy_core.policy import policy_config_for
+    from cosmos_policy_core.runtime.images import TRAIN_CROP_AREA
+    from cosmos_policy_core.runtime.policy import policy_config_for
 
     def checkpoint(name, train_config):
         d = tmp_path / name

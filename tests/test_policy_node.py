@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from cosmos_policy_core.execution import SafetyConfig
+from cosmos_policy_core.runtime.execution import SafetyConfig
 
 from graph_run import assert_sensor_rates, run_monitored_bringup
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")

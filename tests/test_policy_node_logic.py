@@ -7,8 +7,8 @@ import time
 import pytest
 
 from cosmos_policy_core.errors import ConfigError
-from cosmos_policy_core.scheduling import ChunkTrigger, InferenceWorker, LatencyWindow, TriggerConfig, remaining_steps
-from cosmos_policy_core.sync import ObservationSynchronizer, SyncConfig
+from cosmos_policy_core.runtime.scheduling import ChunkTrigger, InferenceWorker, LatencyWindow, TriggerConfig, remaining_steps
+from cosmos_policy_core.runtime.sync import ObservationSynchronizer, SyncConfig
 
 MS = 1_000_000
 STREAMS = ("cam_high", "cam_left_wrist", "joint_states")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cosmos_policy_core.errors import ConfigError
-from cosmos_policy_core.sim.evaluate import EvalConfig, wilson_interval
+from cosmos_policy_core.runtime.rollout import EvalConfig, wilson_interval
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "aloha_sim_transfer_cube_small"
 
@@ -59,7 +59,7 @@ def test_sim_eval_two_episodes_with_the_shipped_checkpoint(tmp_path):
 
 
 def test_parallel_workers_give_the_same_episodes_as_one_process():
-    from cosmos_policy_core.sim.evaluate import EvalConfig, evaluate_checkpoint
+    from cosmos_policy_core.runtime.rollout import EvalConfig, evaluate_checkpoint
 
     cfg = EvalConfig(episodes=2, seed=7, num_steps=1, execute_steps=10, max_steps=12)
     one = evaluate_checkpoint(SHIPPED, cfg, progress=False)
@@ -104,8 +104,8 @@ class _StillPolicy:
 
 
 def test_held_success_counts_consecutive_control_steps_at_the_maximum_reward():
-    from cosmos_policy_core.execution import ExecutorConfig
-    from cosmos_policy_core.sim.evaluate import run_episode
+    from cosmos_policy_core.runtime.execution import ExecutorConfig
+    from cosmos_policy_core.runtime.rollout import run_episode
 
     # Reward 4 for one step at step 3, then for 2 steps at 6-7, then for 5 steps at 10-14.
     rewards = [0, 2, 2, 4, 2, 2, 4, 4, 2, 2, 4, 4, 4, 4, 4, 2]
@@ -152,8 +152,8 @@ class _RecordingEnv(_ScriptedRewardEnv):
 
 
 def test_latency_steps_deliver_each_chunk_late_and_play_it_from_its_observation_time():
-    from cosmos_policy_core.execution import ExecutorConfig
-    from cosmos_policy_core.sim.evaluate import run_episode
+    from cosmos_policy_core.runtime.execution import ExecutorConfig
+    from cosmos_policy_core.runtime.rollout import run_episode
 
     env, policy = _RecordingEnv([0] * 25), _CountingPolicy()
     executor = ExecutorConfig.aloha(25, blend_steps=0)  # no blending: each command is one chunk's action
@@ -174,7 +174,7 @@ def test_latency_steps_deliver_each_chunk_late_and_play_it_from_its_observation_
 
 
 def test_ensemble_decay_reaches_the_executor_and_averages_the_chunks():
-    from cosmos_policy_core.sim.evaluate import _executor_config, run_episode
+    from cosmos_policy_core.runtime.rollout import _executor_config, run_episode
 
     assert _executor_config(EvalConfig()).ensemble_decay is None
     cfg = EvalConfig(episodes=1, max_steps=25, execute_steps=10, ensemble_decay=0.0)   # k = 0: a plain mean

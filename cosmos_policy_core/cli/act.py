@@ -62,7 +62,7 @@ def image_grid(current: dict[str, np.ndarray], predicted: dict[str, np.ndarray] 
 def run(args) -> int:
     from PIL import Image
 
-    from cosmos_policy_core.policy import CosmosPolicy, Observation, policy_config_for
+    from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation, policy_config_for
 
     if len(args.images) != 3:
         raise ConfigError("--images takes three files: top (cam_high), left wrist, right wrist")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _eval(args) -> int:
-    from cosmos_policy_core.sim.evaluate import EvalConfig, evaluate_checkpoint
+    from cosmos_policy_core.runtime.rollout import EvalConfig, evaluate_checkpoint
 
     cfg = EvalConfig(task=args.task, episodes=args.episodes, seed=args.seed, num_steps=args.steps,
                      execute_steps=args.execute_steps, latency_steps=args.latency_steps,

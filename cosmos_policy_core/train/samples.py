@@ -15,7 +15,7 @@ import numpy as np
 from cosmos_policy_core.checkpoint import DatasetStats
 from cosmos_policy_core.data.episode import Episode
 from cosmos_policy_core.errors import ConfigError, DataError
-from cosmos_policy_core.images import client_resize
+from cosmos_policy_core.runtime.images import client_resize
 from cosmos_policy_core.layout import LatentLayout
 
 log = logging.getLogger(__name__)

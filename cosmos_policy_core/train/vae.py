@@ -132,7 +132,7 @@ def _camera_clip(ep: EpisodeFrames, cam: int, cameras: Sequence[str], cfg: VAETr
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Consecutive frames (every other step) of one camera, some clips starting black as the policy's does;
     with each frame's (camera index, step)."""
-    from cosmos_policy_core.images import client_resize
+    from cosmos_policy_core.runtime.images import client_resize
 
     stride = 2
     start = int(rng.integers(max(1, len(ep) - stride * cfg.clip_frames)))
@@ -148,7 +148,7 @@ def _camera_clip(ep: EpisodeFrames, cam: int, cameras: Sequence[str], cfg: VAETr
 def _layout_clip(ep: EpisodeFrames, cameras: Sequence[str], cfg: VAETrainConfig,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A black frame, then groups of 4 identical frames: a random camera (or black) of one step each."""
-    from cosmos_policy_core.images import client_resize
+    from cosmos_policy_core.runtime.images import client_resize
 
     step = int(rng.integers(len(ep)))
     clip = np.zeros((cfg.clip_frames, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
@@ -186,7 +186,7 @@ def camera_mean_images(episodes: Sequence[EpisodeFrames], cameras: Sequence[str]
                        bucket: int, frames_per_bucket: int = 64, seed: int = 0) -> torch.Tensor:
     """(n_cameras, n_buckets, 3, S, S): each camera's mean image in [-1, 1] over random frames of random
     episodes whose step lies in each `bucket`-step bucket (bucket k: steps k*bucket .. (k+1)*bucket - 1)."""
-    from cosmos_policy_core.images import client_resize
+    from cosmos_policy_core.runtime.images import client_resize
 
     rng = np.random.default_rng(seed)
     n_buckets = -(-max(len(ep) for ep in episodes) // bucket)
@@ -251,7 +251,7 @@ class ObjectScenes:
     def render(cls, task: str, scenes: int, seed: int, cameras: Sequence[str], image_size: int,
                render_size: int = 224) -> "ObjectScenes":
         """Render `scenes` reset scenes of a sim task and resize them as the policy does."""
-        from cosmos_policy_core.images import client_resize
+        from cosmos_policy_core.runtime.images import client_resize
         from cosmos_policy_core.sim.env import render_reset_scenes
 
         frames = render_reset_scenes(task, scenes, seed, render_size)

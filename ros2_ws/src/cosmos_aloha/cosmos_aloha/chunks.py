@@ -12,7 +12,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from cosmos_aloha.conversions import JOINT_NAMES, ns_to_stamp, stamp_to_ns
 from cosmos_policy_core.errors import ShapeError
-from cosmos_policy_core.execution import TimedChunk
+from cosmos_policy_core.runtime.execution import TimedChunk
 
 CHUNK_TOPIC = "/cosmos/action_chunk"
 PLAN_CHUNK_TOPIC = "/cosmos/plan/action_chunk"

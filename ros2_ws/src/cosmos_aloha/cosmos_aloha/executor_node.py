@@ -19,7 +19,7 @@ from cosmos_aloha.conversions import joints_to_msg, msg_to_joints
 from cosmos_aloha.node_runtime import apply_realtime_priority, declare_parameters, run_node
 from cosmos_aloha.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 from cosmos_policy_core.errors import ShapeError
-from cosmos_policy_core.execution import (
+from cosmos_policy_core.runtime.execution import (
     ChunkExecutor,
     ExecState,
     ExecutorConfig,

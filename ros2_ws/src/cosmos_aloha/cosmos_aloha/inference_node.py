@@ -18,8 +18,8 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from cosmos_aloha.node_runtime import declare_parameters
 from cosmos_aloha.observation_sync import ObservationSync
 from cosmos_policy_core.errors import ConfigError, CosmosAlohaError
-from cosmos_policy_core.policy import CosmosPolicy, Observation, policy_config_for
-from cosmos_policy_core.scheduling import ChunkTrigger, InferenceWorker, LatencyWindow, TriggerConfig
+from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation, policy_config_for
+from cosmos_policy_core.runtime.scheduling import ChunkTrigger, InferenceWorker, LatencyWindow, TriggerConfig
 
 CAMERAS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
 ENGINES = ("torch", "compile", "onnx", "tensorrt")

@@ -1,6 +1,6 @@
 """The latest synchronized observation on a node: three camera topics + /joint_states within a skew.
 
-Subscriptions only convert and hand off to cosmos_policy_core.sync; used by the policy and planner nodes.
+Subscriptions only convert and hand off to cosmos_policy_core.runtime.sync; used by the policy and planner nodes.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from sensor_msgs.msg import Image, JointState
 from cosmos_aloha.conversions import msg_to_image, msg_to_joints, stamp_to_ns
 from cosmos_aloha.qos import SENSOR_QOS
 from cosmos_policy_core.errors import ShapeError
-from cosmos_policy_core.policy import Observation
-from cosmos_policy_core.sync import ObservationSynchronizer, SyncConfig, SyncedSet
+from cosmos_policy_core.runtime.policy import Observation
+from cosmos_policy_core.runtime.sync import ObservationSynchronizer, SyncConfig, SyncedSet
 
 JOINTS = "joint_states"
 

@@ -17,8 +17,8 @@ from cosmos_aloha.markers import VALUE_MARKER_TOPIC, value_marker
 from cosmos_aloha.node_runtime import run_node
 from cosmos_aloha.qos import COMMAND_QOS, SENSOR_QOS
 from cosmos_policy_core.errors import ConfigError
-from cosmos_policy_core.planner import BestOfNPlanner, PlannerConfig
-from cosmos_policy_core.policy import CosmosPolicy, Observation
+from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig
+from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation
 
 PLAN_PREFIX = "/cosmos/plan/predicted"
 _REF = PlannerConfig()

@@ -21,8 +21,8 @@ from cosmos_aloha.markers import VALUE_MARKER_TOPIC, value_marker
 from cosmos_aloha.node_runtime import run_node
 from cosmos_aloha.qos import COMMAND_QOS, SENSOR_QOS
 from cosmos_policy_core.errors import ConfigError
-from cosmos_policy_core.policy import CosmosPolicy, Observation
-from cosmos_policy_core.scheduling import TriggerConfig
+from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation
+from cosmos_policy_core.runtime.scheduling import TriggerConfig
 
 PREDICTED_PREFIX = "/cosmos/predicted"
 # Per chunk, under the node's name (/policy/chunk_timing): where the observation -> chunk time went.

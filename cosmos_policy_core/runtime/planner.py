@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cosmos_policy_core.errors import ConfigError
-from cosmos_policy_core.policy import VALUE_MODES, ActionChunk, ConditioningCache, CosmosPolicy, Observation
+from cosmos_policy_core.runtime.policy import VALUE_MODES, ActionChunk, ConditioningCache, CosmosPolicy, Observation
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 from cosmos_policy_core.diffusion import DiffusionConfig, initial_noise, sample
 from cosmos_policy_core.engines.base import Denoiser
 from cosmos_policy_core.errors import CheckpointError, ConfigError, ShapeError
-from cosmos_policy_core.images import TRAIN_CROP_AREA, prepare_images
+from cosmos_policy_core.runtime.images import TRAIN_CROP_AREA, prepare_images
 from cosmos_policy_core.layout import (
     DECODE_RESTORE_SLOTS, LatentLayout, build_pixel_clip, clip_to_vae_input, condition_mask, extract_action_chunk,
     extract_proprio, extract_value, inject_proprio, restore_frames,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cosmos_policy_core.errors import ConfigError
-from cosmos_policy_core.execution import ChunkExecutor, ExecutorConfig, TimedChunk
+from cosmos_policy_core.runtime.execution import ChunkExecutor, ExecutorConfig, TimedChunk
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
     With `latency_steps` L, each chunk reaches the executor L steps after its observation (stamped with
     the observation's time), as a published chunk reaches the ROS executor node.
     """
-    from cosmos_policy_core.policy import Observation
+    from cosmos_policy_core.runtime.policy import Observation
     from cosmos_policy_core.sim.tasks import MAX_REWARD, get_task
 
     seed = cfg.seed + index
@@ -217,13 +217,13 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
 
 def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
     """(policy, planner or None) of a checkpoint, with the inference options its training implies."""
-    from cosmos_policy_core.policy import CosmosPolicy, policy_config_for
+    from cosmos_policy_core.runtime.policy import CosmosPolicy, policy_config_for
 
     steps = {} if cfg.num_steps is None else {"num_steps": cfg.num_steps}
     policy = CosmosPolicy.from_checkpoint(checkpoint, config=policy_config_for(checkpoint, **steps))
     planner = None
     if cfg.planner_candidates > 1:
-        from cosmos_policy_core.planner import BestOfNPlanner, PlannerConfig
+        from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig
 
         planner = BestOfNPlanner(policy, PlannerConfig(num_candidates=cfg.planner_candidates,
                                                        action_steps=cfg.num_steps or policy.config.num_steps,
