@@ -1,6 +1,6 @@
 """Checkpoints: the reference's `.pt`, dataset-statistics JSON and T5 embedding pickle, and our own directory format.
 
-Our format is a directory: config.json (model + vae + layout + diffusion), model.safetensors, optional vae.safetensors, stats.json, text_embeddings.safetensors; written atomically.
+Our format is a directory: config.json (model + vae + layout + diffusion + deploy), model.safetensors, optional vae.safetensors, stats.json, text_embeddings.safetensors; written atomically.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import pickle
 import shutil
 import zipfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -20,7 +20,7 @@ import torch
 
 from cosmos_policy_core.diffusion import DiffusionConfig
 from cosmos_policy_core.errors import CheckpointError, ConfigError
-from cosmos_policy_core.layout import LatentLayout, normalize, unnormalize
+from cosmos_policy_core.layout import TRAIN_CROP_AREA, LatentLayout, normalize, unnormalize
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +359,99 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is truncated or corrupt ({e}); re-export the checkpoint") from e
 
 
+# --- how a checkpoint is meant to be executed ----------------------------------------------------
+EXECUTION_MODES = ("whole_chunks", "temporal_ensemble")
+ENSEMBLE_QUERY_STEPS = 5   # query cadence for temporal ensembling when a checkpoint does not give one
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """How a model is meant to be executed: the `deploy` section of our config.json.
+
+    Everything that runs a checkpoint (`sim eval`, `act`, the policy and executor nodes, `bringup`, the demo)
+    starts from these and lets explicit flags or parameters override them (`with_overrides`). The defaults
+    are the reference's ALOHA deployment: whole 50-step chunks, 10 denoising steps, the test-time centre crop.
+    """
+
+    # whole_chunks: play a chunk, then query again. temporal_ensemble: query every `query_every_steps` and
+    # command the weighted mean of every live chunk's current step (ACT's temporal ensembling).
+    execution: str = "whole_chunks"
+    ensemble_decay: float = 0.01       # temporal_ensemble: chunk i (0 = oldest) weighs exp(-decay * i)
+    query_every_steps: int = 50        # control steps between queries (whole chunks: the chunk length)
+    num_steps: int = 10                # denoising steps per chunk
+    # Centre crop (area fraction) resized back, matching training crops; None: whole frames (a model trained
+    # without crop augmentation).
+    crop_area: float | None = TRAIN_CROP_AREA
+
+    def __post_init__(self) -> None:
+        if self.execution not in EXECUTION_MODES:
+            raise ConfigError(f"deploy.execution must be one of {EXECUTION_MODES}, got {self.execution!r}")
+        if not (isinstance(self.ensemble_decay, (int, float)) and np.isfinite(self.ensemble_decay)
+                and self.ensemble_decay >= 0):
+            raise ConfigError(f"deploy.ensemble_decay must be a finite number >= 0, got {self.ensemble_decay!r}")
+        if not (isinstance(self.query_every_steps, int) and self.query_every_steps >= 1):
+            raise ConfigError(f"deploy.query_every_steps must be an integer >= 1, got {self.query_every_steps!r}")
+        if not (isinstance(self.num_steps, int) and self.num_steps >= 1):
+            raise ConfigError(f"deploy.num_steps must be an integer >= 1, got {self.num_steps!r}")
+        if self.crop_area is not None and not (isinstance(self.crop_area, (int, float)) and 0 < self.crop_area <= 1):
+            raise ConfigError(f"deploy.crop_area must be null or in (0, 1], got {self.crop_area!r}")
+
+    @property
+    def temporal_ensemble(self) -> bool:
+        return self.execution == "temporal_ensemble"
+
+    @property
+    def executor_ensemble_decay(self) -> float | None:
+        """The executor's ensemble_decay: the decay under temporal ensembling, None for whole chunks."""
+        return float(self.ensemble_decay) if self.temporal_ensemble else None
+
+    def with_overrides(self, **changes) -> "DeploySettings":
+        """These settings with the given fields replaced; None values leave a field as it is."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown deploy setting(s) {sorted(unknown)}; known: {[f.name for f in fields(self)]}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data, source: str = "deploy") -> "DeploySettings":
+        if not isinstance(data, Mapping):
+            raise CheckpointError(f"{source}: the deploy section must be a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise CheckpointError(f"{source}: unknown deploy setting(s) {sorted(unknown)}; "
+                                  f"known: {[f.name for f in fields(cls)]}")
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise CheckpointError(f"{source}: {e}") from e
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "DeploySettings":
+        """The settings a checkpoint directory carries; for a directory without a deploy section (or a
+        reference `.pt`), what its training implies: no centre crop when it was trained without augmentation
+        (its recorded train config has `"augment": null`), else the reference deployment."""
+        path = Path(path)
+        config_json = path / CONFIG_FILE
+        if not config_json.is_file():
+            return cls()
+        try:
+            config = json.loads(config_json.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{config_json} is not valid JSON ({e})") from e
+        if not isinstance(config, Mapping):
+            raise CheckpointError(f"{config_json} must hold a JSON object")
+        if config.get("deploy") is not None:
+            return cls.from_dict(config["deploy"], source=f"{config_json} (deploy)")
+        metadata = config.get("metadata") or {}
+        train_config = metadata.get("train_config") if isinstance(metadata, Mapping) else None
+        if isinstance(train_config, Mapping) and "augment" in train_config and train_config["augment"] is None:
+            return cls(crop_area=None)
+        return cls()
+
+
 # --- our checkpoint directory ------------------------------------------------------------------
 @dataclass
 class CosmosCheckpoint:
@@ -373,6 +466,7 @@ class CosmosCheckpoint:
     vae_state: dict[str, torch.Tensor] | None = None
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     metadata: dict = field(default_factory=dict)
+    deploy: DeploySettings | None = None       # None: what the training implies (DeploySettings.from_checkpoint)
 
     def build_dit(self, dtype: torch.dtype | None = None) -> torch.nn.Module:
         """A CosmosDiT with these weights, strictly loaded."""
@@ -419,6 +513,8 @@ def save_checkpoint_dir(path: str | Path, ckpt: CosmosCheckpoint) -> Path:
             "diffusion": ckpt.diffusion.to_dict(),
             "metadata": ckpt.metadata,
         }
+        if ckpt.deploy is not None:
+            config["deploy"] = ckpt.deploy.to_dict()
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         save_file(_contiguous(ckpt.model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
         if ckpt.vae_state is not None:
@@ -481,11 +577,12 @@ def load_checkpoint_dir(path: str | Path, *, load_vae: bool = True) -> CosmosChe
         model_config=model_config, layout=layout, model_state=_read_safetensors(path / MODEL_FILE),
         stats=stats, text_embeddings=text, vae_config=vae_config, vae_state=vae_state,
         diffusion=diffusion, metadata=config.get("metadata") or {},
+        deploy=DeploySettings.from_dict(config["deploy"], f"{path / CONFIG_FILE} (deploy)") if config.get("deploy") else None,
     )
 
 
 __all__ = [
-    "CosmosCheckpoint", "DatasetStats",
+    "CosmosCheckpoint", "DatasetStats", "DeploySettings", "EXECUTION_MODES", "ENSEMBLE_QUERY_STEPS",
     "read_reference_state_dict", "load_reference_checkpoint", "to_reference_state_dict", "is_reference_only_key",
     "check_state_dict", "load_into",
     "read_dataset_stats", "write_dataset_stats",

@@ -19,6 +19,8 @@ INJECTED_SLOTS = ("proprio", "action", "future_proprio", "value")
 DECODE_RESTORE_SLOTS = ("blank", "proprio", "action", "future_proprio")
 
 ROLES = ("policy", "world_model", "value_v_sas", "value_v_s", "q_sa")
+# Training crops 90 % of the image area (reference §1); test time centre-crops the same area and resizes back.
+TRAIN_CROP_AREA = 0.9
 
 
 @dataclass(frozen=True)

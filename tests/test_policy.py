@@ -234,5 +234,5 @@ def test_policy_config_for_follows_the_checkpoints_training(tmp_path):
     assert policy_config_for(tmp_path / "plain", crop_area=0.8).crop_area == 0.8
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not a checkpoint config"):
+    with pytest.raises(CheckpointError, match="not valid JSON"):
         policy_config_for(tmp_path / "bad")

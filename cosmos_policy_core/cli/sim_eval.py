@@ -12,12 +12,16 @@ def _eval(args) -> int:
     from cosmos_policy_core.runtime.rollout import EvalConfig, evaluate_checkpoint
 
     cfg = EvalConfig(task=args.task, episodes=args.episodes, seed=args.seed, num_steps=args.steps,
-                     execute_steps=args.execute_steps, latency_steps=args.latency_steps,
+                     execution=args.execution, execute_steps=args.execute_steps, latency_steps=args.latency_steps,
                      ensemble_decay=args.ensemble_decay, max_steps=args.max_steps,
                      planner_candidates=args.planner_candidates, hold_steps=args.hold_steps)
     report = evaluate_checkpoint(args.checkpoint, cfg, gif_path=args.video, progress=not args.no_progress,
                                  workers=args.workers)
     lo, hi = report.ci95
+    c = report.config
+    print(f"deployment: {c['execution']}, a chunk every {c['execute_steps']} steps"
+          + (f", ensemble decay {c['ensemble_decay']:g}" if c["ensemble_decay"] is not None else "")
+          + f", {c['num_steps']} denoising steps")
     print(f"{report.task}: {report.successes}/{report.episodes} successes, rate {report.success_rate:.1%} "
           f"(95% Wilson CI {lo:.1%}-{hi:.1%}); max rewards {[e.max_reward for e in report.per_episode]}")
     if report.held_successes is not None:
@@ -46,17 +50,21 @@ def add_eval_parser(sim_commands) -> None:
     parser.add_argument("--task", default="transfer_cube", choices=("transfer_cube", "insertion"))
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="episode i samples the objects with seed + i")
-    parser.add_argument("--steps", type=int, help="denoising steps per chunk (default: the policy's 10)")
-    parser.add_argument("--execute-steps", type=int, default=50, help="actions played before re-querying")
+    parser.add_argument("--steps", type=int, help="denoising steps per chunk (default: the checkpoint's deploy settings)")
+    parser.add_argument("--execution", choices=("whole_chunks", "temporal_ensemble"),
+                        help="how chunks are played (default: the checkpoint's deploy settings)")
+    parser.add_argument("--execute-steps", type=int,
+                        help="actions played before re-querying (default: the checkpoint's deploy settings; whole "
+                             "chunks: 50)")
     parser.add_argument("--latency-steps", type=int, default=0,
                         help="inference latency in control steps: each chunk reaches the executor this many steps "
                              "after its observation, as on the robot (default 0: the clock stops while the model "
                              "thinks). The ROS policy node with trigger_remaining_steps R plays 50 - R + latency "
                              "steps of each chunk: pass that as --execute-steps")
     parser.add_argument("--ensemble-decay", type=float,
-                        help="temporal ensembling in the executor (ACT): every live chunk's current step averaged with "
-                             "weight exp(-k i), i = 0 for the oldest (ACT: 0.01); query often with it, e.g. "
-                             "--execute-steps 5")
+                        help="temporal ensembling's decay k (ACT): every live chunk's current step averaged with "
+                             "weight exp(-k i), i = 0 for the oldest (ACT: 0.01); implies --execution "
+                             "temporal_ensemble unless given")
     parser.add_argument("--max-steps", type=int, help="control steps per episode (default: the task length)")
     parser.add_argument("--planner-candidates", type=int, default=0, help="best-of-N planning with N > 1")
     parser.add_argument("--hold-steps", type=int, default=0,

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cosmos_policy_core.errors import ShapeError
+from cosmos_policy_core.layout import TRAIN_CROP_AREA
 
 CLIENT_PREPROCESS_SIZE = 256  # the ALOHA client's first resize (its dataset preprocessing size)
-TRAIN_CROP_AREA = 0.9          # training used random resized crops of 90 % area
 
 
 def check_image(image, name: str) -> np.ndarray:

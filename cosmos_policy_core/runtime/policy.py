@@ -4,7 +4,6 @@ Owns the policy, world-model and value roles (masks of reference §3.2), the tes
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -14,14 +13,15 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from cosmos_policy_core.checkpoint import DeploySettings
 from cosmos_policy_core.diffusion import DiffusionConfig, initial_noise, sample
 from cosmos_policy_core.engines.base import Denoiser
-from cosmos_policy_core.errors import CheckpointError, ConfigError, ShapeError
-from cosmos_policy_core.runtime.images import TRAIN_CROP_AREA, prepare_images
+from cosmos_policy_core.errors import ConfigError, ShapeError
 from cosmos_policy_core.layout import (
-    DECODE_RESTORE_SLOTS, LatentLayout, build_pixel_clip, clip_to_vae_input, condition_mask, extract_action_chunk,
-    extract_proprio, extract_value, inject_proprio, restore_frames,
+    DECODE_RESTORE_SLOTS, TRAIN_CROP_AREA, LatentLayout, build_pixel_clip, clip_to_vae_input, condition_mask,
+    extract_action_chunk, extract_proprio, extract_value, inject_proprio, restore_frames,
 )
+from cosmos_policy_core.runtime.images import prepare_images
 
 log = logging.getLogger(__name__)
 
@@ -83,22 +83,13 @@ class PolicyConfig:
 
 
 def policy_config_for(checkpoint: str | Path, **overrides) -> PolicyConfig:
-    """The inference options a checkpoint's training implies, then `overrides` (num_steps, ...).
+    """The inference options of a checkpoint's deploy settings (denoising steps, crop), then `overrides`.
 
-    A model trained without augmentation (our config.json records its train config: `"augment": null`)
-    saw whole frames, so it gets no test-time centre crop; anything else (a reference checkpoint, trained
-    with the crops of §1) keeps the crop.
+    See `DeploySettings.from_checkpoint`: the checkpoint's config.json `deploy` section, or for an older
+    directory what its training implies.
     """
-    config_json = Path(checkpoint) / "config.json"
-    implied = {}
-    if config_json.is_file():
-        try:
-            meta = json.loads(config_json.read_text()).get("metadata") or {}
-        except (json.JSONDecodeError, AttributeError) as exc:
-            raise CheckpointError(f"{config_json}: not a checkpoint config ({exc})") from exc
-        train_config = meta.get("train_config") or {}
-        if "augment" in train_config and train_config["augment"] is None:
-            implied["crop_area"] = None
+    deploy = DeploySettings.from_checkpoint(checkpoint)
+    implied = {"num_steps": deploy.num_steps, "crop_area": deploy.crop_area}
     return PolicyConfig(**{**implied, **overrides})
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from cosmos_policy_core.checkpoint import ENSEMBLE_QUERY_STEPS, EXECUTION_MODES, DeploySettings
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.runtime.execution import ChunkExecutor, ExecutorConfig, TimedChunk
 
@@ -40,18 +41,21 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """One evaluation. Fields left None take the checkpoint's deploy settings (`resolved`)."""
+
     task: str = "transfer_cube"
     episodes: int = 50
     seed: int = 0                       # episode i uses object seed `seed + i` and policy seeds from it
-    num_steps: int | None = None        # denoising steps per chunk (None: the policy's default, 10)
-    execute_steps: int = 50             # actions played before re-querying (the reference: all 50)
+    num_steps: int | None = None        # denoising steps per chunk
+    execution: str | None = None        # whole_chunks | temporal_ensemble
+    execute_steps: int | None = None    # actions played before re-querying (the reference: all 50)
     # Inference latency in control steps, as on the robot: the chunk of the observation at step q arrives
     # at q + latency_steps, stamped q, so the executor plays it from index latency_steps while the previous
     # chunk plays on. 0: the sim clock stops while the model thinks (the reference's blocking deploy).
     # The ROS policy node with trigger_remaining_steps R and latency L plays execute_steps = 50 - R + L.
     latency_steps: int = 0
-    # None: each chunk replaces the last. k >= 0: the executor's temporal ensembling (ExecutorConfig
-    # .ensemble_decay; ACT: 0.01), every live chunk averaged; query often (small execute_steps) with it.
+    # Temporal ensembling's decay k (ExecutorConfig.ensemble_decay): every live chunk averaged, weight
+    # exp(-k i), i = 0 for the oldest.
     ensemble_decay: float | None = None
     max_steps: int | None = None        # control steps per episode (None: the task's 25 Hz demo length)
     render_size: int = 224              # camera render size; the policy resizes to its own image_size
@@ -68,13 +72,36 @@ class EvalConfig:
             raise ConfigError(f"episodes must be positive, got {self.episodes}")
         if self.hold_steps < 0:
             raise ConfigError(f"hold_steps must be >= 0, got {self.hold_steps}")
-        if not 1 <= self.execute_steps <= 50:
+        if self.execution is not None and self.execution not in EXECUTION_MODES:
+            raise ConfigError(f"execution must be one of {EXECUTION_MODES}, got {self.execution!r}")
+        if self.execute_steps is not None and not 1 <= self.execute_steps <= 50:
             raise ConfigError(f"execute_steps must be in 1..50, got {self.execute_steps}")
         # One inference at a time, as in the ROS node: the next starts when the last has arrived at the latest.
-        if not 0 <= self.latency_steps <= self.execute_steps or self.latency_steps + self.execute_steps > 50:
+        execute = self.execute_steps if self.execute_steps is not None else 50
+        if not 0 <= self.latency_steps <= execute or self.latency_steps + execute > 50:
             raise ConfigError(
                 f"latency_steps must be in 0..execute_steps and leave execute_steps of the 50-step chunk "
-                f"to play (latency + execute <= 50), got latency {self.latency_steps}, execute {self.execute_steps}")
+                f"to play (latency + execute <= 50), got latency {self.latency_steps}, execute {execute}")
+
+    def resolved(self, deploy: DeploySettings) -> "EvalConfig":
+        """This config with every unset execution field taken from `deploy`.
+
+        An explicit --ensemble-decay means temporal ensembling unless the execution is given as well.
+        """
+        execution = self.execution or ("temporal_ensemble" if self.ensemble_decay is not None else deploy.execution)
+        ensembling = execution == "temporal_ensemble"
+        if self.execute_steps is not None:
+            execute = self.execute_steps
+        elif execution == deploy.execution:
+            execute = deploy.query_every_steps
+        else:  # switched away from the checkpoint's mode: whole chunks play all 50, ensembling queries often
+            execute = ENSEMBLE_QUERY_STEPS if ensembling else 50
+        if ensembling:
+            decay = self.ensemble_decay if self.ensemble_decay is not None else deploy.ensemble_decay
+        else:
+            decay = None
+        return replace(self, execution=execution, execute_steps=min(execute, 50), ensemble_decay=decay,
+                       num_steps=self.num_steps or deploy.num_steps)
 
 
 @dataclass
@@ -164,6 +191,8 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
     from cosmos_policy_core.runtime.policy import Observation
     from cosmos_policy_core.sim.tasks import MAX_REWARD, get_task
 
+    if cfg.execute_steps is None:  # not resolved against a checkpoint: the reference deployment
+        cfg = cfg.resolved(DeploySettings())
     seed = cfg.seed + index
     task = get_task(cfg.task)
     max_steps = cfg.max_steps or task.episode_len_25hz
@@ -216,7 +245,7 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
 
 
 def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
-    """(policy, planner or None) of a checkpoint, with the inference options its training implies."""
+    """(policy, planner or None) of a checkpoint, with its deploy settings and cfg's overrides."""
     from cosmos_policy_core.runtime.policy import CosmosPolicy, policy_config_for
 
     steps = {} if cfg.num_steps is None else {"num_steps": cfg.num_steps}
@@ -279,6 +308,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     checkpoint = Path(checkpoint)
+    cfg = cfg.resolved(DeploySettings.from_checkpoint(checkpoint))
     start = time.perf_counter()
     results: list[EpisodeResult] = []
     bar = tqdm(total=cfg.episodes, desc=f"sim eval {cfg.task}", unit="ep", disable=not progress)
