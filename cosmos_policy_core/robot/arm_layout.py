@@ -14,21 +14,12 @@ import numpy as np
 from cosmos_policy_core.errors import ShapeError
 from cosmos_policy_core.robot.gripper import GripperConstants
 
-ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
-SIDES = ("left", "right")
-# Policy layout: [left arm(6), left gripper, right arm(6), right gripper].
-JOINT_NAMES = tuple(f"{side}_{j}" for side in SIDES for j in (*ARM_JOINTS, "gripper"))
-GRIPPER_INDICES = (6, 13)
-STATE_DIM = 14
+from cosmos_policy_core.robot.aloha import (  # noqa: F401 (re-exported: the names backends use)
+    ARM_JOINTS, GRIPPER_INDICES, JOINT_NAMES, SIDES, SLEEP_ARM_POSE, START_ARM_POSE, STATE_DIM,
+)
 
 FOLLOWER_NAMES = {"left": "follower_left", "right": "follower_right"}
 LEADER_NAMES = {"left": "leader_left", "right": "leader_right"}
-
-# Reference poses of one arm (rad). START_ARM_POSE is ALOHA's reset pose; the sleep pose is where
-# an unpowered arm rests in its cradle (aloha_vx300s.yaml lists [0,-2.05,1.7,0,-2.0,0] in recent
-# versions and [0,-1.80,1.55,0,-1.57,0] in older ones; the first is where ALOHA arms rest).
-START_ARM_POSE = (0.0, -0.96, 1.16, 0.0, -0.3, 0.0)
-SLEEP_ARM_POSE = (0.0, -2.05, 1.7, 0.0, -2.0, 0.0)
 
 # Interbotix gripper geometry (m): the xs_sdk turns the gripper horn angle into a finger position.
 VX300S_HORN_RADIUS, VX300S_ARM_LENGTH = 0.022, 0.036

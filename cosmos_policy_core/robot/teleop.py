@@ -83,19 +83,6 @@ class TrajectorySource:
         pass
 
 
-def scripted_sim_source(task: str, seed: int) -> tuple[TrajectorySource, np.ndarray]:
-    """The scripted demonstration of `task` for scene `seed` (25 Hz joint commands) and its object poses.
-
-    The sim must be reset with the same seed so the objects are where the script expects them.
-    """
-    from cosmos_policy_core.sim.demos import DEMO_HZ, scripted_rollout
-
-    if DEMO_HZ != 25:  # pragma: no cover - guards a change of the demo rate
-        raise ConfigError(f"scripted demos are {DEMO_HZ} Hz, the teleop plays 25 Hz")
-    rollout = scripted_rollout(task, seed)
-    return TrajectorySource(rollout.commands), rollout.object_poses
-
-
 def episode_event(event: str, task: str, success: bool | None = None, **extra) -> str:
     """`/cosmos/episode` payload: {"event": "start"|"stop", "task": ..., "success": ...}."""
     if event not in EPISODE_EVENTS:

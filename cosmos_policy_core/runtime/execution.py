@@ -12,21 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cosmos_policy_core.errors import ConfigError, ShapeError
+from cosmos_policy_core.robot import aloha
 
-NUM_JOINTS = 14
-CONTROL_HZ = 25.0
-
-# ViperX 300 s (ALOHA follower) joint ranges in rad, the same in gym-aloha's MJCF and the Interbotix
-# vx300s URDF: waist, shoulder, elbow, forearm_roll, wrist_angle, wrist_rotate.
-VX300S_LOWER = (-3.14158, -1.85005, -1.76278, -3.14158, -1.8675, -3.14158)
-VX300S_UPPER = (3.14158, 1.25664, 1.6057, 3.14158, 2.23402, 3.14158)
-# Normalised gripper (0 closed .. 1 open): a little room past both ends because demonstrations
-# squeeze the leader past its calibrated "closed" to grip firmly.
-GRIPPER_LOWER, GRIPPER_UPPER = -0.1, 1.1
-# Speed limits: ~pi rad/s is the servo's rated no-load speed; 3 rad/s leaves the fast demo motions
-# (which peak near 2 rad/s) untouched while a jump of a whole radian takes 8 ticks at 25 Hz.
-ARM_MAX_VELOCITY = 3.0      # rad/s
-GRIPPER_MAX_VELOCITY = 5.0  # normalised units/s: open -> closed in 0.2 s
+NUM_JOINTS = aloha.STATE_DIM
+CONTROL_HZ = aloha.CONTROL_HZ
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,10 +42,7 @@ class SafetyConfig:
     @classmethod
     def aloha_vx300s(cls, control_hz: float = CONTROL_HZ) -> "SafetyConfig":
         """Two ViperX 300 s followers (real ALOHA and the gym-aloha sim), normalised grippers."""
-        arm = (VX300S_LOWER, VX300S_UPPER, (ARM_MAX_VELOCITY,) * 6)
-        lower = arm[0] + (GRIPPER_LOWER,) + arm[0] + (GRIPPER_LOWER,)
-        upper = arm[1] + (GRIPPER_UPPER,) + arm[1] + (GRIPPER_UPPER,)
-        vel = arm[2] + (GRIPPER_MAX_VELOCITY,) + arm[2] + (GRIPPER_MAX_VELOCITY,)
+        lower, upper, vel = aloha.joint_lower_limits(), aloha.joint_upper_limits(), aloha.joint_max_velocities()
         return cls(lower, upper, vel, control_hz)
 
     @property

@@ -14,13 +14,13 @@ import numpy as np
 
 from cosmos_policy_core.checkpoint import ENSEMBLE_QUERY_STEPS, EXECUTION_MODES, DeploySettings
 from cosmos_policy_core.errors import ConfigError
+from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.runtime.execution import ChunkExecutor, ExecutorConfig, TimedChunk
 
 log = logging.getLogger(__name__)
 
-CONTROL_HZ = 25
+CONTROL_HZ = int(aloha.CONTROL_HZ)
 STEP_NS = int(1e9 / CONTROL_HZ)
-GIF_CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -163,8 +163,8 @@ class GifRecorder:
     def add(self, step: int, images: dict, predicted: dict | None) -> None:
         if step % self.every:
             return
-        top = np.concatenate([self._tile(images.get(c)) for c in GIF_CAMERAS], axis=1)
-        bottom = np.concatenate([self._tile(None if predicted is None else predicted.get(c)) for c in GIF_CAMERAS],
+        top = np.concatenate([self._tile(images.get(c)) for c in aloha.CAMERAS], axis=1)
+        bottom = np.concatenate([self._tile(None if predicted is None else predicted.get(c)) for c in aloha.CAMERAS],
                                 axis=1)
         self.frames.append(np.concatenate([top, bottom], axis=0))
 

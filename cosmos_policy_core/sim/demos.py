@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cosmos_policy_core.data.episode import CAMERAS, Episode
+from cosmos_policy_core.robot import aloha
+from cosmos_policy_core.robot.teleop import TrajectorySource
 from cosmos_policy_core.sim.ee_env import AlohaMocapEnv
 from cosmos_policy_core.sim.env import PHYSICS_HZ, AlohaSimEnv
 from cosmos_policy_core.sim.scripted import make_scripted_policy
@@ -18,7 +20,7 @@ from cosmos_policy_core.sim.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-DEMO_HZ = 25
+DEMO_HZ = int(aloha.CONTROL_HZ)
 HOLD = PHYSICS_HZ // DEMO_HZ     # physics control steps per recorded step
 
 
@@ -123,3 +125,11 @@ class DemoGenerator:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def scripted_sim_source(task: str, seed: int) -> tuple[TrajectorySource, np.ndarray]:
+    """The scripted demonstration of `task` for scene `seed` as a teleop source (25 Hz joint commands),
+    and its object poses. The sim must be reset with the same seed so the objects are where the script
+    expects them."""
+    rollout = scripted_rollout(task, seed)
+    return TrajectorySource(rollout.commands), rollout.object_poses

@@ -16,7 +16,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cosmos_policy_core.data.episode import CAMERAS, STATE_DIM  # noqa: E402
+from cosmos_policy_core.robot.aloha import CAMERAS, STATE_DIM  # noqa: E402
 from cosmos_policy_core.errors import ConfigError, ShapeError  # noqa: E402
 from cosmos_policy_core.robot.gripper import GripperConstants  # noqa: E402
 from cosmos_policy_core.sim.tasks import MAX_REWARD, START_ARM_POSE, SimTask, assets_dir, get_task  # noqa: E402

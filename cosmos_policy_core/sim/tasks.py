@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from cosmos_policy_core.errors import ConfigError
+from cosmos_policy_core.robot import aloha
 
 # Arm reset pose, 8 per arm (6 joints + the two finger slides), as ALOHA / ACT / gym-aloha.
-START_ARM_POSE = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.02239, -0.02239] * 2)
+START_ARM_POSE = np.array([*aloha.START_ARM_POSE, 0.02239, -0.02239] * 2)
 MAX_REWARD = 4
 
 # Contact geoms named by the reward rules (gym-aloha's model names).

@@ -21,7 +21,7 @@ from cosmos_aloha.node_runtime import declare_parameters, run_node
 from cosmos_aloha.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
 from cosmos_policy_core.robot.arm_layout import ARM_JOINTS, LEADER_NAMES, SIDES, ArmState, arm_state_from_joint_state
 from cosmos_policy_core.calibration.files import load_gripper_constants
-from cosmos_policy_core.robot.teleop import LeaderArmsSource, TeleopSource, episode_event, scripted_sim_source
+from cosmos_policy_core.robot.teleop import LeaderArmsSource, TeleopSource, episode_event
 
 COMMAND_TOPIC = "/cosmos/joint_command"
 EPISODE_TOPIC = "/cosmos/episode"
@@ -201,6 +201,8 @@ class TeleopNode(Node):
             if not (self._reset_client.service_is_ready() and self._param_client.service_is_ready()):
                 self.get_logger().info("waiting for the sim's reset and parameter services", throttle_duration_sec=5.0)
                 return
+            from cosmos_policy_core.sim.demos import scripted_sim_source
+
             self.source, _ = scripted_sim_source(p.task, self._seed)  # ~2 s of mocap sim, between episodes only
             request = SetParameters.Request(parameters=[Parameter("seed", value=self._seed).to_parameter_msg()])
             self._futures = [self._param_client.call_async(request)]
