@@ -14,6 +14,8 @@ from cosmos_policy_core.runtime.execution import (
     LoopStats,
     SafetyConfig,
     SafetyFilter,
+    SteadyClockMap,
+    TemporalEnsemble,
     TimedChunk,
     filter_command,
 )
@@ -158,7 +160,7 @@ def test_temporal_ensemble_averages_live_chunks_oldest_weighted_most():
     assert ex.counters["switch"] == 1
     assert ex.tick(T0 + 70 * PERIOD).state is ExecState.HOLD_STALE_CHUNK                # every chunk played out
     ex.engage_estop("test", T0 + 71 * PERIOD)
-    assert ex._ensemble == {}
+    assert not ex.ensemble
     with pytest.raises(ConfigError, match="ensemble_decay"):
         ExecutorConfig.aloha(ensemble_decay=-0.1)
 
@@ -255,13 +257,98 @@ def test_estop_latches_drops_old_chunks_until_cleared():
         np.testing.assert_array_equal(tick.command, held)
     # a chunk observed before the stop is refused even after clearing; a new one plays
     assert ex.submit(ramp_chunk(T0 + 1, HOME, np.zeros(14)), T0 + 10 * PERIOD) == "rejected_before_stop"
+    # a chunk observed while stopped is accepted but dropped by the clear: it would start mid-chunk
+    assert ex.submit(ramp_chunk(T0 + 5 * PERIOD, HOME, np.zeros(14)), T0 + 9 * PERIOD) == "accepted"
     assert ex.estop.reason == "operator"
-    assert ex.clear_estop() and not ex.estop.engaged
     now = T0 + 10 * PERIOD
+    assert ex.clear_estop(now) and not ex.estop.engaged
+    assert not ex.clear_estop(now)
     ex.observe(HOME, now)
     assert ex.tick(now).state is ExecState.HOLD_NO_CHUNK
     ex.submit(ramp_chunk(now, held, np.zeros(14)), now)
     assert ex.tick(now + 1).state is ExecState.PLAYING
+
+
+def test_estop_clear_resumes_by_blending_from_the_held_pose_below_the_rate_limit():
+    """A policy keeps sending chunks (from the held pose, moving at 1 rad/s, 8 steps late) through a 2 s stop.
+    After the clear the arms leave the held pose through a blend, never at the rate limit: the chunks
+    observed while stopped (whose current steps lie up to 2 rad away by then) do not play."""
+    ex = make(blend_steps=8)
+    vel = np.full(14, 1.0)
+    vel[[6, 13]] = 0.0
+    ex.submit(ramp_chunk(T0, HOME, np.zeros(14)), T0)
+    ex.engage_estop("operator", T0 + 10 * PERIOD)
+    clear_k, latency = 60, 8
+    steps, limited = [], []
+    last = None
+    for k in range(1, 120):
+        now = T0 + k * PERIOD
+        ex.observe(HOME, now)
+        if k == clear_k:
+            assert ex.clear_estop(now)
+        if k % 5 == 0 and k - latency > 10:     # observed at k - latency from the held pose
+            ex.submit(ramp_chunk(T0 + (k - latency) * PERIOD, HOME, vel), now)
+        tick = ex.tick(now)
+        if last is not None and k > clear_k:
+            steps.append(np.abs(tick.command - last).max())
+            limited.append(tick.filter.rate_limited)
+        last = tick.command
+    max_step = SafetyConfig.aloha_vx300s().max_step.max()
+    assert max(steps) < 0.8 * max_step and not any(limited), (max(steps), max_step)
+    assert ex.counters["chunk_rejected_before_stop"] >= 1   # the clear's own boundary held
+
+
+def test_temporal_ensemble_weights_the_oldest_live_chunk_most():
+    ens = TemporalEnsemble(math.log(2))
+    old, new = ramp_chunk(T0, HOME, np.zeros(14)), ramp_chunk(T0 + PERIOD, HOME + 0.3, np.zeros(14))
+    ens.add(old)
+    ens.add(new)
+    np.testing.assert_allclose(ens.action("policy", T0 + 2 * PERIOD, lambda c: True), HOME + 0.1)
+    np.testing.assert_allclose(ens.action("policy", T0 + 2 * PERIOD, lambda c: c is new), HOME + 0.3)
+    ens.clear()
+    assert not ens
+    with pytest.raises(ConfigError, match="decay"):
+        TemporalEnsemble(float("nan"))
+
+
+@pytest.mark.parametrize("step_s", [-3.0, 3.0])
+def test_a_system_clock_step_changes_no_executor_decision(step_s):
+    """Chunks are stamped on the system clock, which steps by `step_s` at tick 30; observations reach the
+    executor 8 ticks late, so chunks observed before the step arrive after it. Mapped onto the steady clock
+    the executor plays, accepts and holds exactly as without the step."""
+
+    def run(step_ns: int):
+        ex, clock = make(blend_steps=4), SteadyClockMap()
+        vel = np.full(14, 0.3)
+        system = lambda k: T0 + k * PERIOD + (step_ns if k >= 30 else 0)  # noqa: E731
+        commands, verdicts = [], []
+        for k in range(90):
+            steady = T0 + k * PERIOD
+            clock.observe(system(k), steady)
+            ex.observe(HOME, steady)
+            if k % 5 == 0 and k >= 8:
+                chunk = ramp_chunk(system(k - 8), HOME + 0.01 * k, vel)
+                stamp = clock.to_steady(chunk.stamp_ns, steady, future_ns=500_000_000)
+                verdicts.append(ex.submit(TimedChunk(chunk.actions, stamp, PERIOD, "policy"), steady))
+            tick = ex.tick(steady)
+            commands.append((tick.state, tick.step, tick.command))
+        return commands, verdicts, clock.steps
+
+    reference, stepped = run(0), run(int(step_s * 1e9))
+    assert stepped[2] == 1 and reference[2] == 0
+    assert stepped[1] == reference[1] and set(reference[1]) == {"accepted"}
+    for (state_a, step_a, cmd_a), (state_b, step_b, cmd_b) in zip(reference[0], stepped[0]):
+        assert (state_a, step_a) == (state_b, step_b)
+        np.testing.assert_array_equal(cmd_a, cmd_b)
+
+
+def test_steady_clock_map_follows_slewing_and_needs_a_first_reading():
+    clock = SteadyClockMap(step_ns=5_000_000)
+    with pytest.raises(ConfigError, match="observe"):
+        clock.to_steady(T0, T0)
+    clock.observe(T0 + 100, T0)
+    clock.observe(T0 + PERIOD + 1_100, T0 + PERIOD)       # 1 us of slew: the same period
+    assert clock.steps == 0 and clock.to_steady(T0 + PERIOD + 1_100, T0 + PERIOD) == T0 + PERIOD
 
 
 def test_reanchor_holds_the_new_measured_pose():
@@ -298,7 +385,7 @@ def test_random_chunk_stream_never_exceeds_limits_or_step():
         if k % 97 == 50:
             ex.engage_estop("test", now)
         if k % 97 == 70:
-            ex.clear_estop()
+            ex.clear_estop(now)
         tick = ex.tick(now)
         assert np.isfinite(tick.command).all()
         if previous is not None:

@@ -164,9 +164,7 @@ class ExecutorConfig:
     max_future_s: float = 0.5             # chunks stamped further ahead reveal a clock mismatch
     prefer_planner: bool = True
     safety: SafetyConfig = field(default_factory=SafetyConfig.aloha_vx300s)
-    # None: play the newest chunk of a source. A number k >= 0: temporal ensembling (ACT, Zhao et al. 2023):
-    # each tick commands the weighted mean of the current step of every live chunk of the source, weight
-    # exp(-k i) with i = 0 for the oldest (ACT: k = 0.01). Meant for a policy queried every few steps.
+    # None: play the newest chunk of a source. A number k >= 0: `TemporalEnsemble` with that decay.
     ensemble_decay: float | None = None
 
     def __post_init__(self) -> None:
@@ -204,6 +202,80 @@ class Tick:
     filter: FilterResult | None = None
 
 
+class TemporalEnsemble:
+    """ACT's temporal ensembling (Zhao et al. 2023, arXiv:2304.13705, section 3.3) over one source's chunks.
+
+    Rule: each tick commands the weighted mean of the current step of every live chunk (stamp age within
+    the executor's limit, steps left), chunk i weighing exp(-decay * i) with i = 0 the OLDEST live chunk, so
+    a larger decay trusts new chunks less and smooths more; ACT deploys decay 0.01. Meant for a policy
+    queried every few steps; a new chunk joins the mean without a blend, since the mean moves by a fraction
+    of what the newest chunk disagrees with. The shipped sim checkpoint's row in benchmarks/RESULTS.md
+    ("temporal ensembling") holds the evidence for deploying it that way.
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not (math.isfinite(decay) and decay >= 0):
+            raise ConfigError(f"temporal ensemble decay must be a finite number >= 0, got {decay}")
+        self.decay = float(decay)
+        self._chunks: dict[str, list[TimedChunk]] = {}   # per source, oldest first
+
+    def add(self, chunk: TimedChunk) -> None:
+        self._chunks.setdefault(chunk.source, []).append(chunk)
+
+    def clear(self) -> None:
+        self._chunks.clear()
+
+    def __bool__(self) -> bool:
+        return any(self._chunks.values())
+
+    def action(self, source: str, now_ns: int, is_live) -> np.ndarray:
+        """The weighted mean of the current step of `source`'s live chunks (`is_live(chunk)`); the expired
+        are forgotten. The caller guarantees at least one live chunk (the newest it chose to play)."""
+        live = [c for c in self._chunks.get(source, []) if is_live(c)]
+        self._chunks[source] = live
+        actions = np.stack([np.asarray(c.actions[c.index_at(now_ns)], dtype=float) for c in live])
+        weights = np.exp(-self.decay * np.arange(len(live)))
+        return weights @ actions / weights.sum()
+
+
+class SteadyClockMap:
+    """Places header stamps (system / ROS time) on a steady clock, so a system clock step changes nothing.
+
+    Chunk stamps are observation times on the system clock of whoever stamped them; the executor decides on
+    a steady clock. Each stamp is mapped once, on receipt, with the offset (system - steady) in effect when
+    it was stamped: the newest offset whose period holds the mapped time (a stamp taken before a step is
+    mapped with the offset before it). A change of the offset by more than `step_ns` starts a new period;
+    smaller changes (NTP slewing) update the current one.
+    """
+
+    def __init__(self, step_ns: int = 5_000_000, history: int = 8) -> None:
+        self.step_ns = int(step_ns)
+        self._periods: deque[tuple[int, int]] = deque(maxlen=history)   # (steady start, offset), oldest first
+
+    def observe(self, system_ns: int, steady_ns: int) -> None:
+        """Read both clocks at (nearly) the same moment; call it every tick and on each receipt."""
+        offset = int(system_ns) - int(steady_ns)
+        if self._periods and abs(offset - self._periods[-1][1]) <= self.step_ns:
+            self._periods[-1] = (self._periods[-1][0], offset)
+            return
+        self._periods.append((int(steady_ns) if self._periods else -(2**62), offset))
+
+    @property
+    def steps(self) -> int:
+        """Clock steps seen (within the history)."""
+        return max(0, len(self._periods) - 1)
+
+    def to_steady(self, stamp_ns: int, steady_now_ns: int, future_ns: int = 0) -> int:
+        """`stamp_ns` (system time) on the steady clock. A mapped time may lie up to `future_ns` ahead of now."""
+        if not self._periods:
+            raise ConfigError("SteadyClockMap.to_steady before the first observe(): no offset known yet")
+        for start, offset in reversed(self._periods):
+            steady = int(stamp_ns) - offset
+            if start <= steady <= steady_now_ns + future_ns:
+                return steady
+        return int(stamp_ns) - self._periods[-1][1]
+
+
 class ChunkExecutor:
     """Plays timed action chunks one step per tick, switching and holding safely.
 
@@ -214,9 +286,11 @@ class ChunkExecutor:
     the safety filter's rate limit bounds whatever is left. RTC-style inpainting belongs in the policy
     (it changes what is sampled); this executor is correct with or without it.
 
-    With `ensemble_decay` set, a source's live chunks (not too old, not played out) are averaged step by
-    step instead (temporal ensembling); a new chunk joins the mean without a blend, and a switch between
-    sources or out of a hold blends as above.
+    With `ensemble_decay` set, a source's live chunks are averaged by a `TemporalEnsemble` instead; a
+    switch between sources or out of a hold blends as above.
+
+    Clearing an e-stop re-arms like a re-anchor does for chunks: only chunks observed after the clear play,
+    so motion resumes from a chunk computed at the held pose, blended from the held command.
     """
 
     def __init__(self, config: ExecutorConfig | None = None):
@@ -224,7 +298,8 @@ class ChunkExecutor:
         self.safety = SafetyFilter(self.config.safety)
         self.estop = EStop()
         self._chunks: dict[str, TimedChunk] = {}
-        self._ensemble: dict[str, list[TimedChunk]] = {}   # ensemble_decay set: each source's chunks, oldest first
+        decay = self.config.ensemble_decay
+        self.ensemble: TemporalEnsemble | None = None if decay is None else TemporalEnsemble(decay)
         self._min_stamp_ns: int | None = None   # chunks observed before an e-stop never resume
         self._observation: np.ndarray | None = None
         self._observation_ns: int | None = None
@@ -251,26 +326,27 @@ class ChunkExecutor:
         self.count(f"chunk_{reason}")
         if reason == "accepted":
             self._chunks[chunk.source] = chunk
-            if self.config.ensemble_decay is not None:
-                self._ensemble.setdefault(chunk.source, []).append(chunk)   # each tick drops the expired
+            if self.ensemble is not None:
+                self.ensemble.add(chunk)
         return reason
 
     def engage_estop(self, reason: str, now_ns: int) -> None:
         self.estop.engage(reason, now_ns)
         # Chunks computed before the stop describe a world the operator just stopped: drop them.
-        self._chunks.clear()
-        self._ensemble.clear()
-        self._min_stamp_ns = int(now_ns)
+        self._forget_chunks(now_ns)
 
-    def clear_estop(self) -> bool:
-        return self.estop.clear()
+    def clear_estop(self, now_ns: int) -> bool:
+        """Release the latch; returns whether it was engaged. Chunks observed before `now_ns` (while the
+        arms held) never play: their current steps lie wherever the policy meant the arms to be by now."""
+        was = self.estop.clear()
+        if was:
+            self._forget_chunks(now_ns)
+        return was
 
     def reanchor(self, now_ns: int) -> None:
         """Forget chunks and the last command: hold the next measured position (after a sim reset, or
         after the arms were moved by hand), and refuse chunks observed before `now_ns`."""
-        self._chunks.clear()
-        self._ensemble.clear()
-        self._min_stamp_ns = int(now_ns)
+        self._forget_chunks(now_ns)
         self._last_command = None
         self._active = None
         # Observations from before the reset show the old pose; wait for a fresh one.
@@ -302,11 +378,11 @@ class ChunkExecutor:
             return Tick(result.command, hold, chunk_age_s=age, filter=result)
 
         chunk, step = chosen
-        if self.config.ensemble_decay is None:
+        if self.ensemble is None:
             raw = chunk.actions[step]
             key = (chunk.source, chunk.stamp_ns)
         else:
-            raw = self._ensembled(chunk.source, now_ns)
+            raw = self.ensemble.action(chunk.source, now_ns, lambda c: self._playable(c, now_ns) is not None)
             key = (chunk.source, -1)       # the mean moves smoothly as chunks join: no blend per chunk
         if key != self._active:
             self._active = key
@@ -340,7 +416,7 @@ class ChunkExecutor:
         if chunk.stamp_ns - now_ns > self.config.max_future_s * 1e9:
             return "rejected_future"
         if self._min_stamp_ns is not None and chunk.stamp_ns < self._min_stamp_ns:
-            return "rejected_before_stop"  # observed before the last e-stop or re-anchor
+            return "rejected_before_stop"  # observed before the last e-stop, its clear, or a re-anchor
         current = self._chunks.get(chunk.source)
         if current is not None and chunk.stamp_ns <= current.stamp_ns:
             return "rejected_out_of_order"
@@ -352,13 +428,11 @@ class ChunkExecutor:
         step = chunk.index_at(now_ns)
         return (chunk, step) if step < len(chunk) else None
 
-    def _ensembled(self, source: str, now_ns: int) -> np.ndarray:
-        """Weighted mean of the current step of the source's live chunks (the newest is always live here)."""
-        live = [c for c in self._ensemble.get(source, []) if self._playable(c, now_ns) is not None]
-        self._ensemble[source] = live
-        actions = np.stack([np.asarray(c.actions[c.index_at(now_ns)], dtype=float) for c in live])
-        weights = np.exp(-self.config.ensemble_decay * np.arange(len(live)))
-        return weights @ actions / weights.sum()
+    def _forget_chunks(self, now_ns: int) -> None:
+        self._chunks.clear()
+        if self.ensemble is not None:
+            self.ensemble.clear()
+        self._min_stamp_ns = int(now_ns)
 
     def _select(self, now_ns: int) -> tuple[TimedChunk, int] | None:
         policy = self._playable(self._chunks.get("policy"), now_ns)
