@@ -270,32 +270,35 @@ def test_estop_latches_drops_old_chunks_until_cleared():
 
 
 def test_estop_clear_resumes_by_blending_from_the_held_pose_below_the_rate_limit():
-    """A policy keeps sending chunks (from the held pose, moving at 1 rad/s, 8 steps late) through a 2 s stop.
-    After the clear the arms leave the held pose through a blend, never at the rate limit: the chunks
-    observed while stopped (whose current steps lie up to 2 rad away by then) do not play."""
+    """A policy keeps sending chunks through a stop (computed from the held pose, moving at 1 rad/s, arriving
+    8 steps late, one every 40 steps). At the clear the newest of them is 43 steps old: played from there,
+    its current step would lie 1.7 rad away. Instead the arms hold until a chunk observed after the clear
+    arrives, and leave the held pose through a blend, never at the rate limit."""
     ex = make(blend_steps=8)
     vel = np.full(14, 1.0)
     vel[[6, 13]] = 0.0
     ex.submit(ramp_chunk(T0, HOME, np.zeros(14)), T0)
     ex.engage_estop("operator", T0 + 10 * PERIOD)
-    clear_k, latency = 60, 8
-    steps, limited = [], []
+    clear_k, latency = 55, 8
+    steps, limited, states = [], [], []
     last = None
-    for k in range(1, 120):
+    for k in range(1, 135):                     # up to the next chunk (the arms would have moved by then)
         now = T0 + k * PERIOD
         ex.observe(HOME, now)
         if k == clear_k:
             assert ex.clear_estop(now)
-        if k % 5 == 0 and k - latency > 10:     # observed at k - latency from the held pose
+        if k % 40 == 20:                        # observed at k - latency from the held pose
             ex.submit(ramp_chunk(T0 + (k - latency) * PERIOD, HOME, vel), now)
         tick = ex.tick(now)
         if last is not None and k > clear_k:
             steps.append(np.abs(tick.command - last).max())
             limited.append(tick.filter.rate_limited)
+            states.append(tick.state)
         last = tick.command
-    max_step = SafetyConfig.aloha_vx300s().max_step.max()
+    max_step = SafetyConfig.aloha_vx300s().max_step[0]     # arm joints
     assert max(steps) < 0.8 * max_step and not any(limited), (max(steps), max_step)
-    assert ex.counters["chunk_rejected_before_stop"] >= 1   # the clear's own boundary held
+    assert ExecState.BLENDING in states and ExecState.PLAYING in states
+    assert ex.counters["chunk_rejected_before_stop"] == 1   # observed at 52, before the clear at 55
 
 
 def test_temporal_ensemble_weights_the_oldest_live_chunk_most():
