@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import pickle
 import shutil
 import zipfile
@@ -18,6 +17,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from cosmos_policy_core import atomic
 from cosmos_policy_core.diffusion import DiffusionConfig
 from cosmos_policy_core.errors import CheckpointError, ConfigError
 from cosmos_policy_core.layout import TRAIN_CROP_AREA, LatentLayout, normalize, unnormalize
@@ -158,6 +158,7 @@ def load_reference_checkpoint(
 
 # --- dataset statistics ------------------------------------------------------------------------
 _STAT_NAMES = ("min", "max", "mean", "std", "median")
+CONSTANT_DIM_HALF_RANGE = 1e-3   # rad / normalised gripper units; see DatasetStats.from_arrays
 
 
 @dataclass(frozen=True)
@@ -189,14 +190,46 @@ class DatasetStats:
 
     @classmethod
     def from_arrays(cls, actions: np.ndarray, proprio: np.ndarray) -> "DatasetStats":
-        """Statistics of (N, action_dim) actions and (N, proprio_dim) proprio, as the reference computes them."""
+        """Statistics of (N, action_dim) actions and (N, proprio_dim) proprio, as the reference computes them.
+
+        A dimension that never changes (an idle arm in simulation) gets min/max CONSTANT_DIM_HALF_RANGE either
+        side of its value, with a warning: it still normalizes to 0 and back to its value, where the reference
+        divides by zero, and every statistics file keeps max > min.
+        """
         values = {}
         for name, arr in (("actions", np.asarray(actions, np.float64)), ("proprio", np.asarray(proprio, np.float64))):
+            lo, hi = arr.min(0), arr.max(0)
+            constant = np.flatnonzero(lo == hi)
+            if constant.size:
+                log.warning("%s dimensions %s are constant in the data: min/max set %g either side of the value",
+                            name, constant.tolist(), CONSTANT_DIM_HALF_RANGE)
+                lo[constant] -= CONSTANT_DIM_HALF_RANGE
+                hi[constant] += CONSTANT_DIM_HALF_RANGE
             values.update({
-                f"{name}_min": arr.min(0), f"{name}_max": arr.max(0), f"{name}_mean": arr.mean(0),
+                f"{name}_min": lo, f"{name}_max": hi, f"{name}_mean": arr.mean(0),
                 f"{name}_std": arr.std(0), f"{name}_median": np.median(arr, 0),
             })
-        return cls(**values)
+        stats = cls(**values)
+        problems = stats.problems()
+        if problems:
+            raise CheckpointError("statistics of the given arrays cannot normalize: " + "; ".join(problems))
+        return stats
+
+    def problems(self) -> list[str]:
+        """What makes these statistics unusable for normalization: a non-finite value, or a max not above its min
+        (a dimension constant in the data, or a corrupt file). Empty when they are fine."""
+        found = []
+        for f in fields(self):
+            values = getattr(self, f.name)
+            if values is not None and not np.isfinite(values).all():
+                found.append(f"{f.name} holds NaN or Infinity in dims {np.flatnonzero(~np.isfinite(values)).tolist()}")
+        for group in ("actions", "proprio"):
+            lo, hi = getattr(self, f"{group}_min"), getattr(self, f"{group}_max")
+            flat = np.flatnonzero(~(hi > lo) & np.isfinite(lo) & np.isfinite(hi))
+            if flat.size:
+                found.append(f"{group}_max is not above {group}_min in dims {flat.tolist()} "
+                             f"(min {lo[flat].tolist()}, max {hi[flat].tolist()})")
+        return found
 
     def check_layout(self, layout: LatentLayout, source: str = "stats.json") -> "DatasetStats":
         for what, have, need in (("action", self.action_dim, layout.action_dim),
@@ -243,11 +276,12 @@ class DatasetStats:
             dims = {values[f"{group}_{s}"].shape[0] for s in _STAT_NAMES if f"{group}_{s}" in values}
             if len(dims) != 1:
                 raise CheckpointError(f"{source}: the {group} statistics disagree on their length: {sorted(dims)}")
-        for group in ("actions", "proprio"):
-            bad = np.flatnonzero(values[f"{group}_max"] < values[f"{group}_min"])
-            if bad.size:
-                raise CheckpointError(f"{source}: {group}_max < {group}_min in dims {bad.tolist()}")
-        return cls(**values)
+        stats = cls(**values)
+        problems = stats.problems()
+        if problems:
+            raise CheckpointError(f"{source}: " + "; ".join(problems) + "; these statistics cannot normalize "
+                                  "(recompute them from the episodes, or use the checkpoint's own stats.json)")
+        return stats
 
 
 def read_dataset_stats(path: str | Path, layout: LatentLayout | None = None) -> DatasetStats:
@@ -257,27 +291,23 @@ def read_dataset_stats(path: str | Path, layout: LatentLayout | None = None) -> 
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"statistics file {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"statistics file {path} is a directory; pass the stats.json file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"statistics file {path} is not valid JSON ({e})") from e
     if not isinstance(data, Mapping):
         raise CheckpointError(f"statistics file {path} holds a {type(data).__name__}, expected an object")
-    stats = DatasetStats.from_json_dict(data, source=path.name)
-    return stats.check_layout(layout, source=path.name) if layout is not None else stats
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    stats = DatasetStats.from_json_dict(data, source=str(path))
+    return stats.check_layout(layout, source=str(path)) if layout is not None else stats
 
 
 def write_dataset_stats(path: str | Path, stats: DatasetStats) -> Path:
+    problems = stats.problems()
+    if problems:
+        raise CheckpointError(f"refusing to write statistics to {path} that cannot normalize: " + "; ".join(problems))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, json.dumps(stats.to_json_dict(), indent=2).encode())
+    atomic.write_text(path, json.dumps(stats.to_json_dict(), indent=2))
     return path
 
 
@@ -338,7 +368,7 @@ def write_text_embeddings(path: str | Path, table: Mapping[str, torch.Tensor]) -
     path = Path(path)
     table = _check_embeddings(table, path.name)
     tensors = {task: emb.detach().contiguous().cpu() for task, emb in table.items()}
-    _atomic_write_bytes(path, save(tensors, metadata={"format": "text_embeddings"}))
+    atomic.write_bytes(path, save(tensors, metadata={"format": "text_embeddings"}))
     return path
 
 
@@ -493,46 +523,44 @@ def _contiguous(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def save_checkpoint_dir(path: str | Path, ckpt: CosmosCheckpoint) -> Path:
-    """Write the checkpoint directory atomically: a temporary sibling directory renamed into place."""
+def write_checkpoint_files(directory: str | Path, ckpt: CosmosCheckpoint) -> list[Path]:
+    """Write the checkpoint's files into an existing `directory` (not atomic by itself: see save_checkpoint_dir)."""
     from safetensors.torch import save_file
 
+    directory = Path(directory)
+    config = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "model": ckpt.model_config.to_dict(),
+        "vae": None if ckpt.vae_config is None else ckpt.vae_config.to_dict(),
+        "layout": ckpt.layout.to_dict(),
+        "diffusion": ckpt.diffusion.to_dict(),
+        "metadata": ckpt.metadata,
+    }
+    if ckpt.deploy is not None:
+        config["deploy"] = ckpt.deploy.to_dict()
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    save_file(_contiguous(ckpt.model_state), str(directory / MODEL_FILE), metadata={"format": "pt"})
+    if ckpt.vae_state is not None:
+        save_file(_contiguous(ckpt.vae_state), str(directory / VAE_FILE), metadata={"format": "pt"})
+    if ckpt.stats is not None:
+        write_dataset_stats(directory / STATS_FILE, ckpt.stats.check_layout(ckpt.layout))
+    write_text_embeddings(directory / TEXT_FILE, ckpt.text_embeddings)
+    return sorted(directory.iterdir())
+
+
+def save_checkpoint_dir(path: str | Path, ckpt: CosmosCheckpoint) -> Path:
+    """Write the checkpoint directory atomically: a temporary sibling directory, flushed, swapped into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    atomic.remove_stale(path)
+    tmp = atomic.temp_path(path)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        config = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "model": ckpt.model_config.to_dict(),
-            "vae": None if ckpt.vae_config is None else ckpt.vae_config.to_dict(),
-            "layout": ckpt.layout.to_dict(),
-            "diffusion": ckpt.diffusion.to_dict(),
-            "metadata": ckpt.metadata,
-        }
-        if ckpt.deploy is not None:
-            config["deploy"] = ckpt.deploy.to_dict()
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        save_file(_contiguous(ckpt.model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
-        if ckpt.vae_state is not None:
-            save_file(_contiguous(ckpt.vae_state), str(tmp / VAE_FILE), metadata={"format": "pt"})
-        if ckpt.stats is not None:
-            write_dataset_stats(tmp / STATS_FILE, ckpt.stats.check_layout(ckpt.layout))
-        write_text_embeddings(tmp / TEXT_FILE, ckpt.text_embeddings)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if path.exists():
-            # Swap: the old directory is moved aside first, so a crash leaves one complete copy.
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        write_checkpoint_files(tmp, ckpt)
+        atomic.replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -546,14 +574,26 @@ def load_checkpoint_dir(path: str | Path, *, load_vae: bool = True) -> CosmosChe
     from cosmos_policy_core.nn.wan_vae import VAEConfig
 
     path = Path(path)
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file; a checkpoint is a directory (config.json + model.safetensors + "
+                              "stats.json + ...), e.g. the model/ directory of a training run")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path} has no {CONFIG_FILE}; is it a cosmos_aloha checkpoint directory?") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path / CONFIG_FILE} is not valid JSON ({e})") from e
+    except OSError as e:
+        raise CheckpointError(f"{path / CONFIG_FILE} cannot be read ({e})") from e
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{path / CONFIG_FILE} holds a {type(config).__name__}, expected a JSON object")
+    for key, kind in (("model", Mapping), ("layout", Mapping), ("vae", (Mapping, type(None))),
+                      ("diffusion", (Mapping, type(None))), ("metadata", (Mapping, type(None)))):
+        if key in config and not isinstance(config[key], kind):
+            raise CheckpointError(f"{path / CONFIG_FILE}: \"{key}\" holds {json.dumps(config[key])[:60]}, expected "
+                                  "a JSON object; the file was edited or damaged, export the checkpoint again")
     if config.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path / CONFIG_FILE} is not a {FORMAT_NAME} config (format={config.get('format')!r})")
     if config.get("version", 0) > FORMAT_VERSION:
@@ -565,7 +605,9 @@ def load_checkpoint_dir(path: str | Path, *, load_vae: bool = True) -> CosmosChe
         layout = LatentLayout.from_dict(config["layout"])
         diffusion = DiffusionConfig.from_dict(config.get("diffusion") or {})
         vae_config = None if config.get("vae") is None else VAEConfig.from_dict(config["vae"])
-    except (KeyError, TypeError, ConfigError) as e:
+    except KeyError as e:
+        raise CheckpointError(f"{path / CONFIG_FILE} lacks the {e} section; export the checkpoint again") from e
+    except (TypeError, ValueError, AttributeError, ConfigError) as e:
         raise CheckpointError(f"{path / CONFIG_FILE} is invalid: {e}") from e
 
     stats = read_dataset_stats(path / STATS_FILE, layout) if (path / STATS_FILE).exists() else None
@@ -587,5 +629,5 @@ __all__ = [
     "check_state_dict", "load_into",
     "read_dataset_stats", "write_dataset_stats",
     "read_t5_embeddings", "read_text_embeddings", "write_text_embeddings",
-    "save_checkpoint_dir", "load_checkpoint_dir",
+    "write_checkpoint_files", "save_checkpoint_dir", "load_checkpoint_dir",
 ]

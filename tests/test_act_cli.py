@@ -45,7 +45,7 @@ def test_act_unknown_task_is_a_clean_error(ckpt, tmp_path, capsys):
     rc = main(["act", "--checkpoint", str(ckpt), "--images", str(img), str(img), str(img),
                "--proprio", str(tmp_path / "p.json"), "--task", "juggle"])
     err = capsys.readouterr().err
-    assert rc == 1 and "unknown task 'juggle'" in err and "'fold shirt'" in err
+    assert rc == 2 and "unknown task 'juggle'" in err and "'fold shirt'" in err
 
 
 def test_export_cli(ckpt, tmp_path, capsys):
@@ -58,4 +58,4 @@ def test_export_cli(ckpt, tmp_path, capsys):
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is not None, reason="transformers is installed")
 def test_text_embed_without_transformers_says_what_to_install(tmp_path, capsys):
     rc = main(["text-embed", "--t5", str(tmp_path), "--tasks", "fold shirt", "--out", str(tmp_path / "t.safetensors")])
-    assert rc == 1 and "transformers" in capsys.readouterr().err
+    assert rc == 2 and "transformers" in capsys.readouterr().err

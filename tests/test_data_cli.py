@@ -17,7 +17,8 @@ def _episode(T: int = 30) -> Episode:
         frames[..., c] = 255                      # cam_high red, left wrist green, right wrist blue
         images[cam] = frames
     t = np.arange(T, dtype=np.float32)[:, None]
-    return Episode(qpos=np.sin(t / 5 + np.arange(14)), action=np.cos(t / 5 + np.arange(14)), images=images,
+    return Episode(qpos=0.5 + 0.4 * np.sin(t / 5 + np.arange(14)), action=0.5 + 0.4 * np.cos(t / 5 + np.arange(14)),
+                   images=images,
                    fps=50.0, task="pick")
 
 
@@ -51,13 +52,14 @@ def test_contact_sheet_indices():
 def test_cli_reports_skips_and_fails_without_episodes(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "episode_0.hdf5").write_bytes(b"not hdf5")
-    assert main(["dataset", "from-hdf5", str(tmp_path / "in"), "--out", str(tmp_path / "ds")]) == 1
-    out = capsys.readouterr().out
-    assert "SKIPPED" in out and "episode_0.hdf5" in out
+    assert main(["dataset", "from-hdf5", str(tmp_path / "in"), "--out", str(tmp_path / "ds")]) == 2
+    printed = capsys.readouterr()
+    assert "SKIPPED" in printed.out and "episode_0.hdf5" in printed.out
+    assert "no input could be converted" in printed.err and not (tmp_path / "ds").exists()
     # A second run into the same directory is refused unless --overwrite.
     write_episode_hdf5(tmp_path / "ok" / "episode_0.hdf5", _episode())
     assert main(["dataset", "from-hdf5", str(tmp_path / "ok"), "--out", str(tmp_path / "ds")]) == 0
-    assert main(["dataset", "from-hdf5", str(tmp_path / "ok"), "--out", str(tmp_path / "ds")]) == 1
+    assert main(["dataset", "from-hdf5", str(tmp_path / "ok"), "--out", str(tmp_path / "ds")]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 

@@ -35,7 +35,7 @@ CAM_CODE = {"cam_high": 10, "cam_left_wrist": 20, "cam_right_wrist": 30}
 # -- synthetic Interbotix bag ----------------------------------------------------------------------
 def arm_positions(arm: str, t_s: float) -> np.ndarray:
     """9 entries of an Interbotix JointState; arm joints encode the arm and time, gripper fixed values."""
-    base = {"follower_left": 0.0, "follower_right": 1.0, "leader_left": 2.0, "leader_right": 3.0}[arm]
+    base = {"follower_left": 0.0, "follower_right": -0.5, "leader_left": 0.1, "leader_right": -0.4}[arm]
     joints = base + 0.01 * np.arange(6) + t_s
     gripper_joint = 0.4 if arm.startswith("leader") else 1.0    # rad
     finger = 0.05 if arm.startswith("follower") else 0.03        # m
@@ -106,9 +106,9 @@ def test_interbotix_bag_converts(tmp_path, storage):
     tick_s = np.arange(26) * 0.04
     # Arm joints: follower (proprio) and leader (action) at the tick's 100 Hz message.
     np.testing.assert_allclose(ep.qpos[:, 0], 0.0 + tick_s, atol=1e-6)
-    np.testing.assert_allclose(ep.qpos[:, 7 + 5], 1.0 + 0.05 + tick_s, atol=1e-6)
-    np.testing.assert_allclose(ep.action[:, 0], 2.0 + tick_s, atol=1e-6)
-    np.testing.assert_allclose(ep.action[:, 7 + 1], 3.0 + 0.01 + tick_s, atol=1e-6)
+    np.testing.assert_allclose(ep.qpos[:, 7 + 5], -0.5 + 0.05 + tick_s, atol=1e-6)
+    np.testing.assert_allclose(ep.action[:, 0], 0.1 + tick_s, atol=1e-6)
+    np.testing.assert_allclose(ep.action[:, 7 + 1], -0.4 + 0.01 + tick_s, atol=1e-6)
     # Grippers, by hand with the ALOHA 2 constants: follower finger 0.05 m -> (0.05-0.0440)/(0.0579-0.0440);
     # leader gripper joint 0.4 rad -> (0.4+0.0552)/(0.8298+0.0552). Applied once, not twice.
     np.testing.assert_allclose(ep.qpos[:, [6, 13]], (0.05 - 0.0440) / (0.0579 - 0.0440), atol=1e-6)
@@ -147,7 +147,7 @@ def test_user_profile_path(tmp_path):
 # -- ALOHA HDF5 ------------------------------------------------------------------------------------
 def aloha_episode(T: int, H_: int = 24, W_: int = 32) -> Episode:
     t = np.arange(T, dtype=np.float32)[:, None]
-    qpos = t * 0.01 + np.arange(14, dtype=np.float32)[None]
+    qpos = t * 0.01 + 0.05 * np.arange(14, dtype=np.float32)[None]   # inside the robot's joint ranges
     images = {}
     for c, cam in enumerate(CAMERAS):
         frames = np.zeros((T, H_, W_, 3), np.uint8)
@@ -155,7 +155,7 @@ def aloha_episode(T: int, H_: int = 24, W_: int = 32) -> Episode:
         frames[..., 1] = 40 * (c + 1)
         frames[..., 2] = 128
         images[cam] = frames
-    return Episode(qpos=qpos, action=qpos + 0.5, images=images, fps=50.0, task="insert peg")
+    return Episode(qpos=qpos, action=qpos + 0.1, images=images, fps=50.0, task="insert peg")
 
 
 def write_plain_aloha_hdf5(path: Path, ep: Episode) -> None:
@@ -296,4 +296,5 @@ def test_stats_from_successful_demos_only(tmp_path):
     assert stats["proprio_std"][0] == pytest.approx(np.sqrt(1.25))
     assert stats["actions_mean"][13] == 4 and stats["actions_median"][13] == 4
     assert stats["actions_std"][13] == pytest.approx(np.sqrt(8.0))
-    assert stats["actions_min"][0] == 1 and stats["actions_std"][0] == 0
+    # A constant dimension gets a small range around its value (normalizes to 0, not a division by zero).
+    assert stats["actions_min"][0] == 1 - 1e-3 and stats["actions_max"][0] == 1 + 1e-3 and stats["actions_std"][0] == 0

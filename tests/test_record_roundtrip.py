@@ -26,11 +26,11 @@ def expected_image(cam_index: int, tick: int) -> np.ndarray:
 
 
 def expected_joints(tick: int) -> np.ndarray:
-    return 0.1 * np.arange(14) + 0.01 * tick
+    return 0.05 * np.arange(14) + 0.01 * tick      # inside the robot's joint ranges: conversion keeps it
 
 
 def expected_command(tick: int) -> np.ndarray:
-    return expected_joints(tick) + 0.5
+    return expected_joints(tick) + 0.1
 
 
 # -- the publisher process -------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_too_few_successes_is_an_error(tmp_path, monkeypatch, capsys):
 
 
 def test_bad_arguments(tmp_path, capsys):
-    assert main(["sim", "demos", "--episodes", "0", "--out", str(tmp_path)]) == 1
+    assert main(["sim", "demos", "--episodes", "0", "--out", str(tmp_path)]) == 2
     assert "--episodes must be positive" in capsys.readouterr().err
     assert main(["sim"]) == 2
     with pytest.raises(SystemExit):

@@ -11,11 +11,20 @@ import logging
 import pkgutil
 import sys
 
+EXIT_CODES = """exit codes:
+  0  success
+  1  a failure while running (hardware, a run that did not reach its goal, the disk); see the message
+  2  bad usage or bad input: an argument, or a checkpoint, config, statistics, bag or episode file that is
+     missing or malformed; the message names the file and what is wrong, and rerunning unchanged fails again
+  130  interrupted (Ctrl-C)"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cosmos-aloha",
         description="Cosmos Policy on the bimanual ALOHA: sim, data, training, export, bringup.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -42,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except CosmosAlohaError as exc:  # expected, user-facing failures: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # the disk or the OS refused (full, permissions): the message says which file
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

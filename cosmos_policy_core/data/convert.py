@@ -1,6 +1,7 @@
 """Conversion of bags and ALOHA HDF5 episodes into a 25 Hz training dataset (episodes + stats + tasks + report).
 
-Each bad episode raises a DataError that names its file; the dataset writer skips it and reports it.
+Each bad episode raises a DataError that names its file; the dataset writer (data.writer) skips and reports it
+and swaps the finished dataset into the output in one step.
 """
 from __future__ import annotations
 
@@ -15,27 +16,13 @@ import numpy as np
 from cosmos_policy_core.data import resample
 from cosmos_policy_core.data.bag_profile import BagProfile
 from cosmos_policy_core.data.bags import IMAGE_TYPE, STRING_TYPE, BagReader, deserialize, header_stamp_ns
-from cosmos_policy_core.data.episode import CAMERAS, STATE_DIM, Episode, read_episode_hdf5, write_episode_hdf5
-from cosmos_policy_core.data.report import ConversionReport, EpisodeRecord, SkippedRecord
-from cosmos_policy_core.data.stats import StatsAccumulator, write_stats
+from cosmos_policy_core.data.episode import CAMERAS, Episode, EpisodeFile
+from cosmos_policy_core.data.report import ConversionReport
+from cosmos_policy_core.data.writer import ConvertedEpisode, DatasetWriter
 from cosmos_policy_core.errors import ConfigError, DataError
 from cosmos_policy_core.robot.gripper import GripperConstants
 
 log = logging.getLogger(__name__)
-
-ALOHA_HDF5_FPS = 50.0   # ALOHA recorders write at DT = 0.02 s and store no rate attribute
-
-
-@dataclass
-class ConvertedEpisode:
-    episode: Episode
-    source: str
-    source_steps: int = 0
-    dropped_frames: int = 0
-    duplicated_frames: int = 0
-    max_skew_ms: float = 0.0
-    rates_hz: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
 
 
 # -- episode markers ----------------------------------------------------------------------------------
@@ -272,37 +259,14 @@ def _convert_segment(bag: BagReader, profile: BagProfile, segment: Segment, imag
 def episode_from_hdf5(path: str | Path, fps: float = 25.0, src_fps: float | None = None,
                       task: str | None = None) -> ConvertedEpisode:
     """An ALOHA HDF5 episode (raw or JPEG images, 50 Hz unless attrs['fps'] says otherwise) at `fps`."""
-    import h5py
-
     path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = dict(f.attrs)
-            lengths = {"action": _length(f, "action", path), "qpos": _length(f, "observations/qpos", path)}
-            group = f.get("observations/images")
-            if group is None:
-                raise DataError(f"{path}: missing group /observations/images")
-            missing = [c for c in CAMERAS if c not in group]
-            if missing:
-                raise DataError(f"{path}: missing cameras {missing} (has {sorted(group.keys())}); "
-                                f"the policy needs {list(CAMERAS)}")
-            lengths.update({f"images/{c}": int(group[c].shape[0]) for c in CAMERAS})
-            for key in ("action", "observations/qpos"):
-                if f[key].ndim != 2 or f[key].shape[1] != STATE_DIM:
-                    raise DataError(f"{path}: /{key} has shape {f[key].shape}, expected (T, {STATE_DIM})")
-    except OSError as exc:
-        raise DataError(f"{path}: not a readable HDF5 file, truncated or corrupt ({exc})") from exc
-    if len(set(lengths.values())) != 1:
-        raise DataError(f"{path}: action and frame counts differ: {lengths}")
-    steps = lengths["action"]
-    source_fps = float(src_fps) if src_fps is not None else float(attrs.get("fps", ALOHA_HDF5_FPS))
+    source = EpisodeFile(path, cameras=CAMERAS)
+    steps = len(source)
+    source_fps = float(src_fps) if src_fps is not None else source.fps
     keep = resample.subsample_indices(steps, source_fps, fps)
     if len(keep) < 2:
         raise DataError(f"{path}: {steps} steps at {source_fps:g} Hz is too short for a {fps:g} Hz episode")
-    try:
-        episode = read_episode_hdf5(path, cameras=CAMERAS, steps=slice(0, steps, int(keep[1] - keep[0])))
-    except OSError as exc:
-        raise DataError(f"{path}: reading failed, truncated or corrupt ({exc})") from exc
+    episode = source.read(cameras=CAMERAS, steps=slice(0, steps, int(keep[1] - keep[0])))
     episode.fps = fps
     if task:
         episode.task = task
@@ -310,58 +274,7 @@ def episode_from_hdf5(path: str | Path, fps: float = 25.0, src_fps: float | None
     return ConvertedEpisode(episode=episode.validate(str(path)), source=str(path), source_steps=steps)
 
 
-def _length(f, key: str, path: Path) -> int:
-    if key not in f:
-        raise DataError(f"{path}: missing dataset /{key}")
-    return int(f[key].shape[0])
-
-
 # -- dataset ------------------------------------------------------------------------------------------
-class DatasetWriter:
-    """Writes converted episodes as `episode_<i>.hdf5`, then stats.json, tasks.json and report.json."""
-
-    def __init__(self, out: str | Path, fps: float = 25.0, compress: bool = False, overwrite: bool = False):
-        self.out = Path(out)
-        existing = sorted(self.out.glob("episode_*.hdf5")) if self.out.exists() else []
-        if existing and not overwrite:
-            raise ConfigError(f"{self.out} already holds {len(existing)} episodes; choose a new --out or pass --overwrite")
-        for stale in existing:
-            stale.unlink()
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.compress = compress
-        self.report = ConversionReport(output=str(self.out), fps=fps)
-        self.stats = StatsAccumulator()
-        self.tasks: list[dict] = []
-
-    def add(self, item: ConvertedEpisode) -> None:
-        ep = item.episode
-        name = f"episode_{len(self.report.episodes)}.hdf5"
-        write_episode_hdf5(self.out / name, ep, compress=self.compress)
-        self.stats.add(ep.qpos, ep.action, ep.success)
-        self.tasks.append({"file": name, "task": ep.task, "success": bool(ep.success), "length": len(ep),
-                           "source": item.source})
-        self.report.episodes.append(EpisodeRecord(
-            file=name, source=item.source, task=ep.task, success=bool(ep.success), length=len(ep),
-            source_steps=item.source_steps, dropped_frames=item.dropped_frames,
-            duplicated_frames=item.duplicated_frames, max_skew_ms=round(item.max_skew_ms, 3),
-            rates_hz=item.rates_hz, warnings=list(item.warnings),
-        ))
-
-    def skip(self, source: str, error: Exception) -> None:
-        log.warning("skipped %s", error)
-        self.report.skipped.append(SkippedRecord(source=source, reason=str(error)))
-
-    def finish(self) -> ConversionReport:
-        if self.stats.episodes:
-            write_stats(self.out / "stats.json", self.stats.result())
-        else:
-            self.report.notes.append("no successful episode, so stats.json was not written")
-        unique = sorted({t["task"] for t in self.tasks})
-        (self.out / "tasks.json").write_text(json.dumps({"tasks": unique, "episodes": self.tasks}, indent=2))
-        self.report.save(self.out / "report.json")
-        return self.report
-
-
 def _progress(items, desc: str):
     from tqdm import tqdm
 
@@ -374,29 +287,33 @@ def convert_bags(bags: Iterable[str | Path], out: str | Path, profile: BagProfil
     """Bags -> 25 Hz ALOHA episodes in `out`, with stats.json, tasks.json and report.json."""
     profile = profile if isinstance(profile, BagProfile) else BagProfile.load(profile)
     constants = profile.gripper(gripper)
-    writer = DatasetWriter(out, fps=profile.fps, compress=compress, overwrite=overwrite)
-    for path in _progress(expand_bags(bags), "bags"):
-        try:
-            for item in episodes_from_bag(path, profile, constants, task=task, sim=sim):
-                if isinstance(item, DataError):
-                    writer.skip(str(path), item)
-                else:
-                    writer.add(item)
-        except DataError as exc:
-            writer.skip(str(path), exc)
-    return writer.finish()
+    bags = list(bags)
+    paths = expand_bags(bags)
+    with DatasetWriter(out, inputs=[*bags, *paths], fps=profile.fps, compress=compress, overwrite=overwrite) as writer:
+        for path in _progress(paths, "bags"):
+            try:
+                for item in episodes_from_bag(path, profile, constants, task=task, sim=sim):
+                    if isinstance(item, DataError):
+                        writer.skip(str(path), item)
+                    else:
+                        writer.add(item)
+            except DataError as exc:
+                writer.skip(str(path), exc)
+        return writer.commit()
 
 
 def convert_hdf5(inputs: Iterable[str | Path], out: str | Path, fps: float = 25.0, src_fps: float | None = None,
                  task: str | None = None, compress: bool = False, overwrite: bool = False) -> ConversionReport:
     """ALOHA HDF5 episodes (files or directories of episode_*.hdf5) -> `out` at `fps`."""
-    writer = DatasetWriter(out, fps=fps, compress=compress, overwrite=overwrite)
-    for path in _progress(expand_hdf5(inputs), "episodes"):
-        try:
-            writer.add(episode_from_hdf5(path, fps=fps, src_fps=src_fps, task=task))
-        except DataError as exc:
-            writer.skip(str(path), exc)
-    return writer.finish()
+    inputs = list(inputs)
+    paths = expand_hdf5(inputs)
+    with DatasetWriter(out, inputs=[*inputs, *paths], fps=fps, compress=compress, overwrite=overwrite) as writer:
+        for path in _progress(paths, "episodes"):
+            try:
+                writer.add(episode_from_hdf5(path, fps=fps, src_fps=src_fps, task=task))
+            except DataError as exc:
+                writer.skip(str(path), exc)
+        return writer.commit()
 
 
 def _natural_key(path: Path):
@@ -405,12 +322,19 @@ def _natural_key(path: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 
+def _existing(item: Path) -> Path:
+    if not item.exists():
+        raise ConfigError(f"input {item} does not exist")
+    return item
+
+
 def expand_bags(inputs: Iterable[str | Path]) -> list[Path]:
     """Bag directories (with metadata.yaml), single .mcap/.db3 files, or directories holding bags."""
     found = []
     for item in map(Path, inputs):
-        if item.is_dir() and not (item / "metadata.yaml").exists():
-            inner = [p for p in item.iterdir() if (p / "metadata.yaml").exists() or p.suffix in (".mcap", ".db3")]
+        if _existing(item).is_dir() and not (item / "metadata.yaml").exists():
+            inner = [p for p in item.iterdir() if not p.name.startswith(".")
+                     and ((p / "metadata.yaml").exists() or p.suffix in (".mcap", ".db3"))]
             if not inner:
                 raise ConfigError(f"{item} is neither a bag (no metadata.yaml) nor a directory of bags")
             found.extend(sorted(inner, key=_natural_key))
@@ -420,10 +344,14 @@ def expand_bags(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def expand_hdf5(inputs: Iterable[str | Path]) -> list[Path]:
+    """Episode files, or directories searched for *.hdf5 (hidden paths, such as a conversion's temporary
+    directory, left out), in natural order (episode_2 before episode_10)."""
     found = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            files = sorted(item.rglob("*.hdf5"), key=_natural_key)
+        if _existing(item).is_dir():
+            files = sorted((p for p in item.rglob("*.hdf5")
+                            if not any(part.startswith(".") for part in p.relative_to(item).parts)),
+                           key=_natural_key)
             if not files:
                 raise ConfigError(f"{item} holds no .hdf5 files")
             found.extend(files)

@@ -1,4 +1,4 @@
-"""The episode type and the ALOHA HDF5 layout (the one documented dataset format of the project).
+"""The episode type, the ALOHA HDF5 layout (the one documented dataset format of the project) and its one reader.
 
 File layout (`episode_<i>.hdf5`), as written by ALOHA's recorders:
     /observations/qpos            (T, 14) float32   proprio, policy layout, grippers normalised
@@ -7,18 +7,31 @@ File layout (`episode_<i>.hdf5`), as written by ALOHA's recorders:
     /compress_len                 (num_cams, T)     JPEG byte lengths, cameras in sorted order
     /action                       (T, 14) float32
     attrs: sim (bool), compress (bool), fps (float), task_description (str), success (bool)
+Files without `fps` are ALOHA recordings at 50 Hz; without `success` they count as successful demonstrations.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cosmos_policy_core.errors import DataError
+from cosmos_policy_core.robot.aloha import (  # noqa: F401 (CAMERAS, STATE_DIM: the episode format's names)
+    CAMERAS, GRIPPER_INDICES, JOINT_NAMES, STATE_DIM, joint_lower_limits, joint_upper_limits,
+)
 
-CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
-STATE_DIM = 14
+log = logging.getLogger(__name__)
+
+ALOHA_HDF5_FPS = 50.0   # ALOHA recorders write at DT = 0.02 s and store no rate attribute
+
+# How far past the robot's joint limits a recorded value may lie. Further out it is not a recording of the
+# robot (other units, a corrupt file, an uncalibrated gripper) and the episode is skipped instead of learned.
+# The margins leave room for arms resting in their cradle (shoulder -2.05 rad, past the -1.85 rad limit),
+# leader arms that reach a little further than the followers, and grippers squeezed past their ends.
+ARM_MARGIN_RAD = 0.3
+GRIPPER_MARGIN = 0.4
 
 
 @dataclass
@@ -103,65 +116,198 @@ def write_episode_hdf5(path: str | Path, episode: Episode, compress: bool = Fals
     return path
 
 
+def joint_bounds() -> tuple[np.ndarray, np.ndarray]:
+    """(14,) lowest and highest believable joint values of a recording (policy layout): the robot's joint
+    limits widened by ARM_MARGIN_RAD (arms) and GRIPPER_MARGIN (normalised grippers)."""
+    margin = np.full(STATE_DIM, ARM_MARGIN_RAD)
+    margin[list(GRIPPER_INDICES)] = GRIPPER_MARGIN
+    return np.asarray(joint_lower_limits()) - margin, np.asarray(joint_upper_limits()) + margin
+
+
+def check_joint_ranges(qpos_T_D: np.ndarray, action_T_D: np.ndarray, source: str) -> None:
+    """Raise DataError naming `source`, the joint and the value when a step lies outside `joint_bounds()`."""
+    lower, upper = joint_bounds()
+    for what, values in (("qpos", qpos_T_D), ("action", action_T_D)):
+        outside = (values < lower) | (values > upper)
+        if outside.any():
+            t, d = (int(i) for i in np.argwhere(outside)[0])
+            count = int(outside.any(axis=1).sum())
+            raise DataError(
+                f"{source}: {what} {JOINT_NAMES[d]} is {float(values[t, d]):.6g} at step {t} (and {count - 1} more "
+                f"steps are outside), beyond the robot's range [{lower[d]:.3g}, {upper[d]:.3g}]; joint values must be "
+                "in radians with grippers normalised to 0 (closed) .. 1 (open)")
+
+
+class EpisodeFile:
+    """An ALOHA HDF5 episode opened for reading: joints and attributes at once, camera frames on demand.
+
+    Opening checks the layout (qpos and action (T, 14) and finite, every camera T frames, JPEG lengths) and
+    raises DataError naming the file, so a dataset never sits decoded in RAM and a bad file fails early.
+    """
+
+    def __init__(self, path: str | Path, cameras: tuple[str, ...] | None = None):
+        import h5py
+
+        self.path = Path(path)
+        self.name = self.path.stem
+        try:
+            with h5py.File(self.path, "r") as f:
+                self._read_header(f, cameras)
+        except OSError as exc:
+            raise DataError(f"{self.path}: not a readable HDF5 file, truncated or corrupt ({exc})") from exc
+        self._file = None
+
+    def _read_header(self, f, cameras) -> None:
+        for key in ("observations/qpos", "action"):
+            if key not in f:
+                raise DataError(f"{self.path}: missing dataset /{key}; not an ALOHA episode")
+            if f[key].ndim != 2 or f[key].shape[1] != STATE_DIM:
+                raise DataError(f"{self.path}: /{key} has shape {f[key].shape}, expected (T, {STATE_DIM})")
+        self.qpos = np.asarray(f["observations/qpos"][()], np.float32)
+        self.action = np.asarray(f["action"][()], np.float32)
+        steps = len(self.qpos)
+        group = f.get("observations/images")
+        if group is None:
+            raise DataError(f"{self.path}: missing group /observations/images")
+        self.cameras = tuple(sorted(group.keys()))
+        missing = [c for c in (cameras or ()) if c not in group]
+        if missing:
+            raise DataError(f"{self.path}: missing cameras {missing} (has {list(self.cameras)}); "
+                            f"the policy needs {list(CAMERAS)}")
+        lengths = {"action": len(self.action), "qpos": steps}
+        lengths.update({f"images/{c}": int(group[c].shape[0]) for c in self.cameras})
+        if len(set(lengths.values())) != 1:
+            raise DataError(f"{self.path}: action and frame counts differ: {lengths}")
+        self._jpeg = {c: group[c].ndim == 2 for c in self.cameras}
+        for cam in self.cameras:
+            if group[cam].ndim not in (2, 4) or (group[cam].ndim == 4 and group[cam].shape[3] != 3):
+                raise DataError(f"{self.path}: camera {cam} has shape {group[cam].shape}, expected (T, H, W, 3) "
+                                "frames or (T, N) JPEG bytes")
+        self._jpeg_lengths = f["compress_len"][()] if "compress_len" in f else None
+        if any(self._jpeg.values()):
+            if self._jpeg_lengths is None:
+                raise DataError(f"{self.path}: cameras are JPEG-encoded but /compress_len is missing")
+            if self._jpeg_lengths.shape != (len(self.cameras), steps):
+                raise DataError(f"{self.path}: /compress_len has shape {self._jpeg_lengths.shape}, expected "
+                                f"({len(self.cameras)}, {steps}): one row per camera in sorted order")
+        if not (np.isfinite(self.qpos).all() and np.isfinite(self.action).all()):
+            raise DataError(f"{self.path}: qpos/action contain NaN or Inf")
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        self.fps = float(attrs.pop("fps", ALOHA_HDF5_FPS))
+        self.task = str(attrs.pop("task_description", ""))
+        self.success = bool(attrs.pop("success", True))
+        self.sim = bool(attrs.pop("sim", False))
+        attrs.pop("compress", None)
+        self.attrs = attrs
+        self._optional = {k: np.asarray(f[f"observations/{k}"][()], np.float32)
+                          for k in ("qvel", "effort") if f"observations/{k}" in f}
+
+    def __len__(self) -> int:
+        return int(self.qpos.shape[0])
+
+    def __getstate__(self):
+        # h5py handles do not survive pickling (DataLoader workers, torchrun spawn): reopen lazily.
+        state = dict(self.__dict__)
+        state["_file"] = None
+        return state
+
+    def _images(self, camera: str):
+        import h5py
+
+        if camera not in self.cameras:
+            raise DataError(f"{self.path}: no camera {camera!r} (has {list(self.cameras)})")
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        return self._file[f"observations/images/{camera}"]
+
+    def frame(self, camera: str, step: int) -> np.ndarray:
+        """(H, W, 3) uint8 RGB frame of `camera` at `step`."""
+        data = self._images(camera)
+        try:
+            if not self._jpeg[camera]:
+                return data[step]
+            return self._decode(camera, step, data[step])
+        except OSError as exc:
+            raise DataError(f"{self.path}: camera {camera} frame {step} cannot be read ({exc})") from exc
+
+    def _decode(self, camera: str, step: int, row: np.ndarray) -> np.ndarray:
+        import cv2
+
+        n = int(self._jpeg_lengths[self.cameras.index(camera), step])
+        img = cv2.imdecode(np.asarray(row[:n] if n else row), cv2.IMREAD_COLOR)
+        if img is None:
+            raise DataError(f"{self.path}: camera {camera} frame {step} is not a decodable JPEG")
+        return img[..., ::-1]
+
+    def frames(self, camera: str, steps: slice | None = None) -> np.ndarray:
+        """(T', H, W, 3) uint8 RGB frames of `camera` at `steps` (all by default)."""
+        sel = slice(None) if steps is None else steps
+        data = self._images(camera)
+        try:
+            if not self._jpeg[camera]:
+                return np.asarray(data[sel])
+            indices = range(len(self))[sel]
+            return np.stack([self._decode(camera, t, data[t]) for t in indices])
+        except OSError as exc:
+            raise DataError(f"{self.path}: camera {camera} frames cannot be read, truncated or corrupt "
+                            f"({exc})") from exc
+
+    def read(self, cameras: tuple[str, ...] | None = None, steps: slice | None = None) -> Episode:
+        """The whole episode (or `steps` of it, e.g. `slice(0, T, 2)` for 50 -> 25 Hz) decoded in RAM."""
+        sel = slice(None) if steps is None else steps
+        cams = self.cameras if cameras is None else tuple(cameras)
+        try:
+            episode = Episode(
+                qpos=self.qpos[sel], action=self.action[sel], images={c: self.frames(c, sel) for c in cams},
+                fps=self.fps, task=self.task, success=self.success, sim=self.sim,
+                qvel=self._optional["qvel"][sel] if "qvel" in self._optional else None,
+                effort=self._optional["effort"][sel] if "effort" in self._optional else None,
+                attrs=dict(self.attrs),
+            )
+        finally:
+            self.close()
+        return episode.validate(str(self.path))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 def read_episode_hdf5(path: str | Path, cameras: tuple[str, ...] | None = None,
                       steps: slice | None = None) -> Episode:
-    """Read an ALOHA episode (raw or JPEG images). Raises DataError naming the file on any problem.
+    """Read an ALOHA episode (raw or JPEG images) whole. Raises DataError naming the file on any problem.
 
     `steps` reads only those time steps (e.g. `slice(None, None, 2)` for 50 -> 25 Hz) so long episodes are
     never decoded whole.
     """
-    import cv2
-    import h5py
+    return EpisodeFile(path, cameras).read(cameras, steps)
 
+
+def episode_paths(path: str | Path) -> list[Path]:
+    """The episode files of a dataset directory: every `*.hdf5` below it, sorted by path, without hidden
+    paths (a conversion's temporary directory beside its output)."""
     path = Path(path)
-    sel = slice(None) if steps is None else steps
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    with f:
-        try:
-            qpos = f["observations/qpos"][sel]
-            action = f["action"][sel]
-            group = f["observations/images"]
-        except KeyError as exc:
-            raise DataError(f"{path}: missing dataset {exc}") from exc
-        qvel = f["observations/qvel"][sel] if "observations/qvel" in f else None
-        effort = f["observations/effort"][sel] if "observations/effort" in f else None
-        cams = tuple(cameras) if cameras is not None else tuple(sorted(group.keys()))
-        missing = [c for c in cams if c not in group]
-        if missing:
-            raise DataError(f"{path}: missing cameras {missing} (has {sorted(group.keys())})")
-        lengths = f["compress_len"][()] if "compress_len" in f else None
-        all_cams = sorted(group.keys())
-        images = {}
-        for cam in cams:
-            data = group[cam]
-            if data.ndim == 4:
-                images[cam] = data[sel]
-                continue
-            if lengths is None:
-                raise DataError(f"{path}: camera {cam} is JPEG-encoded but /compress_len is missing")
-            row = lengths[all_cams.index(cam)]
-            frames = []
-            for t in range(data.shape[0])[sel]:
-                buf = data[t, : int(row[t])] if row[t] else data[t]
-                frame = cv2.imdecode(np.asarray(buf), cv2.IMREAD_COLOR)
-                if frame is None:
-                    raise DataError(f"{path}: camera {cam} frame {t} is not a decodable JPEG")
-                frames.append(frame[..., ::-1])
-            images[cam] = np.stack(frames)
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    episode = Episode(
-        qpos=np.asarray(qpos, np.float32),
-        action=np.asarray(action, np.float32),
-        images=images,
-        fps=float(attrs.pop("fps", 50.0)),
-        task=str(attrs.pop("task_description", "")),
-        success=bool(attrs.pop("success", True)),
-        sim=bool(attrs.pop("sim", False)),
-        qvel=None if qvel is None else np.asarray(qvel, np.float32),
-        effort=None if effort is None else np.asarray(effort, np.float32),
-        attrs=attrs,
-    )
-    return episode.validate(str(path))
+    return sorted(p for p in path.rglob("*.hdf5")
+                  if not any(part.startswith(".") for part in p.relative_to(path).parts))
+
+
+def load_episode_dir(path: str | Path) -> list[EpisodeFile]:
+    """Every episode of a dataset directory (see `episode_paths`), opened for on-demand frame reads."""
+    path = Path(path)
+    if path.is_file():
+        raise DataError(f"{path} is a file; pass the dataset directory that holds the episode_*.hdf5 files")
+    if not path.is_dir():
+        raise DataError(f"dataset directory {path} does not exist")
+    files = episode_paths(path)
+    if not files:
+        raise DataError(f"{path} holds no *.hdf5 episodes; generate demos with `cosmos-aloha sim demos` "
+                        "or convert bags with `cosmos-aloha dataset`")
+    episodes = []
+    for p in files:
+        ep = EpisodeFile(p)
+        if len(ep) == 0:
+            log.warning("skipping empty episode %s", p)
+            continue
+        episodes.append(ep)
+    return episodes

@@ -39,11 +39,13 @@ class ConversionReport:
     episodes: list[EpisodeRecord] = field(default_factory=list)
     skipped: list[SkippedRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    committed: bool = False         # the dataset was swapped into `output` (False: `output` left as it was)
 
     def to_dict(self) -> dict:
         lengths = [e.length for e in self.episodes]
         return {
             "output": self.output,
+            "committed": self.committed,
             "fps": self.fps,
             "episode_count": len(self.episodes),
             "successful_episodes": sum(e.success for e in self.episodes),
@@ -67,8 +69,9 @@ class ConversionReport:
 
     def summary(self) -> str:
         d = self.to_dict()
+        where = f"to {self.output}" if self.committed else f"(nothing written; {self.output} left as it was)"
         lines = [
-            f"converted {d['episode_count']} episodes ({d['successful_episodes']} successful) to {self.output} "
+            f"converted {d['episode_count']} episodes ({d['successful_episodes']} successful) {where} "
             f"at {self.fps:g} Hz, {d['skipped_count']} skipped",
             f"lengths: min {d['length_min']}, max {d['length_max']}, mean {d['length_mean']:.1f} "
             f"(total {d['total_steps']} steps)",
