@@ -185,33 +185,6 @@ def test_tiny_forward_shape_and_finite(tiny):
 
 
 @torch.no_grad()
-def test_abs_pos_emb_is_opt_in_starts_as_the_same_function_and_tells_positions_apart(tiny):
-    data = ModelConfig.tiny().to_dict()
-    del data["abs_pos_emb"]  # a config.json written before the option existed
-    assert ModelConfig.from_dict(data).abs_pos_emb is False
-    assert not any("abs_pos_emb" in k for k in tiny.state_dict())
-    model = CosmosDiT(dataclasses.replace(tiny.config, abs_pos_emb=True)).eval()
-    missing = model.load_state_dict(tiny.state_dict(), strict=False).missing_keys
-    assert sorted(missing) == ["abs_pos_emb_h", "abs_pos_emb_t", "abs_pos_emb_w"]
-    x, t, ctx, mask = _inputs(tiny.config)
-    torch.testing.assert_close(model(x, t, ctx, mask), tiny(x, t, ctx, mask))  # zero tables: no change
-
-    # Every token the same (content, timestep, mask): attention values carry no position under RoPE, so
-    # every token's output is the same; with the tables the tokens differ by where they are.
-    uniform = torch.randn(B, 16, 1, 1, 1).expand(B, 16, T, H, W).contiguous()
-    t_all, no_mask = torch.full((B,), 0.5), torch.zeros(B, 1, T, H, W)
-
-    def token_spread(net):
-        out = net(uniform, t_all, ctx, no_mask)[:, :, :, 0::2, 0::2]  # one latent pixel per token
-        return float((out - out[:, :, :1, :1, :1]).abs().max())
-
-    assert token_spread(tiny) < 1e-4
-    for table in (model.abs_pos_emb_t, model.abs_pos_emb_h, model.abs_pos_emb_w):
-        table.normal_(0, 0.5)
-    assert token_spread(model) > 1e-2
-
-
-@torch.no_grad()
 def test_per_frame_timesteps(tiny):
     x, t, ctx, mask = _inputs(tiny.config)
     out = tiny(x, t, ctx, mask)

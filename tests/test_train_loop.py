@@ -89,16 +89,6 @@ def test_init_from_reference_pt_really_loads(tmp_path):
         Trainer(cfg, None, tmp_path / "run2", demos=demos(2), init=bad, progress=False)
 
 
-def test_init_adds_absolute_position_tables_at_zero(tmp_path):
-    plain = Trainer(fast_config(max_steps=1), None, tmp_path / "plain", demos=demos(2), progress=False).run()
-    cfg = fast_config()
-    cfg = replace(cfg, model=replace(cfg.model, abs_pos_emb=True))
-    trainer = Trainer(cfg, None, tmp_path / "pos", demos=demos(2), init=plain.final_checkpoint, progress=False)
-    assert sorted(trainer.init_report["new_tensors"]) == ["abs_pos_emb_h", "abs_pos_emb_t", "abs_pos_emb_w"]
-    assert all(not trainer.net.state_dict()[k].any() for k in trainer.init_report["new_tensors"])
-    assert trainer.init_report["tensors_loaded"] == len(load_checkpoint_dir(plain.final_checkpoint).model_state)
-
-
 def _write_dataset(root: Path, n: int = 3) -> Path:
     for i in range(n):
         write_episode_hdf5(root / f"episode_{i}.hdf5", episode(i))

@@ -266,22 +266,17 @@ def test_train_vae_cli_with_object_scenes_renders_them_and_reports_their_recall(
     assert isinstance(recall["cam_high"], float)  # the cube moves between the 16 held-out resets in the top view
 
 
-def test_the_committed_object_scene_vae_gives_the_cube_back_where_the_demo_one_does_not():
-    """models/vae64_transfer_cube_objects, the shipped policy's VAE (docs/training.md), against models/vae64_demos,
-    the previous policy's: top-camera object recall on fresh reset scenes."""
+def test_the_shipped_checkpoints_vae_gives_the_cube_back_on_fresh_reset_scenes():
+    """The shipped policy's VAE was trained with reset scenes (`train-vae --object-scenes`, docs/training.md):
+    its top-camera object recall on sim resets it never saw stays high (a VAE trained on demos alone: ~0)."""
     from pathlib import Path
 
     from cosmos_policy_core.layout import LatentLayout
     from cosmos_policy_core.train.vae import ObjectScenes
 
-    models = Path(__file__).resolve().parents[1] / "models"
-    objects_vae = load_vae(models / "vae64_transfer_cube_objects")
-    shipped = load_vae(models / "aloha_sim_transfer_cube_small").state_dict()
-    assert all(torch.equal(v, shipped[k]) for k, v in objects_vae.state_dict().items())
+    shipped = load_vae(Path(__file__).resolve().parents[1] / "models" / "aloha_sim_transfer_cube_small")
     cameras = LatentLayout.aloha().camera_sources
     scenes = ObjectScenes.render("transfer_cube", 16, 3000, cameras, 64)
-    top = cameras.index("cam_high")
     with torch.no_grad():
-        demo = scenes.recall(load_vae(models / "vae64_demos"), top)
-        objects = scenes.recall(objects_vae, top)
-    assert demo < 0.1 and objects > 0.4, (demo, objects)
+        recall = scenes.recall(shipped, cameras.index("cam_high"))
+    assert recall > 0.4, recall

@@ -11,9 +11,6 @@ from typing import Any, Mapping
 from cosmos_policy_core.errors import ConfigError
 
 
-OPTIONAL_KEYS = ("abs_pos_emb",)   # added later: configs written before it mean False
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """The DiT's shape. Field names follow the reference `MiniTrainDIT` arguments.
@@ -41,11 +38,6 @@ class ModelConfig:
     rope_w_extrapolation_ratio: float = 3.0
     rope_t_extrapolation_ratio: float = 1.0
     timestep_scale: float = 1.0
-    # Not in the reference (its configs have `extra_per_block_abs_pos_emb=False`): learnable absolute
-    # t/h/w embeddings added to the patch tokens, zero-initialised. With RoPE alone, attention values
-    # carry no position; the tables were meant to help a small DiT trained from scratch turn *where* an
-    # object is into joint angles, but did not in the sim sweep (docs/training.md). Kept opt-in.
-    abs_pos_emb: bool = False
 
     @classmethod
     def cosmos_predict2_2b(cls) -> "ModelConfig":
@@ -130,7 +122,7 @@ class ModelConfig:
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise ConfigError(f"model config has unknown keys {unknown}; known keys: {names}")
-        missing = [n for n in names if n not in data and n not in OPTIONAL_KEYS]
+        missing = [n for n in names if n not in data]
         if missing:
             raise ConfigError(f"model config lacks keys {missing}; write it with ModelConfig.to_dict()")
         return cls(**dict(data))

@@ -246,10 +246,6 @@ class CosmosDiT(nn.Module):
         self.t_embedder = nn.Sequential(nn.Identity(), TimestepEmbedding(D))
         self.t_embedding_norm = RMSNorm(D)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_blocks))
-        if config.abs_pos_emb:
-            self.abs_pos_emb_t = nn.Parameter(torch.zeros(config.max_frames // config.patch_temporal, D))
-            self.abs_pos_emb_h = nn.Parameter(torch.zeros(config.max_img_h // config.patch_spatial, D))
-            self.abs_pos_emb_w = nn.Parameter(torch.zeros(config.max_img_w // config.patch_spatial, D))
         self.final_layer = FinalLayer(config)
         # (T, H, W, device) -> (cos, signed sin); a cache, not state: it never enters the state dict
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -270,9 +266,6 @@ class CosmosDiT(nn.Module):
                           block.adaln_modulation_mlp):
                 nn.init.zeros_(adaln[2].weight)
         nn.init.zeros_(self.final_layer.adaln_modulation[2].weight)
-        if self.config.abs_pos_emb:
-            for table in (self.abs_pos_emb_t, self.abs_pos_emb_h, self.abs_pos_emb_w):
-                nn.init.zeros_(table)
         self._rope_cache.clear()
 
     # -- RoPE tables, cached per token grid ----------------------------------------------------
@@ -339,10 +332,6 @@ class CosmosDiT(nn.Module):
             channels.append(pad_B_1_H_W[:, :, None].expand(B, 1, T, H, W))
         x_B_T_Hp_Wp_D = self.x_embedder(torch.cat(channels, dim=1))
         _, Tp, Hp, Wp, D = x_B_T_Hp_Wp_D.shape
-        if c.abs_pos_emb:
-            x_B_T_Hp_Wp_D = (x_B_T_Hp_Wp_D + self.abs_pos_emb_t[:Tp, None, None].to(dtype)
-                             + self.abs_pos_emb_h[None, :Hp, None].to(dtype)
-                             + self.abs_pos_emb_w[None, None, :Wp].to(dtype))
         x_B_T_N_D = x_B_T_Hp_Wp_D.reshape(B, Tp, Hp * Wp, D)
 
         # 2. timestep: per latent frame; (B,) is one timestep for all frames

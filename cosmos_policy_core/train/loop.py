@@ -363,12 +363,9 @@ class Trainer:
         else:
             # The reference silently skips a .pt load_path (its §0.8 defect); here it must load or fail.
             state = read_reference_state_dict(init, use_ema=False)
-        # A model that adds absolute position embeddings starts them at zero (the same function as before).
-        new = [k for k in net.state_dict() if k.startswith("abs_pos_emb_") and k not in state]
-        load_into(net, {**state, **{k: net.state_dict()[k] for k in new}}, source=str(init))
-        log.info("initialised the DiT from %s: %d tensors loaded%s", init, len(state),
-                 f", {len(new)} new position-embedding tables at zero" if new else "")
-        return {"source": str(init), "tensors_loaded": len(state), "new_tensors": new}
+        load_into(net, state, source=str(init))
+        log.info("initialised the DiT from %s: %d tensors loaded", init, len(state))
+        return {"source": str(init), "tensors_loaded": len(state)}
 
     def _wrap(self, net: torch.nn.Module) -> torch.nn.Module:
         if not self.ctx.distributed:
