@@ -44,8 +44,8 @@ class TriggerConfig:
     "latency": at the measured latency (observation stamp -> chunk published, in steps, rounded up) plus
     `margin_steps` left, so each chunk plays almost to its end, as in the reference's deployment (all 50
     actions, then a blocking query) but without the robot waiting. Until a latency has been measured,
-    `trigger_remaining_steps` applies. Small checkpoints re-queried mid-chunk do much worse in sim
-    (docs/training.md, "When to ask for the next chunk").
+    `trigger_remaining_steps` applies. A policy deployed in whole chunks and re-queried mid-chunk does much
+    worse in sim (benchmarks/RESULTS.md, "when the next chunk is asked for").
     """
 
     trigger_remaining_steps: int = 25

@@ -53,8 +53,7 @@ class TrainConfig:
     latent_cache: str | None = None      # None, "memory" or a directory; only without augmentation
     # Loss weight of the action latent frame (1 = the reference). The action chunk is one of the 11
     # latent frames, so a small model can lower its loss by predicting the images and ignore where
-    # the object is; > 1 makes the policy samples pay for that (docs/training.md: the GPU sweep behind
-    # the shipped sim policy).
+    # the object is; > 1 makes the policy samples pay for that (the shipped sim policy used 3, then 10).
     action_loss_weight: float = 1.0
     seed: int = 0
 
