@@ -14,7 +14,8 @@ def _eval(args) -> int:
     cfg = EvalConfig(task=args.task, episodes=args.episodes, seed=args.seed, num_steps=args.steps,
                      execution=args.execution, execute_steps=args.execute_steps, latency_steps=args.latency_steps,
                      ensemble_decay=args.ensemble_decay, max_steps=args.max_steps,
-                     planner_candidates=args.planner_candidates, hold_steps=args.hold_steps)
+                     planner_candidates=args.planner_candidates, hold_steps=args.hold_steps,
+                     jpeg_quality=args.jpeg_quality)
     report = evaluate_checkpoint(args.checkpoint, cfg, gif_path=args.video, progress=not args.no_progress,
                                  workers=args.workers)
     lo, hi = report.ci95
@@ -70,6 +71,10 @@ def add_eval_parser(sim_commands) -> None:
     parser.add_argument("--hold-steps", type=int, default=0,
                         help="also count a stricter success: the maximum reward held this many consecutive control "
                              "steps (episodes then run on past their first success)")
+    parser.add_argument("--jpeg-quality", type=int, metavar="Q",
+                        help="JPEG-encode and decode every camera frame at quality Q (1-100) before the policy "
+                             "sees it, as a policy on another host receives <camera>/image_raw/compressed; "
+                             "compare with the same --seed without it")
     parser.add_argument("--json", help="write the report (episodes, successes, success_rate, ci95, max rewards; "
                                         "held_* with --hold-steps)")
     parser.add_argument("--video", help="GIF of episode 0 with the predicted future frames")

@@ -16,6 +16,7 @@ from cosmos_policy_core.checkpoint import ENSEMBLE_QUERY_STEPS, EXECUTION_MODES,
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.runtime.execution import ChunkExecutor, ExecutorConfig, TimedChunk
+from cosmos_policy_core.runtime.jpeg import check_quality, jpeg_round_trip
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,17 @@ class EvalConfig:
     # first success, until the hold or their end; the success count is unchanged (the rollout up to the
     # first success is the same).
     hold_steps: int = 0
+    # 1..100: every camera frame passes a JPEG encode + decode at this quality before the policy sees it, as
+    # a remote policy receives <camera>/image_raw/compressed (at the render size). None: raw frames.
+    jpeg_quality: int | None = None
 
     def __post_init__(self) -> None:
         if self.episodes <= 0:
             raise ConfigError(f"episodes must be positive, got {self.episodes}")
         if self.hold_steps < 0:
             raise ConfigError(f"hold_steps must be >= 0, got {self.hold_steps}")
+        if self.jpeg_quality is not None:
+            check_quality(self.jpeg_quality)
         if self.execution is not None and self.execution not in EXECUTION_MODES:
             raise ConfigError(f"execution must be one of {EXECUTION_MODES}, got {self.execution!r}")
         if self.execute_steps is not None and not 1 <= self.execute_steps <= 50:
@@ -208,7 +214,9 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
         now_ns = step * STEP_NS
         executor.observe(obs["qpos"], now_ns)
         if step % cfg.execute_steps == 0:
-            observation = Observation(images=obs["images"], proprio=obs["qpos"], task=task.description,
+            images = obs["images"] if cfg.jpeg_quality is None else {
+                cam: jpeg_round_trip(image, cfg.jpeg_quality) for cam, image in obs["images"].items()}
+            observation = Observation(images=images, proprio=obs["qpos"], task=task.description,
                                       timestamp=now_ns / 1e9)
             policy_seed = seed * 1000 + queries
             if planner is not None:
