@@ -68,6 +68,9 @@ def register(subparsers) -> None:
                     help="video codec: h264 (default, encodes fast, decodes everywhere) or av1 (LeRobot's default)")
     tl.add_argument("--crf", type=int, default=None,
                     help="video quality, lower is closer to the original (default: 18 for h264, LeRobot's 30 for av1)")
+    tl.add_argument("--pix-fmt", choices=("yuv420p", "yuv444p"), default="yuv420p",
+                    help="yuv420p (default, what LeRobot records) or yuv444p (h264 only: full-resolution colour, "
+                         "closer to the original on small images)")
     tl.add_argument("--overwrite", action="store_true",
                     help="replace the LeRobot dataset already in --out, once the new one is complete")
     tl.set_defaults(func=_to_lerobot)
@@ -116,8 +119,8 @@ def _to_lerobot(args) -> int:
     from cosmos_policy_core.data.lerobot_export import export_lerobot
     from cosmos_policy_core.data.mp4 import VideoSettings
 
-    report = export_lerobot(args.dataset, args.out, video=VideoSettings(codec=args.codec, crf=args.crf),
-                            overwrite=args.overwrite)
+    video = VideoSettings(codec=args.codec, crf=args.crf, pix_fmt=args.pix_fmt)
+    report = export_lerobot(args.dataset, args.out, video=video, overwrite=args.overwrite)
     print(report.summary())
     return 0
 

@@ -34,7 +34,8 @@ def _train(args) -> int:
     out = Path(args.out)
     if not args.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-    trainer = Trainer(config, args.data, out, rollouts_dir=args.rollouts, init=args.init, vae=args.vae,
+    data = _training_data(args.data, ctx)
+    trainer = Trainer(config, data, out, rollouts_dir=args.rollouts, init=args.init, vae=args.vae,
                       text_embeddings=args.text_embeddings, resume=args.resume, progress=not args.no_progress,
                       ctx=ctx)
     if trainer.init_report["source"] and ctx.is_main:
@@ -50,6 +51,23 @@ def _train(args) -> int:
 
         dist.destroy_process_group()
     return 0
+
+
+def _training_data(data: str, ctx) -> str:
+    """A LeRobot dataset directory trains from its 25 Hz episodes, converted once into a cache (rank 0 converts,
+    the other ranks wait); any other directory is used as it is."""
+    from cosmos_policy_core.data.lerobot import cached_episodes, is_lerobot_dataset
+
+    if not is_lerobot_dataset(data):
+        return data
+    if ctx.is_main:
+        cache = cached_episodes(data)
+        print(f"training on {cache}: the LeRobot dataset {data} as 25 Hz episodes")
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return str(cache if ctx.is_main else cached_episodes(data, convert=False))
 
 
 def _train_vae(args) -> int:
@@ -84,7 +102,9 @@ def register(subparsers) -> None:
         description="Single-stage Cosmos Policy training: 50% policy / 25% world-model / 25% value samples "
                     "(demos as success rollouts), the reference's loss, optimizer and two-cycle LR schedule.",
     )
-    p.add_argument("--data", required=True, help="directory of ALOHA HDF5 demo episodes (+ optional stats.json)")
+    p.add_argument("--data", required=True,
+                   help="directory of ALOHA HDF5 demo episodes (+ optional stats.json), or a LeRobot dataset "
+                        "directory (converted once into a cache, see docs/recording.md)")
     p.add_argument("--config", required=True, help="preset tiny | small | 2b, or a JSON file (TrainConfig.to_dict)")
     p.add_argument("--out", default="runs/train", help="run directory (checkpoints, metrics, loss.png, model/)")
     p.add_argument("--steps", type=int, help="total optimizer steps (overrides the config)")
