@@ -1,4 +1,4 @@
-"""The shared graph description, the launch file, config files and `cosmos-aloha bringup` process handling."""
+"""The shared graph description, the launch file, generated config files and `cosmos-aloha bringup` process handling."""
 from __future__ import annotations
 
 import ast
@@ -13,21 +13,31 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cosmos_aloha import graph
+from cosmos_aloha import graph, topics
+from cosmos_aloha.supervision import RestartBackoff
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "ros2_ws" / "src" / "cosmos_aloha"
 CLI = "import sys; from cosmos_policy_core.cli import main; sys.exit(main())"
 HAS_LAUNCH = importlib.util.find_spec("launch") is not None and importlib.util.find_spec("launch_ros") is not None
+MANAGER = graph.MANAGER
 
 
 def every_module(_module: str) -> bool:
     return True
 
 
+@pytest.fixture
+def ckpt(tmp_path) -> str:
+    """A checkpoint path that exists (the plan checks it); no deploy section: whole chunks."""
+    path = tmp_path / "ckpt"
+    path.mkdir()
+    return str(path)
+
+
 def test_graph_module_imports_neither_rclpy_nor_launch():
-    code = "import sys, cosmos_aloha.graph, cosmos_policy_core.cli.bringup; " \
-           "print(sorted(m for m in ('rclpy', 'launch', 'launch_ros') if m in sys.modules))"
+    code = "import sys, cosmos_aloha.graph, cosmos_aloha.topics, cosmos_policy_core.cli.bringup; " \
+           "print(sorted(m for m in ('rclpy', 'launch', 'launch_ros', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -35,45 +45,95 @@ def test_graph_module_imports_neither_rclpy_nor_launch():
 @pytest.mark.parametrize(
     "args, expected",
     [
-        ({}, ["aloha_sim", "replay_chunks", "executor"]),
-        ({"checkpoint": "/ckpt"}, ["aloha_sim", "policy", "executor"]),
-        ({"checkpoint": "/ckpt", "planner": "true"}, ["aloha_sim", "policy", "planner", "executor"]),
-        ({"planner": "true"}, ["aloha_sim", "replay_chunks", "executor"]),  # planner needs a checkpoint
-        ({"sim": "false", "checkpoint": "/c"}, ["cameras", "aloha_driver", "policy", "executor"]),
-        ({"sim": "false", "teleop": "true"}, ["cameras", "aloha_driver", "teleop"]),
-        ({"replay": "false"}, ["aloha_sim", "executor"]),
-        ({"record": "true"}, ["aloha_sim", "replay_chunks", "executor", "recorder"]),
+        ({}, ["aloha_sim", "replay_chunks", "executor", MANAGER]),
+        ({"checkpoint": "CKPT"}, ["aloha_sim", "policy", "executor", MANAGER]),
+        ({"checkpoint": "CKPT", "planner": "true"}, ["aloha_sim", "policy", "planner", "executor", MANAGER]),
+        ({"planner": "true"}, ["aloha_sim", "replay_chunks", "executor", MANAGER]),  # planner needs a checkpoint
+        ({"sim": "false", "checkpoint": "CKPT"}, ["cameras", "aloha_driver", "policy", "executor", MANAGER]),
+        ({"sim": "false", "teleop": "true"}, ["cameras", "aloha_driver", "teleop", MANAGER]),
+        ({"replay": "false"}, ["aloha_sim", "executor", MANAGER]),
+        ({"record": "true"}, ["aloha_sim", "replay_chunks", "executor", "recorder", MANAGER]),
     ],
 )
-def test_plan_selects_nodes_by_launch_arguments(args, expected):
-    assert graph.plan(args, available=every_module).names == expected
+def test_plan_selects_nodes_by_launch_arguments(args, expected, ckpt):
+    args = {k: ckpt if v == "CKPT" else v for k, v in args.items()}
+    plan = graph.plan(args, available=every_module)
+    assert plan.names == expected
+    manager = plan.nodes[-1]
+    # The manager brings up the lifecycle nodes in start order; they wait for it (autostart false).
+    assert manager.parameters["node_names"] == [n.name for n in plan.nodes if n.spec.managed]
+    for node in plan.nodes:
+        assert node.parameters.get("autostart", True) is (not node.spec.managed)
 
 
-def test_missing_node_modules_are_skipped_with_a_reason():
-    plan = graph.plan({"checkpoint": "/ckpt"}, available=lambda m: m != "cosmos_aloha.policy_node")
+def test_missing_node_modules_are_skipped_with_a_reason(ckpt):
+    plan = graph.plan({"checkpoint": ckpt}, available=lambda m: m != "cosmos_aloha.policy_node")
     assert "policy" not in plan.names
     assert ("policy", "module cosmos_aloha.policy_node is not installed") in plan.skipped
-    with pytest.raises(KeyError, match="unknown launch argument"):
-        graph.plan({"sims": "true"})
 
 
-def test_launch_arguments_reach_node_parameters():
-    plan = graph.plan({"task": "insertion", "image_height": "224", "checkpoint": "/m", "engine": "onnx"},
+@pytest.mark.parametrize("args, words", [
+    ({"sims": "true"}, ["unknown launch argument 'sims'"]),
+    ({"engine": "tensorflow"}, ["engine:='tensorflow'", "torch, compile, onnx, tensorrt"]),
+    ({"sim": "maybe"}, ["sim:='maybe'"]),
+    ({"task": "stack_cups"}, ["task:='stack_cups'", "transfer_cube"]),
+    ({"image_height": "-4"}, ["image_height:='-4'", "positive integer"]),
+    ({"checkpoint": "models/no_such_model"}, ["checkpoint:='models/no_such_model'", "no such checkpoint"]),
+    ({"namespace": "left-cell"}, ["namespace:='left-cell'", "not a valid ROS namespace"]),
+    ({"namespace": "3cell"}, ["namespace:='3cell'"]),
+    ({"namespace": "a//b"}, ["namespace:='a//b'"]),
+    ({"temporal_ensemble": "sometimes"}, ["temporal_ensemble:='sometimes'"]),
+])
+def test_bad_launch_arguments_name_the_argument_and_what_is_wrong(args, words):
+    with pytest.raises(graph.GraphArgumentError) as info:
+        graph.plan(args, available=every_module)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_a_bad_argument_starts_nothing_under_bringup(ros_env):
+    """Exit 2 with the message, before a single node process exists."""
+    for flags, word in ((["--namespace", "left cell"], "namespace:='left cell'"),
+                        (["--checkpoint", "/nonexistent/model"], "checkpoint:='/nonexistent/model'"),
+                        (["--engine", "tensorflow"], "engine:='tensorflow'")):
+        out = subprocess.run([sys.executable, "-c", CLI, "bringup", *flags, "--seconds", "5"], env=ros_env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert word in out.stderr and "Traceback" not in out.stderr
+        assert "(pid" not in out.stdout + out.stderr and "bringup:" not in out.stdout   # no node started
+
+
+def test_namespace_moves_every_node(ckpt):
+    plan = graph.plan({"namespace": "left_cell", "checkpoint": ckpt}, available=every_module)
+    assert plan.namespace == "/left_cell" and {n.namespace for n in plan.nodes} == {"/left_cell"}
+    argv = graph.ros_arguments(plan.nodes[0])
+    assert argv[:5] == ["--ros-args", "-r", f"__node:={plan.nodes[0].name}", "-r", "__ns:=/left_cell"]
+    assert graph.validate_namespace("/lab/left_cell/") == "/lab/left_cell" and graph.validate_namespace("/") == ""
+    assert topics.absolute(topics.JOINT_STATES.name, "/left_cell") == "/left_cell/joint_states"
+
+
+def test_launch_arguments_reach_node_parameters(ckpt):
+    plan = graph.plan({"task": "insertion", "image_height": "224", "checkpoint": ckpt, "engine": "onnx"},
                       available=every_module)
     nodes = {n.name: n for n in plan.nodes}
-    assert nodes["aloha_sim"].parameters == {"task": "insertion", "seed": 0, "height": 224, "width": 640}
-    assert nodes["policy"].parameters == {"checkpoint": "/m", "engine": "onnx", "temporal_ensemble": False,
-                                          "return_future_images": True}
-    assert nodes["executor"].parameters == {"temporal_ensemble": False}
-    ensemble = {n.name: n for n in graph.plan({"checkpoint": "/m", "temporal_ensemble": "true"},
+    assert nodes["aloha_sim"].parameters == {"task": "insertion", "seed": 0, "height": 224, "width": 640,
+                                             "autostart": False}
+    assert nodes["policy"].parameters == {"checkpoint": ckpt, "engine": "onnx", "return_future_images": True,
+                                          "execution": "whole_chunks", "autostart": False}
+    assert nodes["executor"].parameters == {"temporal_ensemble": False, "ensemble_decay": 0.01, "autostart": False}
+    ensemble = {n.name: n for n in graph.plan({"checkpoint": ckpt, "temporal_ensemble": "true"},
                                               available=every_module).nodes}
-    assert ensemble["policy"].parameters["temporal_ensemble"] is True
-    quiet = graph.plan({"checkpoint": "/m", "predicted_images": "false"}, available=every_module).nodes
+    assert ensemble["policy"].parameters["execution"] == "temporal_ensemble"
+    assert ensemble["executor"].parameters["temporal_ensemble"] is True
+    quiet = graph.plan({"checkpoint": ckpt, "predicted_images": "false"}, available=every_module).nodes
     assert next(n for n in quiet if n.name == "policy").parameters["return_future_images"] is False
-    assert "temporal_ensemble:=True" in graph.ros_arguments(ensemble["executor"])
+    assert "temporal_ensemble:=true" in graph.ros_arguments(ensemble["executor"])
+    assert f"node_names:=[{', '.join(n for n in ensemble if n != MANAGER)}]" in graph.ros_arguments(ensemble[MANAGER])
     argv = graph.ros_arguments(nodes["aloha_sim"])
     assert argv[:3] == ["--ros-args", "-r", "__node:=aloha_sim"]
     assert "--params-file" in argv and "task:=insertion" in argv
+    relative = graph.plan({"checkpoint": "."}, available=every_module)   # paths reach nodes absolute
+    assert next(n for n in relative.nodes if n.name == "policy").parameters["checkpoint"] == str(Path.cwd())
 
 
 def test_setup_py_entry_points_match_the_description():
@@ -85,42 +145,57 @@ def test_setup_py_entry_points_match_the_description():
         assert nodes[spec.executable] == f"{spec.module}:main", spec.name
 
 
-def test_config_files_parse_and_match_node_parameters():
-    """Every key in a node's YAML is a parameter the node declares (a typo would be silently ignored)."""
+def test_config_files_and_docs_table_are_generated_from_the_declarations():
+    """config/<node>.yaml and docs/ros.md's parameter table equal what each node declares (one source)."""
     pytest.importorskip("rclpy")
-    from cosmos_aloha import aloha_sim_node, executor_node, replay_chunk_node
+    from cosmos_aloha import parameters
 
-    declared = {"aloha_sim": aloha_sim_node.DEFAULTS, "executor": executor_node.DEFAULTS,
-                "replay_chunks": replay_chunk_node.DEFAULTS}
-    for name, defaults in declared.items():
-        spec = next(s for s in graph.NODES if s.name == name)
-        data = yaml.safe_load((PKG / "config" / spec.params_file).read_text())
-        params = data[name]["ros__parameters"]
-        assert set(params) == set(defaults), name
-        for key, value in params.items():
-            assert type(value) is type(defaults[key]) or isinstance(defaults[key], float), (name, key)
-    executor = yaml.safe_load((PKG / "config" / "executor.yaml").read_text())["executor"]["ros__parameters"]
-    from cosmos_policy_core.runtime.execution import SafetyConfig
-
-    preset = SafetyConfig.aloha_vx300s()
-    assert tuple(executor["joint_lower"]) == preset.lower and tuple(executor["max_velocity"]) == preset.max_velocity
+    stale = [str(path.relative_to(ROOT)) for path, text in parameters.expected_files(ROOT / "docs" / "ros.md").items()
+             if not path.exists() or path.read_text() != text]
+    assert not stale, f"regenerate with `python -m cosmos_aloha.parameters --write`: {stale}"
+    for name, _, params, file in parameters.node_files():
+        data = yaml.safe_load((PKG / "config" / file).read_text())[name]["ros__parameters"]
+        assert list(data) == [p.name for p in params] and all(p.description for p in params), name
+        assert data == {p.name: p.default for p in params}, name
     from types import SimpleNamespace
 
+    from cosmos_aloha import executor_node
+    from cosmos_policy_core.runtime.execution import SafetyConfig
+
+    executor = yaml.safe_load((PKG / "config" / "executor.yaml").read_text())["executor"]["ros__parameters"]
+    preset = SafetyConfig.aloha_vx300s()
+    assert tuple(executor["joint_lower"]) == preset.lower and tuple(executor["max_velocity"]) == preset.max_velocity
     assert executor_node.config_from_parameters(SimpleNamespace(**executor)).ensemble_decay is None
     ensemble = SimpleNamespace(**{**executor, "temporal_ensemble": True, "ensemble_decay": 0.02})
     assert executor_node.config_from_parameters(ensemble).ensemble_decay == 0.02
 
 
-def test_rviz_config_shows_cameras_predictions_and_value():
+def test_docs_list_every_launch_argument():
+    doc = (ROOT / "docs" / "ros.md").read_text()
+    missing = [a.name for a in graph.LAUNCH_ARGUMENTS if f"| `{a.name}` | `{a.default or chr(34) * 2}` |" not in doc]
+    assert not missing, f"add to the launch argument table in docs/ros.md (name and default): {missing}"
+
+
+def test_rviz_config_shows_cameras_predictions_plans_and_values():
     rviz = yaml.safe_load((PKG / "rviz" / graph.RVIZ_CONFIG).read_text())
     displays = rviz["Visualization Manager"]["Displays"]
-    topics = {d.get("Topic", {}).get("Value") for d in displays}
+    shown = {d.get("Topic", {}).get("Value") for d in displays}
     for cam in ("cam_high", "cam_left_wrist", "cam_right_wrist"):
-        assert f"/{cam}/image_raw" in topics and f"/cosmos/predicted/{cam}" in topics
-    assert "/cosmos/predicted/value_marker" in topics
+        for topic in (topics.image(cam), topics.predicted_image(cam), topics.predicted_image(cam, topics.PLAN_PREDICTED)):
+            assert topic.name in shown, topic.name
+    assert topics.VALUE_MARKER.name in shown
+    assert not [t for t in shown if t and t.startswith("/")], "rviz topics must be relative (namespace)"
 
 
-@pytest.mark.skipif(not HAS_LAUNCH, reason="ROS 2 `launch`/`launch_ros` not installed (not on PyPI)")
+def test_record_preset_uses_the_graph_topic_names():
+    preset = yaml.safe_load((PKG / "config" / "record_topics.yaml").read_text())
+    expected = [*(topics.image(c) for c in ("cam_high", "cam_left_wrist", "cam_right_wrist")),
+                topics.JOINT_STATES, topics.JOINT_COMMAND, topics.EPISODE]
+    assert [(t["name"], t["type"]) for t in preset["topics"]] == [(t.name, t.type) for t in expected]
+    assert preset["episode_topic"] == topics.EPISODE.name
+
+
+@pytest.mark.skipif(not HAS_LAUNCH, reason="ROS 2 `launch`/`launch_ros` not installed (../shared/ros2-cli)")
 def test_launch_file_node_list_equals_bringup():
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -130,6 +205,7 @@ def test_launch_file_node_list_equals_bringup():
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     context = LaunchContext()
+    context.launch_configurations["namespace"] = "left_cell"
     for entity in description.entities:
         if isinstance(entity, DeclareLaunchArgument):
             entity.visit(context)
@@ -137,7 +213,45 @@ def test_launch_file_node_list_equals_bringup():
     nodes = [a for a in opaque.execute(context) if type(a).__name__ == "Node"]
     for node in nodes:
         node._perform_substitutions(context)  # node_name is only known after substitution
-    assert [n.node_name.lstrip("/") for n in nodes] == graph.plan({}).names
+    assert [n.node_name for n in nodes] == [f"/left_cell/{name}" for name in graph.plan({"namespace": "left_cell"}).names]
+
+
+def test_restart_backoff_doubles_up_to_its_limit_and_resets_after_a_healthy_run():
+    rule = RestartBackoff(first_s=1.0, factor=2.0, max_s=5.0, reset_after_s=60.0)
+    assert [rule.delay(k) for k in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert rule.next_attempt(2, ran_s=3.0) == 3 and rule.next_attempt(2, ran_s=61.0) == 0
+
+
+class _Exited:
+    """A stand-in process that has exited with `code`."""
+
+    def __init__(self, code):
+        self.returncode, self.pid = code, 0
+
+    def poll(self):
+        return self.returncode
+
+
+def test_bringup_restarts_a_respawn_node_with_backoff_and_stops_on_any_other_exit(ckpt, monkeypatch):
+    from cosmos_policy_core.cli import bringup as cli
+
+    plan = graph.plan({"checkpoint": ckpt}, available=every_module)
+    runner = cli.Bringup(plan, out=open("/dev/null", "w"))
+    runner.nodes = [cli.NodeProcess(n.name, ["x"], n.spec.respawn) for n in plan.nodes]
+    spawned = []
+    monkeypatch.setattr(runner, "_spawn", lambda node: (spawned.append(node.name),
+                                                        setattr(node, "process", None),
+                                                        setattr(node, "restart_at_s", None)))
+    policy = next(n for n in runner.nodes if n.name == "policy")
+    policy.process, policy.started_s = _Exited(-9), 100.0
+    runner.supervise(101.0)
+    assert policy.restart_at_s == 101.0 + graph.RESPAWN.delay(1) and not spawned and not runner.stopped_by
+    runner.supervise(policy.restart_at_s)
+    assert spawned == ["policy"]
+    executor = next(n for n in runner.nodes if n.name == "executor")
+    executor.process = _Exited(1)
+    runner.supervise(200.0)
+    assert runner.stopped_by == "exit of executor (code 1)"
 
 
 def test_bringup_stops_all_nodes_on_sigterm(ros_env):
@@ -150,36 +264,18 @@ def test_bringup_stops_all_nodes_on_sigterm(ros_env):
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
-    end = time.monotonic() + 60  # imports + MuJoCo + discovery are slow on a loaded machine
-    while time.monotonic() < end and not (any("[executor" in l and "state" in l for l in lines)
-                                           and any("[aloha_sim" in l and "sim task" in l for l in lines)):
+    end = time.monotonic() + 90  # imports + MuJoCo + discovery are slow on a loaded machine
+    while time.monotonic() < end and not any("[lifecycle_manager" in line and "executor: activated" in line
+                                             for line in lines):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    proc.wait(timeout=40)
     reader.join(timeout=10)
     out = "".join(lines)
     assert proc.returncode == 0, out
-    assert "[aloha_sim" in out and "[executor" in out
-    assert "stopped (signal); exit codes {'aloha_sim': 0, 'executor': 0}" in out
+    assert "aloha_sim: activated" in out and "[executor" in out
+    assert "stopped (signal); exit codes {'aloha_sim': 0, 'executor': 0, 'lifecycle_manager': 0}" in out
     assert "Traceback" not in out
-
-
-def test_docs_table_lists_every_parameter_and_launch_argument():
-    """docs/ros.md is the one parameter table: a YAML key or launch argument missing there fails here."""
-    doc = (ROOT / "docs" / "ros.md").read_text()
-    missing = []
-    for path in sorted((PKG / "config").glob("*.yaml")):
-        if path.name == "record_topics.yaml":  # a topic list for the recorder, not node parameters
-            continue
-        data = yaml.safe_load(path.read_text())
-        for node, section in data.items():
-            for key in section.get("ros__parameters", {}):
-                if f"| {node} | `{key}` |" not in doc:
-                    missing.append(f"{node}.{key}")
-    for argument in graph.LAUNCH_ARGUMENTS:
-        if f"`{argument.name}`" not in doc:
-            missing.append(f"launch argument {argument.name}")
-    assert not missing, f"add to the tables in docs/ros.md: {missing}"
 
 
 def test_graph_environment_defaults_and_user_override():

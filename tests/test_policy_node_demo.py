@@ -20,7 +20,26 @@ def test_demo_uses_the_shipped_checkpoint_only_when_it_exists(tmp_path, monkeypa
     assert demo.demo_checkpoint(str(shipped), "insertion") == shipped
     with pytest.raises(ConfigError, match="not a checkpoint directory"):
         demo.demo_checkpoint(str(tmp_path / "missing"), "transfer_cube")
-    assert demo.demo_temporal_ensemble("auto", shipped)                     # measured better for the shipped one
-    other = tmp_path / "elsewhere" / demo.SHIPPED_CHECKPOINTS["transfer_cube"]
-    assert not demo.demo_temporal_ensemble("auto", other)                   # a user's checkpoint: the reference's way
-    assert demo.demo_temporal_ensemble("true", other) and not demo.demo_temporal_ensemble("false", shipped)
+
+
+def test_auto_execution_follows_the_checkpoints_deploy_section(tmp_path):
+    """temporal_ensemble:=auto (the default of launch, bringup and the demo) is what config.json's deploy says."""
+    import json
+
+    from cosmos_aloha import graph
+
+    shipped = demo.MODELS_DIR / demo.SHIPPED_CHECKPOINTS["transfer_cube"]
+    deploy = json.loads((shipped / "config.json").read_text())["deploy"]
+    assert deploy["execution"] == "temporal_ensemble"
+    auto = graph.execution_parameters(graph.resolve_arguments({"checkpoint": str(shipped)}))
+    assert auto == {"policy": {"execution": "temporal_ensemble"},
+                    "executor": {"temporal_ensemble": True, "ensemble_decay": deploy["ensemble_decay"]}}
+    forced = graph.execution_parameters(graph.resolve_arguments({"checkpoint": str(shipped),
+                                                                 "temporal_ensemble": "false"}))
+    assert forced["policy"] == {"execution": "whole_chunks"} and forced["executor"]["temporal_ensemble"] is False
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps({"metadata": {}}))      # no deploy section: the reference's way
+    auto_plain = graph.execution_parameters(graph.resolve_arguments({"checkpoint": str(plain)}))
+    assert auto_plain["policy"] == {"execution": "whole_chunks"}
+    assert graph.execution_parameters(graph.resolve_arguments({}))["executor"] == {"temporal_ensemble": False}

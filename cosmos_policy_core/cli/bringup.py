@@ -1,6 +1,7 @@
 """`cosmos-aloha bringup`: start the ROS 2 graph one process per node where `ros2 launch` is absent.
 
-Same node list and parameter files as launch/bringup.launch.py (both read `cosmos_aloha.graph`).
+Same node list, parameter files, restart rule and stop sequence as launch/bringup.launch.py (both read
+`cosmos_aloha.graph`).
 """
 from __future__ import annotations
 
@@ -40,18 +41,29 @@ def graph_environment(base: dict | None = None) -> dict:
 
 @dataclass
 class NodeProcess:
+    """One node of the plan and its current process (a restarted node gets a new one)."""
+
     name: str
     argv: list[str]
-    process: subprocess.Popen
-    reader: threading.Thread
-    returncode: int | None = None
+    respawn: bool
+    process: subprocess.Popen | None = None
+    reader: threading.Thread | None = None
+    started_s: float = 0.0
+    attempt: int = 0                       # restarts in a row (graph.RESPAWN)
+    restart_at_s: float | None = None      # a restart is due then
+    exits: list[int] = field(default_factory=list)   # exit codes of processes that ended while the graph ran
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
 
 
 @dataclass
 class BringupResult:
-    returncodes: dict[str, int] = field(default_factory=dict)
+    returncodes: dict[str, int] = field(default_factory=dict)   # each node's last process
     stopped_by: str = ""          # "timeout", "signal", or "exit of <node>"
     skipped: tuple = ()
+    restarts: dict[str, list[int]] = field(default_factory=dict)   # node -> exit codes it was restarted after
 
     @property
     def ok(self) -> bool:
@@ -60,7 +72,7 @@ class BringupResult:
 
 
 def _pump(name: str, stream, out) -> None:
-    width = 14
+    width = 17
     for line in iter(stream.readline, ""):
         out.write(f"[{name:<{width}}] {line}" if line.endswith("\n") else f"[{name:<{width}}] {line}\n")
         out.flush()
@@ -72,31 +84,38 @@ def node_command(node) -> list[str]:
 
 
 class Bringup:
-    """Runs a graph plan as child processes and stops them cleanly (SIGINT, then SIGTERM, then SIGKILL)."""
+    """Runs a graph plan as child processes: restarts a crashed `respawn` node with graph.RESPAWN's back-off,
+    stops the graph when another node exits, and stops every node cleanly (SIGINT, then SIGTERM after
+    graph.STOP_GRACE_S, then SIGKILL)."""
 
-    def __init__(self, plan, env: dict | None = None, out=None, stop_timeout_s: float = 8.0):
+    def __init__(self, plan, env: dict | None = None, out=None, stop_timeout_s: float | None = None):
+        graph = graph_module()
         self.plan = plan
         self.env = graph_environment(env)
         self.out = out or sys.stdout
-        self.stop_timeout_s = stop_timeout_s
+        self.stop_timeout_s = graph.STOP_GRACE_S if stop_timeout_s is None else stop_timeout_s
+        self.kill_timeout_s = graph.STOP_KILL_S
+        self.respawn = graph.RESPAWN
         self.nodes: list[NodeProcess] = []
         self._stop = threading.Event()
         self.stopped_by = ""
 
     def start(self) -> None:
         for node in self.plan.nodes:
-            self._spawn(node.name, node_command(node))
+            entry = NodeProcess(node.name, node_command(node), node.spec.respawn)
+            self.nodes.append(entry)
+            self._spawn(entry)
         if self.plan.rviz:
             self._start_rviz()
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, node: NodeProcess) -> None:
         # Own session: a terminal Ctrl-C reaches only us, and we stop the nodes in order.
-        process = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, bufsize=1, start_new_session=True)
-        reader = threading.Thread(target=_pump, args=(name, process.stdout, self.out), daemon=True)
-        reader.start()
-        self.nodes.append(NodeProcess(name, argv, process, reader))
-        log.info("started %s (pid %d): %s", name, process.pid, " ".join(argv[1:]))
+        node.process = subprocess.Popen(node.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, bufsize=1, start_new_session=True)
+        node.reader = threading.Thread(target=_pump, args=(node.name, node.process.stdout, self.out), daemon=True)
+        node.reader.start()
+        node.started_s, node.restart_at_s = time.monotonic(), None
+        log.info("started %s (pid %d): %s", node.name, node.process.pid, " ".join(node.argv[1:]))
 
     def _start_rviz(self) -> None:
         import shutil
@@ -105,33 +124,62 @@ class Bringup:
         if rviz is None:
             log.warning("rviz requested but rviz2 is not on PATH (it comes with a ROS 2 desktop install); skipping")
             return
-        self._spawn("rviz2", [rviz, "-d", str(self.plan.rviz_config)])
+        argv = [rviz, "-d", str(self.plan.rviz_config)]
+        if self.plan.namespace:
+            argv += ["--ros-args", "-r", f"__ns:={self.plan.namespace}"]
+        entry = NodeProcess("rviz2", argv, respawn=False)
+        self.nodes.append(entry)
+        self._spawn(entry)
 
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():
             self.stopped_by = reason
             self._stop.set()
 
+    def _say(self, line: str) -> None:
+        self.out.write(f"[{'bringup':<17}] {line}\n")
+        self.out.flush()
+
+    def supervise(self, now_s: float) -> None:
+        """Restart due nodes, schedule restarts of crashed `respawn` nodes, stop on any other exit."""
+        for node in self.nodes:
+            if node.restart_at_s is not None:
+                if now_s >= node.restart_at_s:
+                    self._say(f"restarting {node.name} (restart {node.attempt + 1} in a row)")
+                    self._spawn(node)
+                continue
+            if node.process is None or node.process.poll() is None:
+                continue
+            code = node.process.returncode
+            node.exits.append(code)
+            if not node.respawn:
+                self.request_stop(f"exit of {node.name} (code {code})")
+                return
+            node.attempt = self.respawn.next_attempt(node.attempt, now_s - node.started_s)
+            delay = self.respawn.delay(node.attempt)
+            node.restart_at_s = now_s + delay
+            self._say(f"{node.name} exited (code {code}); restarting it in {delay:g} s")
+
     def wait(self, seconds: float | None) -> None:
-        """Until `seconds` pass, a stop is requested, or a node exits on its own."""
+        """Until `seconds` pass, a stop is requested, or a node without `respawn` exits."""
         deadline = None if seconds is None else time.monotonic() + seconds
         while not self._stop.is_set():
-            for node in self.nodes:
-                if node.process.poll() is not None:
-                    self.request_stop(f"exit of {node.name} (code {node.process.returncode})")
-                    break
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            self.supervise(now)
+            if deadline is not None and now >= deadline:
                 self.request_stop("timeout")
             self._stop.wait(0.1)
 
     def stop(self) -> dict[str, int]:
         """SIGINT to every node (reverse start order), escalate for those that do not exit in time."""
-        for sig, grace in ((signal.SIGINT, self.stop_timeout_s), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-            alive = [n for n in reversed(self.nodes) if n.process.poll() is None]
+        for sig, grace in ((signal.SIGINT, self.stop_timeout_s), (signal.SIGTERM, self.kill_timeout_s),
+                           (signal.SIGKILL, 3.0)):
+            alive = [n for n in reversed(self.nodes) if n.process is not None and n.process.poll() is None]
             if not alive:
                 break
             if sig is not signal.SIGINT:
-                log.warning("%s did not stop; sending %s", ", ".join(n.name for n in alive), sig.name)
+                log.warning("%s did not stop within %g s; sending %s", ", ".join(n.name for n in alive),
+                            self.stop_timeout_s if sig is signal.SIGTERM else self.kill_timeout_s, sig.name)
             for node in alive:
                 try:
                     node.process.send_signal(sig)
@@ -144,9 +192,9 @@ class Bringup:
                 except subprocess.TimeoutExpired:
                     pass
         for node in self.nodes:
-            node.reader.join(timeout=2.0)
-            node.returncode = node.process.returncode
-        return {n.name: n.returncode for n in self.nodes}
+            if node.reader is not None:
+                node.reader.join(timeout=2.0)
+        return {n.name: n.returncode for n in self.nodes if n.process is not None}
 
 
 def run_bringup(plan, seconds: float | None, env: dict | None = None, out=None,
@@ -164,7 +212,8 @@ def run_bringup(plan, seconds: float | None, env: dict | None = None, out=None,
         codes = bringup.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return BringupResult(codes, bringup.stopped_by, plan.skipped)
+    restarts = {n.name: n.exits for n in bringup.nodes if n.exits and n.respawn}
+    return BringupResult(codes, bringup.stopped_by, plan.skipped, restarts)
 
 
 def arguments_from_cli(args) -> dict[str, str]:
@@ -182,6 +231,8 @@ def arguments_from_cli(args) -> dict[str, str]:
         "record": str(args.record).lower(),
         "image_height": str(args.image_height),
         "image_width": str(args.image_width),
+        "temporal_ensemble": args.temporal_ensemble,
+        "namespace": args.namespace,
     }
     for item in args.arg or []:
         key, sep, value = item.partition(":=") if ":=" in item else item.partition("=")
@@ -193,10 +244,7 @@ def arguments_from_cli(args) -> dict[str, str]:
 
 def _run(args) -> int:
     graph = graph_module()
-    try:
-        plan = graph.plan(arguments_from_cli(args))
-    except KeyError as exc:
-        raise ConfigError(str(exc)) from exc
+    plan = graph.plan(arguments_from_cli(args))   # GraphArgumentError names a bad argument; nothing started
     for name, why in plan.skipped:
         print(f"bringup: not starting {name}: {why}")
     if args.list:
@@ -207,7 +255,8 @@ def _run(args) -> int:
         raise ConfigError("nothing to start for these arguments (see `cosmos-aloha bringup --list`)")
     print(f"bringup: {', '.join(plan.names)}" + (f" for {args.seconds:g} s" if args.seconds else " (Ctrl-C stops)"))
     result = run_bringup(plan, args.seconds)
-    print(f"bringup: stopped ({result.stopped_by}); exit codes {result.returncodes}")
+    print(f"bringup: stopped ({result.stopped_by}); exit codes {result.returncodes}"
+          + (f"; restarted after exits {result.restarts}" if result.restarts else ""))
     return 0 if result.ok and not result.stopped_by.startswith("exit") else 1
 
 
@@ -228,6 +277,10 @@ def add_graph_arguments(parser) -> None:
     parser.add_argument("--record", action="store_true", help="record the graph's topics")
     parser.add_argument("--image-height", type=int, default=480)
     parser.add_argument("--image-width", type=int, default=640)
+    parser.add_argument("--temporal-ensemble", default="auto", choices=("auto", "true", "false"),
+                        help="auto: as the checkpoint's deploy section says; true: the executor averages the live "
+                             "chunks and the policy queries every few steps; false: whole chunks")
+    parser.add_argument("--namespace", default="", help="ROS namespace of every node and topic (e.g. left_cell)")
     parser.add_argument("--arg", action="append", metavar="NAME:=VALUE", help="any other launch argument")
 
 

@@ -38,15 +38,8 @@ def demo_checkpoint(choice: str, task: str) -> Path | None:
     return path
 
 
-def demo_temporal_ensemble(choice: str, checkpoint: Path) -> bool:
-    """auto: on for the checkpoints shipped here, measured to succeed far more often with it
-    (docs/training.md, "Temporal ensembling"); off for others, whose deployment the reference defines."""
-    if choice == "auto":
-        return checkpoint.resolve().parent == MODELS_DIR.resolve() and checkpoint.name in SHIPPED_CHECKPOINTS.values()
-    return choice == "true"
-
-
 def _run(args) -> int:
+    from cosmos_aloha import topics as graph_topics
     from cosmos_policy_core.sim.demos import scripted_rollout
 
     work = Path(tempfile.mkdtemp(prefix="cosmos_aloha_demo_"))
@@ -54,11 +47,11 @@ def _run(args) -> int:
     arguments = {"sim": "true", "task": args.task, "seed": str(args.seed),
                  "image_height": str(args.image_height), "image_width": str(args.image_width)}
     if checkpoint is not None:
-        ensemble = demo_temporal_ensemble(args.temporal_ensemble, checkpoint)
-        print(f"demo: {args.task} seed {args.seed}: policy node with {checkpoint}"
-              + (", temporal ensembling (a chunk every 5 steps, averaged)" if ensemble else ""))
+        print(f"demo: {args.task} seed {args.seed}: policy node with {checkpoint}, execution "
+              + ("as its deploy settings say" if args.temporal_ensemble == "auto" else
+                 "with temporal ensembling" if args.temporal_ensemble == "true" else "in whole chunks"))
         # No viewer here: decoding the predicted frames would only space the chunks out on a CPU.
-        arguments.update(checkpoint=str(checkpoint), replay="false", temporal_ensemble=str(ensemble).lower(),
+        arguments.update(checkpoint=str(checkpoint), replay="false", temporal_ensemble=args.temporal_ensemble,
                          predicted_images="false")
     else:
         rollout = scripted_rollout(args.task, args.seed)
@@ -85,9 +78,9 @@ def _run(args) -> int:
         return 1
     summary = json.loads(monitor_json.read_text())
     topics = summary["topics"]
-    command = topics["/cosmos/joint_command"]
-    chunks = topics["/cosmos/action_chunk"]
-    camera = topics["/cam_high/image_raw"]
+    command = topics[graph_topics.JOINT_COMMAND.name]
+    chunks = topics[graph_topics.ACTION_CHUNK.name]
+    camera = topics[graph_topics.image("cam_high").name]
     executor = summary["executor"]
     print(f"executor loop:   {_fmt(command.get('rate_hz'), 'Hz', 2)} at the subscriber "
           f"(timer: {executor.get('rate_hz', 'n/a')} Hz, jitter p99 {executor.get('jitter_ms_p99', 'n/a')} ms)")
@@ -95,7 +88,7 @@ def _run(args) -> int:
           f"p99 {_fmt(chunks.get('latency_ms_p99'), 'ms')} ({chunks['count']} chunks)")
     print(f"sensors:         cameras {_fmt(camera.get('rate_hz'), 'Hz', 2)} {camera.get('shapes')}, "
           f"image latency p99 {_fmt(camera.get('latency_ms_p99'), 'ms')}; "
-          f"joint states {_fmt(topics['/joint_states'].get('rate_hz'), 'Hz', 2)}")
+          f"joint states {_fmt(topics[graph_topics.JOINT_STATES.name].get('rate_hz'), 'Hz', 2)}")
     print(f"sim task:        {'SUCCESS' if summary['sim_success'] else 'not solved'} "
           f"(max reward {summary['sim_max_reward']} of 4)")
     print(f"nodes stopped:   {result.stopped_by}, exit codes {result.returncodes}")
@@ -111,8 +104,8 @@ def register(subparsers) -> None:
                         help="policy checkpoint directory; auto = the shipped models/ checkpoint of the task when "
                              "present, else replay the scripted demonstration; none = always replay")
     parser.add_argument("--temporal-ensemble", default="auto", choices=("auto", "true", "false"),
-                        help="executor averages the live chunks, policy queries every 5 steps (auto: on for the "
-                             "shipped checkpoint)")
+                        help="executor averages the live chunks and the policy queries every few steps (auto: as "
+                             "the checkpoint's deploy section says)")
     # The policy sees 224x224; rendering 480x640 in software GL costs more than 2 cores can spare.
     parser.add_argument("--image-height", type=int, default=224)
     parser.add_argument("--image-width", type=int, default=224)

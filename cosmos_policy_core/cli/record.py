@@ -15,9 +15,9 @@ def register(subparsers) -> None:
         "record",
         help="record cameras, joint states, commands and episode markers into a rosbag2 (MCAP) directory",
         description="Record the topics of config/record_topics.yaml into BAGDIR (metadata.yaml + .mcap "
-                    "files). Episodes: call the std_srvs/Trigger services /cosmos/recorder/start, "
-                    "/cosmos/recorder/stop (success) or /cosmos/recorder/stop_failure, or publish JSON "
-                    "markers on /cosmos/episode. See docs/recording.md.",
+                    "files). Episodes: call the std_srvs/Trigger services cosmos/recorder/start, "
+                    "cosmos/recorder/stop (success) or cosmos/recorder/stop_failure, or publish JSON "
+                    "markers on cosmos/episode (all in the graph's namespace). See docs/recording.md.",
     )
     p.add_argument("--out", help="bag directory to create (must not exist or be empty)")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: until Ctrl-C)")
@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     p.add_argument("--split-seconds", type=float, default=0.0,
                    help="close a complete .mcap file this often (default: the preset's, 2 s)")
     p.add_argument("--compress", action="store_true", help="zstd-compress MCAP chunks")
+    p.add_argument("--namespace", default="", help="the graph's namespace (launch argument namespace); the bag "
+                                                   "stores the topics under the root names all the same")
     p.add_argument("--print-ros2-command", action="store_true",
                    help="print the equivalent `ros2 bag record -s mcap` command and exit")
     p.set_defaults(func=_run)
@@ -44,9 +46,14 @@ def _run(args) -> int:
     from cosmos_policy_core.data.bags import RecordPreset
     from cosmos_policy_core.errors import ConfigError
 
+    from cosmos_aloha.graph import validate_namespace
+    from cosmos_aloha.topics import absolute
+
     preset = RecordPreset.load(args.preset or None)
+    namespace = validate_namespace(args.namespace, "--namespace")
     if args.print_ros2_command:
-        print(preset.ros2_bag_command(args.out or "BAGDIR"))
+        print(f"ros2 bag record -s mcap -o {args.out or 'BAGDIR'} "
+              + " ".join(absolute(topic, namespace) for topic, _ in preset.topics))
         return 0
     if not args.out:
         raise ConfigError("--out BAGDIR is required")
@@ -59,6 +66,8 @@ def _run(args) -> int:
         "sim": bool(args.sim), "max_seconds": float(args.seconds),
     }
     argv = [sys.executable, "-m", "cosmos_aloha.recorder_node", "--ros-args"]
+    if namespace:
+        argv += ["-r", f"__ns:={namespace}"]
     for name, value in params.items():
         argv += ["-p", f"{name}:={_ros_value(value)}"]
     env = dict(os.environ)

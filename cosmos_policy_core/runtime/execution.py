@@ -352,6 +352,12 @@ class ChunkExecutor:
         # Observations from before the reset show the old pose; wait for a fresh one.
         self._observation = self._observation_ns = None
 
+    def resume_from_measured(self) -> None:
+        """Forget the last command (not the chunks): the next tick holds the measured position, and a chunk
+        blends in from there. For a restart of command output, when the arms may have moved meanwhile."""
+        self._last_command = None
+        self._active = None
+
     # -- the tick -----------------------------------------------------------------------------
     def tick(self, now_ns: int) -> Tick:
         reference = self._last_command if self._last_command is not None else self._observation

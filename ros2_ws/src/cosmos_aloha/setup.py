@@ -21,6 +21,7 @@ NODES = {
     "teleop": "cosmos_aloha.teleop_node:main",
     "recorder": "cosmos_aloha.recorder_node:main",
     "replay_chunks": "cosmos_aloha.replay_chunk_node:main",
+    "lifecycle_manager": "cosmos_aloha.lifecycle_manager_node:main",
 }
 
 setup(

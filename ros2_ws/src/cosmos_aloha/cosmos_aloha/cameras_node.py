@@ -1,36 +1,42 @@
-"""`cameras` node: three OpenCV/V4L2 cameras -> /<cam>/image_raw (rgb8) + /<cam>/camera_info at 25 Hz.
+"""`cameras` lifecycle node: three OpenCV/V4L2 cameras -> <cam>/image_raw (rgb8) + <cam>/camera_info at 25 Hz.
 
-Frames are stamped when the driver hands them over (grab thread per camera, or capture in the timer);
-CameraInfo comes from calibration/cameras/<cam>.yaml (ROS CameraInfo YAML).
+Configure opens the devices (a grab thread per camera, or capture in the timer); active, it publishes; cleanup
+closes them. Frames are stamped when the driver hands them over; CameraInfo comes from
+calibration/cameras/<cam>.yaml (ROS CameraInfo YAML).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
+from rclpy.lifecycle import TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image
 
+from cosmos_aloha import topics
 from cosmos_aloha.conversions import image_to_msg, ns_to_stamp
-from cosmos_aloha.node_runtime import declare_parameters, run_node
-from cosmos_aloha.qos import SENSOR_QOS
+from cosmos_aloha.managed_node import ManagedNode
+from cosmos_aloha.node_runtime import run_node
+from cosmos_aloha.parameters import Param
+from cosmos_aloha.qos import profile
 from cosmos_policy_core.calibration.cameras import CameraIntrinsics
 from cosmos_policy_core.calibration.files import resolve_calibration_path
+from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.robot.camera_capture import CameraConfig, CameraGrabber, SourceFactory, make_source
 
-DEFAULTS = {
-    "cameras": ["cam_high", "cam_left_wrist", "cam_right_wrist"],
-    "devices": ["/dev/CAM_HIGH", "/dev/CAM_LEFT_WRIST", "/dev/CAM_RIGHT_WRIST"],
-    "width": 640,
-    "height": 480,
-    "capture_fps": 30.0,        # the camera's own rate; publishing picks the newest frame each tick
-    "fourcc": "MJPG",           # "" = driver default (often YUYV, which limits 3 cameras on one USB 2 bus)
-    "exposure": -1.0,           # -1 auto, else V4L2 exposure_absolute (100 µs units), same for all cameras
-    "publish_hz": 25.0,
-    "source": "opencv",         # opencv | synthetic (test pattern, no hardware)
-    "threaded": True,           # grab thread per camera (true) or a blocking read in the timer (false)
-    "calibration_dir": "calibration/cameras",
-}
+PARAMETERS = (
+    Param("cameras", list(aloha.CAMERAS), "published camera names"),
+    Param("devices", ["/dev/CAM_HIGH", "/dev/CAM_LEFT_WRIST", "/dev/CAM_RIGHT_WRIST"],
+          "V4L2 device per camera (udev rules in calibration/udev)"),
+    Param("width", 640, "capture width"),
+    Param("height", 480, "capture height"),
+    Param("capture_fps", 30.0, "the camera's own rate; publishing picks the newest frame each tick"),
+    Param("fourcc", "MJPG", "pixel format; \"\" keeps the driver default (often YUYV, which limits three cameras "
+                            "on one USB 2 bus)"),
+    Param("exposure", -1.0, "-1 auto, else V4L2 exposure_absolute (100 us units), the same for all cameras"),
+    Param("publish_hz", aloha.CONTROL_HZ, "publish rate"),
+    Param("source", "opencv", "opencv or synthetic (a test pattern, no hardware)"),
+    Param("threaded", True, "one grab thread per camera (true) or a blocking read in the timer (false)"),
+    Param("calibration_dir", "calibration/cameras", "camera intrinsics YAMLs"),
+)
 
 
 def camera_info_msg(intrinsics: CameraIntrinsics, stamp_ns: int, frame_id: str) -> CameraInfo:
@@ -46,36 +52,63 @@ def camera_info_msg(intrinsics: CameraIntrinsics, stamp_ns: int, frame_id: str) 
     return info
 
 
-class CamerasNode(Node):
+class CamerasNode(ManagedNode):
     def __init__(self, source_factory: SourceFactory | None = None):
-        super().__init__("cameras")
-        p = declare_parameters(self, DEFAULTS)
-        self.params = p
+        super().__init__("cameras", PARAMETERS)
+        p = self.p
         if len(p.devices) != len(p.cameras):
             raise ValueError(f"{len(p.cameras)} cameras but {len(p.devices)} devices; give one device per camera")
-        make = source_factory or (lambda config: make_source(p.source, config))
+        self._make_source = source_factory or (lambda config: make_source(p.source, config))
         self._grabbers: dict[str, CameraGrabber] = {}
         self._intrinsics: dict[str, CameraIntrinsics] = {}
         self._image_pubs, self._info_pubs = {}, {}
         self._last_index: dict[str, int] = {}
         self._stale_ticks: dict[str, int] = {}
-        for cam, device in zip(p.cameras, p.devices):
-            config = CameraConfig(cam, str(device), int(p.width), int(p.height), float(p.capture_fps),
-                                  str(p.fourcc), float(p.exposure))
-            self._intrinsics[cam] = self._load_intrinsics(cam, p)
-            grabber = CameraGrabber(make(config), cam, clock_ns=lambda: self.get_clock().now().nanoseconds)
-            if p.threaded:
-                grabber.start()
-            else:
-                grabber.source.open()
-            self._grabbers[cam] = grabber
-            self._image_pubs[cam] = self.create_publisher(Image, f"/{cam}/image_raw", SENSOR_QOS)
-            self._info_pubs[cam] = self.create_publisher(CameraInfo, f"/{cam}/camera_info", SENSOR_QOS)
-            self._last_index[cam] = 0
-            self._stale_ticks[cam] = 0
-        self.create_timer(1.0 / float(p.publish_hz), self._tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.create_timer(1.0 / float(p.publish_hz), self._tick, clock=self.steady_clock)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def on_configure(self, state):
+        p = self.p
+        try:
+            for cam, device in zip(p.cameras, p.devices):
+                config = CameraConfig(cam, str(device), int(p.width), int(p.height), float(p.capture_fps),
+                                      str(p.fourcc), float(p.exposure))
+                self._intrinsics[cam] = self._load_intrinsics(cam, p)
+                grabber = CameraGrabber(self._make_source(config), cam,
+                                        clock_ns=lambda: self.get_clock().now().nanoseconds)
+                self._grabbers[cam] = grabber   # before opening: a failure below closes what did open
+                if p.threaded:
+                    grabber.start()
+                else:
+                    grabber.source.open()
+                self._image_pubs[cam] = self.create_lifecycle_publisher(Image, topics.image(cam).name,
+                                                                        profile(topics.image(cam)))
+                self._info_pubs[cam] = self.create_lifecycle_publisher(CameraInfo, topics.camera_info(cam).name,
+                                                                       profile(topics.camera_info(cam)))
+                self._last_index[cam] = 0
+                self._stale_ticks[cam] = 0
+        except Exception as exc:   # a missing or busy device: say which, leave nothing open
+            self.get_logger().error(f"configure failed: {exc}")
+            self._release()
+            return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f"cameras {list(p.cameras)} ({p.source}, {p.width}x{p.height}, {p.fourcc or 'default'})"
-                               f" published at {p.publish_hz:g} Hz")
+                               f" published at {float(p.publish_hz):g} Hz while active")
+        return super().on_configure(state)
+
+    def on_cleanup(self, state):
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state):
+        self._release()
+        return super().on_shutdown(state)
+
+    def _release(self) -> None:
+        for grabber in self._grabbers.values():
+            grabber.stop()
+        for pub in (*self._image_pubs.values(), *self._info_pubs.values()):
+            self.destroy_lifecycle_publisher(pub)
+        self._grabbers, self._image_pubs, self._info_pubs = {}, {}, {}
 
     def _load_intrinsics(self, cam: str, p) -> CameraIntrinsics:
         path = resolve_calibration_path(Path(p.calibration_dir) / f"{cam}.yaml")
@@ -90,8 +123,10 @@ class CamerasNode(Node):
         return CameraIntrinsics.nominal(cam, int(p.width), int(p.height))
 
     def _tick(self) -> None:
+        if not self.active:
+            return
         for cam, grabber in self._grabbers.items():
-            frame = grabber.latest() if self.params.threaded else grabber.grab_once()
+            frame = grabber.latest() if self.p.threaded else grabber.grab_once()
             if frame is None or frame.index == self._last_index[cam]:
                 # No new frame since the last tick: publish nothing rather than a duplicate.
                 self._stale_ticks[cam] += 1
@@ -107,6 +142,7 @@ class CamerasNode(Node):
     def close(self) -> None:
         for grabber in self._grabbers.values():
             grabber.stop()
+        self._grabbers = {}
 
 
 def main(argv: list[str] | None = None) -> int:

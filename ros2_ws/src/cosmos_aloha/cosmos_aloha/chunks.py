@@ -14,8 +14,6 @@ from cosmos_aloha.conversions import JOINT_NAMES, ns_to_stamp, stamp_to_ns
 from cosmos_policy_core.errors import ShapeError
 from cosmos_policy_core.runtime.execution import TimedChunk
 
-CHUNK_TOPIC = "/cosmos/action_chunk"
-PLAN_CHUNK_TOPIC = "/cosmos/plan/action_chunk"
 # Points must be evenly spaced: the executor schedules step i at stamp + i * step.
 SPACING_TOLERANCE_NS = 1_000_000
 

@@ -7,11 +7,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image, JointState
 
-# The policy layout of the 14 joints (ALOHA: left arm + gripper, right arm + gripper).
-ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
-JOINT_NAMES = tuple(f"left_{j}" for j in ARM_JOINTS) + ("left_gripper",) + tuple(
-    f"right_{j}" for j in ARM_JOINTS
-) + ("right_gripper",)
+from cosmos_policy_core.robot.aloha import JOINT_NAMES  # the policy layout of the 14 joints
 
 
 def stamp_to_ns(stamp: Time) -> int:

@@ -1,50 +1,62 @@
-"""`executor` node: the only publisher of /cosmos/joint_command, a 25 Hz wall-clock timer over ChunkExecutor.
+"""`executor` lifecycle node: the only publisher of cosmos/joint_command, a 25 Hz steady-clock timer over ChunkExecutor.
 
-Subscribes policy and planner chunks and /joint_states; e-stop services latch; diagnostics once a second.
+Subscribes policy and planner chunks and joint_states; commands only while active. The e-stop (request topic
+and services) latches in every state; chunk stamps are placed on the steady clock (SteadyClockMap).
 """
 from __future__ import annotations
 
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.clock import Clock, ClockType
-from rclpy.node import Node
+from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from cosmos_aloha.chunks import CHUNK_TOPIC, PLAN_CHUNK_TOPIC, msg_to_chunk
+from cosmos_aloha import topics
+from cosmos_aloha.chunks import msg_to_chunk
 from cosmos_aloha.conversions import joints_to_msg, msg_to_joints
-from cosmos_aloha.node_runtime import apply_realtime_priority, declare_parameters, run_node
-from cosmos_aloha.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
+from cosmos_aloha.managed_node import ManagedNode
+from cosmos_aloha.node_runtime import apply_realtime_priority, run_node
+from cosmos_aloha.parameters import Param
+from cosmos_aloha.qos import profile
 from cosmos_policy_core.errors import ShapeError
+from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.runtime.execution import (
     ChunkExecutor,
     ExecState,
     ExecutorConfig,
     LoopStats,
     SafetyConfig,
+    SteadyClockMap,
+    TimedChunk,
 )
 
-COMMAND_TOPIC = "/cosmos/joint_command"
 _PRESET = SafetyConfig.aloha_vx300s()
-DEFAULTS = {
-    "control_hz": 25.0,
-    "blend_steps": 8,
-    "max_chunk_age_s": 2.0,
-    "max_observation_age_s": 0.2,
-    "max_future_s": 0.5,
-    "prefer_planner": True,
-    "temporal_ensemble": False,   # average every live chunk's current step (ACT) instead of playing the newest
-    "ensemble_decay": 0.01,       # temporal_ensemble: weight exp(-k i), i = 0 for the oldest chunk (ACT: 0.01)
-    # ALOHA ViperX 300 s preset (execution.SafetyConfig.aloha_vx300s), policy joint order.
-    "joint_lower": list(_PRESET.lower),
-    "joint_upper": list(_PRESET.upper),
-    "max_velocity": list(_PRESET.max_velocity),
-    "diagnostics_hz": 1.0,
-    "rt_priority": 40,     # SCHED_FIFO priority of the whole process; 0 = normal scheduling
-}
+PARAMETERS = (
+    Param("control_hz", aloha.CONTROL_HZ, "tick rate"),
+    Param("blend_steps", 8, "ticks over which a chunk switch converges (offset blending)"),
+    Param("max_chunk_age_s", 2.0, "hold when the played chunk's observation is older than this"),
+    Param("max_observation_age_s", 0.2, "hold when joint_states is older than this"),
+    Param("max_future_s", 0.5, "reject chunks stamped further in the future (clock mismatch)"),
+    Param("prefer_planner", True, "play a fresh planner chunk over the base policy chunk"),
+    Param("temporal_ensemble", False,
+          "true: command the weighted mean of the current step of every live chunk of a source (ACT's temporal "
+          "ensembling) instead of the newest chunk. The launch argument temporal_ensemble sets it (auto: as the "
+          "checkpoint's deploy section says), together with the policy's query cadence"),
+    Param("ensemble_decay", 0.01,
+          "temporal_ensemble: weight exp(-k i) of the i-th live chunk, i = 0 the oldest (ACT's k); the launch file "
+          "passes the checkpoint's"),
+    Param("joint_lower", list(_PRESET.lower),
+          "per-joint lower limits in the policy order (left waist .. left gripper, right ...): ViperX 300 s "
+          "ranges in rad, grippers normalised (-0.1)"),
+    Param("joint_upper", list(_PRESET.upper), "per-joint upper limits (grippers 1.1)"),
+    Param("max_velocity", list(_PRESET.max_velocity),
+          "per-joint speed limits (rad/s arms, normalised/s grippers); the per-tick change limit is "
+          "max_velocity / control_hz, both directions"),
+    Param("rt_priority", 40, "SCHED_FIFO priority of the whole process (0 = normal scheduling); needs "
+                             "CAP_SYS_NICE or an rtprio limit"),
+)
 
 
 def config_from_parameters(p) -> ExecutorConfig:
@@ -61,40 +73,61 @@ def config_from_parameters(p) -> ExecutorConfig:
     )
 
 
-class ExecutorNode(Node):
+class ExecutorNode(ManagedNode):
     def __init__(self):
-        super().__init__("executor")
-        p = declare_parameters(self, DEFAULTS)
+        super().__init__("executor", PARAMETERS)
+        p = self.p
         self.config = config_from_parameters(p)
         self.executor_logic = ChunkExecutor(self.config)
+        # Decisions run on the steady clock; header stamps (system time) are mapped onto it on receipt.
+        self.clock_map = SteadyClockMap()
         self._loop = LoopStats(self.config.period_ns)
         self._last_tick = None
         self._last_state = None
         self._compute_ms_max = 0.0
-        self._command_pub = self.create_publisher(JointState, COMMAND_TOPIC, COMMAND_QOS)
-        self._estop_pub = self.create_publisher(Bool, "/cosmos/estop/engaged", LATCHED_QOS)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(JointState, "/joint_states", self._on_joint_state, SENSOR_QOS)
-        self.create_subscription(JointTrajectory, CHUNK_TOPIC, lambda m: self._on_chunk(m, "policy"), COMMAND_QOS)
-        self.create_subscription(JointTrajectory, PLAN_CHUNK_TOPIC, lambda m: self._on_chunk(m, "planner"), COMMAND_QOS)
-        self.create_service(Trigger, "/cosmos/estop", self._on_estop)
-        self.create_service(Trigger, "/cosmos/estop_clear", self._on_estop_clear)
-        self.create_service(Trigger, "/cosmos/executor/reanchor", self._on_reanchor)
-        # Steady clock: the loop must keep its rate even if the system time is stepped.
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(1.0 / self.config.control_hz, self._tick, clock=steady)
-        self.create_timer(1.0 / p.diagnostics_hz, self._publish_diagnostics, clock=steady)
+        self._command_pub = self.create_lifecycle_publisher(
+            JointState, topics.JOINT_COMMAND.name, profile(topics.JOINT_COMMAND))
+        # Inputs and the e-stop work in every lifecycle state: an e-stop before activation still latches.
+        self._estop_pub = self.create_publisher(Bool, topics.ESTOP_ENGAGED.name, profile(topics.ESTOP_ENGAGED))
+        self.create_subscription(Bool, topics.ESTOP_REQUEST.name, self._on_estop_request, profile(topics.ESTOP_REQUEST))
+        self.create_subscription(JointState, topics.JOINT_STATES.name, self._on_joint_state,
+                                 profile(topics.JOINT_STATES))
+        for topic, source in ((topics.ACTION_CHUNK, "policy"), (topics.PLAN_CHUNK, "planner")):
+            self.create_subscription(JointTrajectory, topic.name, lambda m, s=source: self._on_chunk(m, s),
+                                     profile(topic))
+        self.create_service(Trigger, topics.ESTOP.name, self._on_estop)
+        self.create_service(Trigger, topics.ESTOP_CLEAR.name, self._on_estop_clear)
+        self.create_service(Trigger, topics.REANCHOR.name, self._on_reanchor)
+        self.create_timer(1.0 / self.config.control_hz, self._tick, clock=self.steady_clock)
         self._estop_pub.publish(Bool(data=False))
         apply_realtime_priority(self, int(p.rt_priority))
-        self.get_logger().info(
-            f"executing chunks at {self.config.control_hz:g} Hz, blend {self.config.blend_steps} steps, "
-            f"chunk timeout {self.config.max_chunk_age_s:g} s, observation timeout {self.config.max_observation_age_s:g} s"
-            + ("" if self.config.ensemble_decay is None else
-               f", temporal ensembling of the live chunks (decay {self.config.ensemble_decay:g})")
-        )
 
     def _now_ns(self) -> int:
-        return self.get_clock().now().nanoseconds
+        """Steady time, after reading both clocks into the stamp map."""
+        steady = self.steady_clock.now().nanoseconds
+        self.clock_map.observe(self.get_clock().now().nanoseconds, steady)
+        return steady
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def on_configure(self, state):
+        cfg = self.config
+        self.get_logger().info(
+            f"executing chunks at {cfg.control_hz:g} Hz, blend {cfg.blend_steps} steps, chunk timeout "
+            f"{cfg.max_chunk_age_s:g} s, observation timeout {cfg.max_observation_age_s:g} s"
+            + ("" if cfg.ensemble_decay is None else
+               f", temporal ensembling of the live chunks (decay {cfg.ensemble_decay:g})"))
+        return super().on_configure(state)
+
+    def on_activate(self, state):
+        # The arms may have moved while no command went out: start from the measured position.
+        self.executor_logic.resume_from_measured()
+        self._last_state = None
+        self.get_logger().info("active: commanding the robot")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state):
+        self.get_logger().info("inactive: no more commands (the driver holds the last one)")
+        return super().on_deactivate(state)
 
     # -- callbacks only convert and hand off ---------------------------------------------------------
     def _on_joint_state(self, msg: JointState) -> None:
@@ -111,23 +144,45 @@ class ExecutorNode(Node):
             self.executor_logic.count("chunk_rejected_format")
             self.get_logger().warning(f"rejected {source} chunk: {exc}", throttle_duration_sec=2.0)
             return
-        verdict = self.executor_logic.submit(chunk, now)
+        stamp = self.clock_map.to_steady(chunk.stamp_ns, now, int(self.config.max_future_s * 1e9))
+        verdict = self.executor_logic.submit(TimedChunk(chunk.actions, stamp, chunk.step_ns, source), now)
         if verdict != "accepted":
             self.get_logger().warning(f"{source} chunk {verdict}", throttle_duration_sec=2.0)
 
+    def _on_estop_request(self, msg: Bool) -> None:
+        if msg.data:
+            self.engage_estop(f"topic {topics.ESTOP_REQUEST.name}")
+        else:
+            self.clear_estop()
+
     def _on_estop(self, request, response):
-        self.executor_logic.engage_estop("service /cosmos/estop", self._now_ns())
-        self._estop_pub.publish(Bool(data=True))
-        self.get_logger().error("E-STOP engaged: holding position until /cosmos/estop_clear")
+        self.engage_estop(f"service {topics.ESTOP.name}")
         response.success, response.message = True, "e-stop engaged (latched)"
         return response
 
     def _on_estop_clear(self, request, response):
-        was = self.executor_logic.clear_estop()
-        self._estop_pub.publish(Bool(data=False))
-        self.get_logger().warning("E-STOP cleared" if was else "e-stop clear requested but it was not engaged")
+        was = self.clear_estop()
         response.success, response.message = True, "e-stop cleared" if was else "e-stop was not engaged"
         return response
+
+    def engage_estop(self, reason: str) -> None:
+        already = self.executor_logic.estop.engaged
+        self.executor_logic.engage_estop(reason, self._now_ns())
+        if already:
+            return
+        # Hold at once rather than at the next tick (up to one period later).
+        self._tick(scheduled=False)
+        self._estop_pub.publish(Bool(data=True))
+        self.get_logger().error(f"E-STOP engaged ({reason}): holding position until cleared")
+
+    def clear_estop(self) -> bool:
+        was = self.executor_logic.clear_estop(self._now_ns())
+        self._estop_pub.publish(Bool(data=False))
+        if was:
+            self.get_logger().warning("E-STOP cleared: motion resumes with the next chunk, blended from the held pose")
+        else:
+            self.get_logger().info("e-stop clear requested but it was not engaged")
+        return was
 
     def _on_reanchor(self, request, response):
         self.executor_logic.reanchor(self._now_ns())
@@ -135,10 +190,13 @@ class ExecutorNode(Node):
         response.success, response.message = True, "holding the next measured position"
         return response
 
-    def _tick(self) -> None:
+    def _tick(self, scheduled: bool = True) -> None:
+        if not self.active:
+            return
         start = time.perf_counter()
         now = self._now_ns()
-        self._loop.record(time.monotonic_ns())
+        if scheduled:
+            self._loop.record(now)
         tick = self.executor_logic.tick(now)
         self._last_tick = tick
         # Log holds and recoveries, not the blend/play alternation of every chunk switch.
@@ -147,32 +205,31 @@ class ExecutorNode(Node):
             self.get_logger().info(f"state {mode}")
             self._last_state = mode
         if tick.command is not None:
-            self._command_pub.publish(joints_to_msg(tick.command, now))
+            self._command_pub.publish(joints_to_msg(tick.command, self.get_clock().now().nanoseconds))
         self._compute_ms_max = max(self._compute_ms_max, (time.perf_counter() - start) * 1e3)
 
-    def _publish_diagnostics(self) -> None:
+    # -- status -----------------------------------------------------------------------------------------
+    def diagnostic_status(self):
+        if not self.active:
+            return super().diagnostic_status()
         tick = self._last_tick
-        stats = self._loop.summary()
-        values = {**{k: f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in stats.items()}}
+        values = {k: f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in self._loop.summary().items()}
         values["tick_compute_ms_max"] = f"{self._compute_ms_max:.3f}"
         self._compute_ms_max = 0.0
         if tick is not None:
             values.update(state=tick.state.value, source=tick.source, step=str(tick.step),
                           chunk_age_s=f"{tick.chunk_age_s:.3f}")
         values["estop"] = str(self.executor_logic.estop.engaged)
+        values["clock_steps"] = str(self.clock_map.steps)
         values.update({k: str(v) for k, v in sorted(self.executor_logic.counters.items())})
-        status = DiagnosticStatus(name="cosmos_aloha/executor", hardware_id="executor")
         state = tick.state if tick is not None else ExecState.WAITING
         if state in (ExecState.PLAYING, ExecState.BLENDING):
-            status.level, status.message = DiagnosticStatus.OK, state.value
+            level = DiagnosticStatus.OK
         elif state is ExecState.HOLD_ESTOP:
-            status.level, status.message = DiagnosticStatus.ERROR, state.value
+            level = DiagnosticStatus.ERROR
         else:
-            status.level, status.message = DiagnosticStatus.WARN, state.value
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array_msg = DiagnosticArray(status=[status])
-        array_msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(array_msg)
+            level = DiagnosticStatus.WARN
+        return level, state.value, values
 
 
 def main(argv: list[str] | None = None) -> int:

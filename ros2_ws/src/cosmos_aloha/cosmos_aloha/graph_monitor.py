@@ -18,12 +18,14 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Int32
 from trajectory_msgs.msg import JointTrajectory
 
-from cosmos_aloha.chunks import CHUNK_TOPIC, PLAN_CHUNK_TOPIC
+from cosmos_aloha import topics
 from cosmos_aloha.conversions import stamp_to_ns
-from cosmos_aloha.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
+from cosmos_aloha.qos import profile
+from cosmos_policy_core.robot.aloha import CAMERAS
 
-CAMERA_TOPICS = ("/cam_high/image_raw", "/cam_left_wrist/image_raw", "/cam_right_wrist/image_raw")
-PREDICTED_TOPICS = tuple(f"/cosmos/predicted/{c}" for c in ("cam_high", "cam_left_wrist", "cam_right_wrist"))
+CAMERA_TOPICS = tuple(topics.image(c).name for c in CAMERAS)
+PREDICTED_TOPICS = tuple(topics.predicted_image(c).name for c in CAMERAS)
+PLAN_PREDICTED_TOPICS = tuple(topics.predicted_image(c, topics.PLAN_PREDICTED).name for c in CAMERAS)
 
 
 class TopicLog:
@@ -62,21 +64,23 @@ class TopicLog:
 
 
 class GraphMonitor(Node):
-    def __init__(self):
-        super().__init__("graph_monitor")
+    def __init__(self, namespace: str = ""):
+        super().__init__("graph_monitor", namespace=namespace or None)
         self.logs: dict[str, TopicLog] = {}
-        for topic in CAMERA_TOPICS + PREDICTED_TOPICS:
-            self._watch(Image, topic, SENSOR_QOS, image=True)
-        self._watch(JointState, "/joint_states", SENSOR_QOS)
-        self._watch(JointState, "/cosmos/joint_command", COMMAND_QOS, keep=True)
-        self._watch(JointTrajectory, CHUNK_TOPIC, COMMAND_QOS)
-        self._watch(JointTrajectory, PLAN_CHUNK_TOPIC, COMMAND_QOS)
+        for topic in CAMERA_TOPICS + PREDICTED_TOPICS + PLAN_PREDICTED_TOPICS:
+            self._watch(Image, topic, profile(topics.image("cam")), image=True)
+        self._watch(JointState, topics.JOINT_STATES.name, profile(topics.JOINT_STATES))
+        self._watch(JointState, topics.JOINT_COMMAND.name, profile(topics.JOINT_COMMAND), keep=True)
+        self._watch(JointTrajectory, topics.ACTION_CHUNK.name, profile(topics.ACTION_CHUNK))
+        self._watch(JointTrajectory, topics.PLAN_CHUNK.name, profile(topics.PLAN_CHUNK))
         self.success = False
         self.max_reward = 0
         self.executor_status: dict[str, str] = {}
-        self.create_subscription(Bool, "/cosmos/sim/success", self._on_success, LATCHED_QOS)
-        self.create_subscription(Int32, "/cosmos/sim/reward", self._on_reward, 10)
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self.statuses: dict[str, dict] = {}   # every diagnostics status by name, the last one received
+        self.create_subscription(Bool, topics.SIM_SUCCESS.name, self._on_success, profile(topics.SIM_SUCCESS))
+        self.create_subscription(Int32, topics.SIM_REWARD.name, self._on_reward, profile(topics.SIM_REWARD))
+        self.create_subscription(DiagnosticArray, topics.DIAGNOSTICS.name, self._on_diagnostics,
+                                 profile(topics.DIAGNOSTICS))
 
     def _watch(self, msg_type, topic: str, qos, image: bool = False, keep: bool = False) -> None:
         log = self.logs.setdefault(topic, TopicLog())
@@ -98,12 +102,15 @@ class GraphMonitor(Node):
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            self.statuses[status.name] = {"level": int.from_bytes(status.level, "little")
+                                          if isinstance(status.level, bytes) else int(status.level),
+                                          "message": status.message, "values": values}
             if status.name == "cosmos_aloha/executor":
-                self.executor_status = {kv.key: kv.value for kv in status.values}
-                self.executor_status["message"] = status.message
+                self.executor_status = {**values, "message": status.message}
 
     def summary(self, skip_s: float) -> dict:
-        commands = np.asarray(self.logs["/cosmos/joint_command"].values, dtype=float)
+        commands = np.asarray(self.logs[topics.JOINT_COMMAND.name].values, dtype=float)
         steps = np.abs(np.diff(commands, axis=0)).max(axis=1) if len(commands) > 1 else np.zeros(0)
         return {
             "topics": {t: log.summary(skip_s) for t, log in self.logs.items()},
@@ -112,6 +119,7 @@ class GraphMonitor(Node):
             "sim_success": self.success,
             "sim_max_reward": self.max_reward,
             "executor": self.executor_status,
+            "diagnostics": self.statuses,
         }
 
 
@@ -121,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", type=float, default=3.0, help="seconds of start-up excluded from rates")
     parser.add_argument("--json", help="write the summary here")
     parser.add_argument("--commands", help="write every received joint command (T, 14) here as .npy")
+    parser.add_argument("--namespace", default="", help="the graph's namespace (launch argument namespace)")
     args = parser.parse_args(argv)
     rclpy.init()
-    node = GraphMonitor()
+    node = GraphMonitor(args.namespace)
     try:
         executor = rclpy.executors.SingleThreadedExecutor()
         executor.add_node(node)
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     summary = node.summary(args.skip)
     if args.commands:
-        np.save(args.commands, np.asarray(node.logs["/cosmos/joint_command"].values, dtype=float))
+        np.save(args.commands, np.asarray(node.logs[topics.JOINT_COMMAND.name].values, dtype=float))
     node.destroy_node()
     rclpy.try_shutdown()
     text = json.dumps(summary)

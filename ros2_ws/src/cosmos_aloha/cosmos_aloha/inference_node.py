@@ -12,35 +12,41 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 
-from cosmos_aloha.node_runtime import declare_parameters
+from cosmos_aloha.managed_node import ManagedNode
 from cosmos_aloha.observation_sync import ObservationSync
+from cosmos_aloha.parameters import Param
 from cosmos_policy_core.errors import ConfigError, CosmosAlohaError
+from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation, policy_config_for
 from cosmos_policy_core.runtime.scheduling import ChunkTrigger, InferenceWorker, LatencyWindow, TriggerConfig
 
-CAMERAS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
 ENGINES = ("torch", "compile", "onnx", "tensorrt")
-COMMON_DEFAULTS = {
-    "checkpoint": "",                 # our checkpoint directory (config.json + safetensors + stats + texts)
-    "engine": "torch",                # torch | compile | onnx | tensorrt
-    "engine_dir": "",                 # onnx / tensorrt: `cosmos-aloha export` output ("" = <checkpoint>/export)
-    "device": "auto",                 # auto (cuda when available) | cpu | cuda | cuda:N
-    "task": "",                       # instruction; "" = the checkpoint's task (the first if it has several)
-    "seed": 0,                        # noise seed of every sample
-    "return_future_images": True,     # decode and publish the predicted frames
-    "cameras": list(CAMERAS),
-    "max_skew_ms": 20.0,              # each camera stamp at most this far from the joint state's
-    "max_observation_age_ms": 500.0,  # never start from an older observation (<= 0: no limit)
-    "trigger_mode": "fixed",          # fixed: at trigger_remaining_steps left; latency: at measured latency + margin
-    "trigger_remaining_steps": 25,    # start the next inference when the executing chunk has this many steps left
-    "trigger_margin_steps": 2,        # latency mode: steps of slack on top of the measured latency (p90)
-    "step_hz": 25.0,                  # chunk step rate (the executor's control rate)
-    "autostart": True,                # configure + activate on start (ros2 launch / bringup); false: lifecycle services
-    "diagnostics_hz": 1.0,
-}
+COMMON_PARAMETERS = (
+    Param("checkpoint", "", "checkpoint directory (launch argument checkpoint); loaded and warmed up on configure"),
+    Param("engine", "torch", "torch, compile (torch.compile; on a GPU with CUDA graphs, compiled during configure), "
+                             "onnx, tensorrt (launch argument engine); on a GPU, torch and compile run in bf16"),
+    Param("engine_dir", "", "onnx / tensorrt: the `cosmos-aloha export` output; \"\" = <checkpoint>/export"),
+    Param("device", "auto", "auto (cuda when available), cpu, cuda, cuda:N"),
+    Param("task", "", "instruction text; \"\" = the checkpoint's task (the first, with a warning, if it has several)"),
+    Param("seed", 0, "noise seed of every sample"),
+    Param("return_future_images", True, "decode and publish the predicted frames after the chunk (so the chunk never "
+                                        "waits for the decoder); launch argument predicted_images"),
+    Param("cameras", list(aloha.CAMERAS), "cameras, subscribed as <cam>/image_raw"),
+    Param("max_skew_ms", 20.0, "each camera stamp within this of the joint_states stamp (half a tick, so two ticks "
+                               "never mix); the joint state's stamp is the observation time"),
+    Param("max_observation_age_ms", 500.0, "never start from an older observation (<= 0: no limit)"),
+    Param("trigger_mode", "fixed", "fixed: start the next inference at trigger_remaining_steps left; latency: at the "
+                                   "measured observation -> chunk latency (p90 of the last 100, in steps, rounded up) "
+                                   "plus trigger_margin_steps left, so each chunk plays almost to its end"),
+    Param("trigger_remaining_steps", 25, "fixed mode: start the next inference when the last published chunk has this "
+                                         "many steps left (below the latency in steps the executor holds for the "
+                                         "difference); latency mode: until the first latency is measured"),
+    Param("trigger_margin_steps", 2, "latency mode: slack steps on top of the measured latency"),
+    Param("step_hz", aloha.CONTROL_HZ, "chunk step rate (the executor's control_hz)"),
+)
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,13 @@ def load_policy(p, planning_checkpoint: str | None = None) -> CosmosPolicy:
         dtype=torch.bfloat16 if on_gpu and engine == "torch" else None,  # bf16 on a GPU, as the reference serves
         planning_checkpoint=planning_checkpoint or None,
         # The options the checkpoint's training implies (no test-time crop without training crops).
-        config=policy_config_for(p.checkpoint, num_steps=int(getattr(p, "num_steps", 10))))
+        config=policy_config_for(p.checkpoint, **_num_steps_override(p)))
+
+
+def _num_steps_override(p) -> dict:
+    """A positive `num_steps` parameter overrides the checkpoint's deploy setting; 0 or none keeps it."""
+    num_steps = int(getattr(p, "num_steps", 0))
+    return {"num_steps": num_steps} if num_steps > 0 else {}
 
 
 def resolve_task(policy: CosmosPolicy, requested: str) -> tuple[str, str | None]:
@@ -109,16 +121,14 @@ def dummy_observation(policy: CosmosPolicy, task: str) -> Observation:
     return Observation(images=images, proprio=proprio, task=task, timestamp=0.0)
 
 
-class InferenceNode(LifecycleNode):
+class InferenceNode(ManagedNode):
     """Lifecycle: configure = load + warm up + subscribe; activate = start the worker; deactivate = let it finish.
 
     Subclasses implement `load`, `create_outputs`, `destroy_outputs`, `warm_up` and `infer` (worker
     thread: compute and publish; return the published chunk's stamp, or None when nothing was published).
     """
 
-    def __init__(self, name: str, defaults: dict) -> None:
-        super().__init__(name)
-        self.p = declare_parameters(self, {**COMMON_DEFAULTS, **defaults})
+    def __init__(self, name: str, parameters) -> None:
         self.policy: CosmosPolicy | None = None
         self.task = ""
         self.obs_sync: ObservationSync | None = None
@@ -132,10 +142,9 @@ class InferenceNode(LifecycleNode):
         self._last_error = ""
         self._ready_since: int | None = None
         self._cancel = threading.Event()
+        self.unfinished_work = False   # node_runtime.run_node: a model call outlived close()
+        super().__init__(name, parameters)
         self._step_ns = int(round(1e9 / float(self.p.step_hz)))
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(1.0 / float(self.p.diagnostics_hz), self._publish_diagnostics)
-        self._autostart_timer = self.create_timer(0.01, self._autostart) if self.p.autostart else None
 
     # -- subclass hooks ---------------------------------------------------------------------------------
     def load(self) -> CosmosPolicy:
@@ -159,15 +168,6 @@ class InferenceNode(LifecycleNode):
                              int(self.p.trigger_margin_steps))
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    def _autostart(self) -> None:
-        self._autostart_timer.cancel()
-        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            self.get_logger().fatal("configure failed (see above); exiting so the graph does not run without it")
-            raise SystemExit(1)
-        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-            self.get_logger().fatal("activate failed; exiting")
-            raise SystemExit(1)
-
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         t0 = time.perf_counter()
         try:
@@ -219,12 +219,16 @@ class InferenceNode(LifecycleNode):
         self.state_label = "finalized"
         return super().on_shutdown(state)
 
-    def _stop_worker(self, timeout_s: float = 30.0) -> None:
+    def _stop_worker(self, timeout_s: float = 30.0) -> bool:
+        """Stop the worker after its running job (up to `timeout_s`); False when the job still runs."""
+        stopped = True
         if self.worker is not None:
             self._cancel.set()
-            if not self.worker.stop(timeout=timeout_s):
+            stopped = self.worker.stop(timeout=timeout_s)
+            if not stopped:
                 self.get_logger().warning(f"inference still running after {timeout_s:g} s; its result will be dropped")
             self.worker = None
+        return stopped
 
     def _release(self) -> None:
         self._stop_worker()
@@ -238,10 +242,11 @@ class InferenceNode(LifecycleNode):
     def close(self) -> None:
         """Called by node_runtime.run_node on exit: the running inference stops at its next stage boundary.
 
-        It must end before the interpreter does (torch in a thread at exit aborts the process); bringup
-        sends SIGTERM 8 s after SIGINT, so the wait stays below that.
+        A stage is one model call, seconds long on a busy CPU, and cannot be interrupted; rather than
+        outlast the stop's grace period (graph.STOP_GRACE_S), the process ends without waiting for it
+        (`unfinished_work`: torch running in a thread while the interpreter finalizes would abort it).
         """
-        self._stop_worker(timeout_s=7.0)
+        self.unfinished_work = not self._stop_worker(timeout_s=1.0)
 
     def cancelled(self) -> bool:
         """For `infer` between stages: the node is deactivating or exiting, the result would be dropped."""
@@ -309,17 +314,11 @@ class InferenceNode(LifecycleNode):
             values["last_error"] = self._last_error
         return values
 
-    def _publish_diagnostics(self) -> None:
-        status = DiagnosticStatus(name=f"cosmos_aloha/{self.get_name()}", hardware_id=self.get_name())
+    def diagnostic_status(self) -> tuple[int, str, dict[str, str]]:
         values = self.diagnostic_values()
         if self._last_error:
-            status.level, status.message = DiagnosticStatus.ERROR, "inference failed"
-        elif self.state_label == "active" and values.get("observation") == "synchronized":
-            status.level, status.message = DiagnosticStatus.OK, "active"
-        else:
-            status.level = DiagnosticStatus.WARN
-            status.message = self.state_label if self.state_label != "active" else values.get("observation", "")
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(msg)
+            return DiagnosticStatus.ERROR, "inference failed", values
+        if self.state_label == "active" and values.get("observation") == "synchronized":
+            return DiagnosticStatus.OK, "active", values
+        message = self.state_label if self.state_label != "active" else values.get("observation", "")
+        return DiagnosticStatus.WARN, message, values

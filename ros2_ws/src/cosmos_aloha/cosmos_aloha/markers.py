@@ -1,6 +1,6 @@
-"""rviz markers for values the policy and planner predict (the rviz config shows /cosmos/predicted/value_marker).
+"""rviz markers for values the policy and planner predict (the rviz config shows cosmos/predicted/value_marker).
 
-The value itself travels as a number on /cosmos/predicted/value; the marker is only its picture.
+The value itself travels as a number on cosmos/predicted/value; the marker is only its picture.
 """
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from visualization_msgs.msg import Marker
 
 from cosmos_aloha.conversions import ns_to_stamp
 
-VALUE_MARKER_TOPIC = "/cosmos/predicted/value_marker"
 FIXED_FRAME = "world"  # the rviz config's fixed frame: needs no TF
 
 

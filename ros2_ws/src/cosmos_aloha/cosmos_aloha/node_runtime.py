@@ -1,4 +1,4 @@
-"""How every cosmos_aloha node process runs: rclpy init, one single-threaded executor, clean shutdown.
+"""How every cosmos_aloha node process runs: parameters, rclpy init, one single-threaded executor, clean stop.
 
 rclpy 9.1.2's MultiThreadedExecutor collapses on 2 cores, so each node is its own process and spins here.
 """
@@ -8,18 +8,22 @@ import os
 import signal
 import sys
 from types import SimpleNamespace
-from typing import Callable
+from typing import Callable, Sequence
 
 import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from cosmos_aloha.parameters import Param
 
-def declare_parameters(node: Node, defaults: dict) -> SimpleNamespace:
-    """Declare each parameter with its default (YAML / command line override it) and read them back."""
-    for name, value in defaults.items():
-        node.declare_parameter(name, value)
-    return SimpleNamespace(**{name: node.get_parameter(name).value for name in defaults})
+
+def declare_parameters(node: Node, params: Sequence[Param]) -> SimpleNamespace:
+    """Declare each parameter with its default and description (YAML / command line override the value) and
+    read them back."""
+    for p in params:
+        node.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
+    return SimpleNamespace(**{p.name: node.get_parameter(p.name).value for p in params})
 
 
 def apply_realtime_priority(node: Node, priority: int) -> bool:
@@ -48,32 +52,42 @@ def apply_realtime_priority(node: Node, priority: int) -> bool:
 
 
 class _StopSignals:
-    """Remembers that SIGINT / SIGTERM arrived; SIGINT then raises KeyboardInterrupt as Python's default does.
+    """Remembers that SIGINT / SIGTERM arrived; the first one raises KeyboardInterrupt, later ones are ignored.
 
-    Installed before rclpy.init, so rclpy's own handler (which shuts the context down) chains to it.
-    rclpy runs this Python handler before it marks the context shut down, so a callback the signal
-    interrupts can fail while `rclpy.ok()` still says True. Worse, a signal that lands while rclpy
-    converts a received message to Python (`take_message`) comes out of its pybind layer as
-    "RuntimeError: Unable to convert call argument '0' to Python object" (seen in CI on a loaded
-    2-core machine at the end of a bringup). The flag tells that apart from a real error.
+    Installed before rclpy.init, so rclpy's own handler (which shuts the context down) chains to it. The
+    first signal interrupts whatever the main thread runs (a long configure included). A stop usually
+    brings two: Ctrl-C reaches the whole process group and `ros2 launch` forwards its own SIGINT, and
+    escalates to SIGTERM; raising again would break the teardown the first one started.
+
+    rclpy runs this handler before it marks the context shut down, so a callback the signal interrupts can
+    fail while `rclpy.ok()` still says True; a signal that lands while rclpy converts a received message
+    (`take_message`) comes out of its pybind layer as "RuntimeError: Unable to convert call argument '0'
+    to Python object". The flag tells that apart from a real error.
     """
 
     def __init__(self):
         self.received: int | None = None
 
     def __call__(self, signum, frame):
+        first = self.received is None
         self.received = signum
-        if signum == signal.SIGINT:
+        if first:
             raise KeyboardInterrupt
 
 
 def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> int:
-    """Create the node, spin it until Ctrl-C / SIGTERM / shutdown, then tear it down quietly."""
+    """Create the node, spin it until Ctrl-C / SIGTERM / shutdown, then tear it down quietly.
+
+    A node whose `close()` leaves work running in a thread that cannot be interrupted (a model call in
+    C++) says so with `unfinished_work`; the process then ends at once after the teardown (exit 0, as
+    the stop was asked for) instead of letting the interpreter finalize under that thread, which aborts.
+    """
     stop = _StopSignals()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
     rclpy.init(args=sys.argv if argv is None else argv)
     node = None
+    code = 0
     try:
         node = make_node()
         executor = SingleThreadedExecutor()
@@ -93,4 +107,8 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
                 close()
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    if node is not None and getattr(node, "unfinished_work", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

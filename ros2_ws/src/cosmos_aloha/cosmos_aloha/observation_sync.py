@@ -1,4 +1,4 @@
-"""The latest synchronized observation on a node: three camera topics + /joint_states within a skew.
+"""The latest synchronized observation on a node: three camera topics + joint_states within a skew.
 
 Subscriptions only convert and hand off to cosmos_policy_core.runtime.sync; used by the policy and planner nodes.
 """
@@ -10,6 +10,7 @@ import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 
+from cosmos_aloha import topics
 from cosmos_aloha.conversions import msg_to_image, msg_to_joints, stamp_to_ns
 from cosmos_aloha.qos import SENSOR_QOS
 from cosmos_policy_core.errors import ShapeError
@@ -17,10 +18,6 @@ from cosmos_policy_core.runtime.policy import Observation
 from cosmos_policy_core.runtime.sync import ObservationSynchronizer, SyncConfig, SyncedSet
 
 JOINTS = "joint_states"
-
-
-def camera_topic(camera: str) -> str:
-    return f"/{camera}/image_raw"
 
 
 class ObservationSync:
@@ -32,7 +29,7 @@ class ObservationSync:
     """
 
     def __init__(self, node: Node, cameras: Sequence[str], max_skew_ms: float, max_age_ms: float,
-                 joint_topic: str = "/joint_states", on_message: Callable[[], None] | None = None,
+                 joint_topic: str = topics.JOINT_STATES.name, on_message: Callable[[], None] | None = None,
                  qos=SENSOR_QOS) -> None:
         self.node = node
         self.cameras = tuple(cameras)
@@ -41,7 +38,7 @@ class ObservationSync:
         self.rejected = 0
         self._on_message = on_message or (lambda: None)
         self.subscriptions = [
-            node.create_subscription(Image, camera_topic(cam), lambda m, c=cam: self._on_image(c, m), qos)
+            node.create_subscription(Image, topics.image(cam).name, lambda m, c=cam: self._on_image(c, m), qos)
             for cam in self.cameras
         ]
         self.subscriptions.append(node.create_subscription(JointState, joint_topic, self._on_joints, qos))

@@ -1,6 +1,6 @@
 """`planner` lifecycle node: best-of-N (world model + value ensembles) in the slack of the executing chunk.
 
-Publishes /cosmos/plan/action_chunk and its predictions only for plans ready within `deadline_s` of their observation.
+Publishes cosmos/plan/action_chunk and its predictions only for plans ready within `deadline_s` of their observation.
 """
 from __future__ import annotations
 
@@ -10,32 +10,37 @@ from std_msgs.msg import Float32
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker
 
-from cosmos_aloha.chunks import PLAN_CHUNK_TOPIC, chunk_to_msg
+from cosmos_aloha import topics
+from cosmos_aloha.chunks import chunk_to_msg
 from cosmos_aloha.conversions import image_to_msg
-from cosmos_aloha.inference_node import InferenceNode, Job, load_policy
-from cosmos_aloha.markers import VALUE_MARKER_TOPIC, value_marker
+from cosmos_aloha.inference_node import COMMON_PARAMETERS, InferenceNode, Job, load_policy
+from cosmos_aloha.markers import value_marker
 from cosmos_aloha.node_runtime import run_node
-from cosmos_aloha.qos import COMMAND_QOS, SENSOR_QOS
+from cosmos_aloha.parameters import Param
+from cosmos_aloha.qos import profile
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig
 from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation
 
-PLAN_PREFIX = "/cosmos/plan/predicted"
 _REF = PlannerConfig()
-DEFAULTS = {
-    "planning_checkpoint": "",        # separately fine-tuned planning model ("" = the policy network)
-    "num_candidates": _REF.num_candidates,
-    "action_steps": _REF.action_steps,
-    "world_model_samples": _REF.world_model_samples,
-    "world_model_max_steps": _REF.world_model_max_steps,
-    "value_samples": _REF.value_samples,
-    "value_max_steps": _REF.value_max_steps,
-    "value_mode": _REF.value_mode,
-    "aggregation": _REF.aggregation,
-    "search_depth": _REF.search_depth,
-    "batch_candidates": _REF.batch_candidates,
-    "deadline_s": 1.0,                # publish only plans ready within this many seconds of their observation
-}
+PARAMETERS = (
+    *COMMON_PARAMETERS,
+    Param("planning_checkpoint", "", "fine-tuned planning model for world model + value (\"\" = the policy network)"),
+    Param("num_candidates", _REF.num_candidates, "N of best-of-N, batched; candidates use seeds seed .. seed + N - 1"),
+    Param("action_steps", _REF.action_steps, "denoising steps of each action candidate"),
+    Param("world_model_samples", _REF.world_model_samples,
+          "world-model ensemble per candidate (steps linspace(1, max, K))"),
+    Param("world_model_max_steps", _REF.world_model_max_steps, "most steps in the world-model ensemble"),
+    Param("value_samples", _REF.value_samples, "value ensemble per world-model sample"),
+    Param("value_max_steps", _REF.value_max_steps, "most steps in the value ensemble"),
+    Param("value_mode", _REF.value_mode, "V(s'), V(s,a,s') or Q(s,a)"),
+    Param("aggregation", _REF.aggregation, "majority_mean, mean, lcb or vote"),
+    Param("search_depth", _REF.search_depth, "> 1 plans on predicted states (needs a world model)"),
+    Param("batch_candidates", _REF.batch_candidates, "candidates per network batch"),
+    Param("deadline_s", 1.0, "a plan is published only if ready within this of its observation: the search gets "
+                             "what is left after the observation's age and a decode reserve (1.5 x the warm-up "
+                             "decode), returns the best candidate scored by then, and a plan still late is dropped"),
+)
 
 
 def planner_config(p) -> PlannerConfig:
@@ -52,7 +57,7 @@ class PlannerNode(InferenceNode):
         self._pubs: dict = {}
         self.planner: BestOfNPlanner | None = None
         self._decode_reserve_s = 0.0
-        super().__init__("planner", DEFAULTS)
+        super().__init__("planner", PARAMETERS)
 
     # -- InferenceNode hooks ----------------------------------------------------------------------------
     def load(self) -> CosmosPolicy:
@@ -65,14 +70,16 @@ class PlannerNode(InferenceNode):
 
     def create_outputs(self) -> None:
         make = self.create_lifecycle_publisher
+        value = topics.predicted_value(topics.PLAN_PREDICTED)
         self._pubs = {
-            "chunk": make(JointTrajectory, PLAN_CHUNK_TOPIC, COMMAND_QOS),
-            "value": make(Float32, f"{PLAN_PREFIX}/value", COMMAND_QOS),
-            "marker": make(Marker, VALUE_MARKER_TOPIC, COMMAND_QOS),
+            "chunk": make(JointTrajectory, topics.PLAN_CHUNK.name, profile(topics.PLAN_CHUNK)),
+            "value": make(Float32, value.name, profile(value)),
+            "marker": make(Marker, topics.VALUE_MARKER.name, profile(topics.VALUE_MARKER)),
         }
         if self.p.return_future_images:
             for cam in self.policy.layout.camera_sources:
-                self._pubs[cam] = make(Image, f"{PLAN_PREFIX}/{cam}", SENSOR_QOS)
+                topic = topics.predicted_image(cam, topics.PLAN_PREDICTED)
+                self._pubs[cam] = make(Image, topic.name, profile(topic))
 
     def destroy_outputs(self) -> None:
         for pub in self._pubs.values():

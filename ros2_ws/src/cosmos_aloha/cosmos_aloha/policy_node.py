@@ -1,11 +1,10 @@
 """`policy` lifecycle node: Cosmos Policy on the latest synchronized observation, the next chunk computed while one executes.
 
-Publishes /cosmos/action_chunk (stamped with the observation time) first, then the chunk's timing breakdown
+Publishes cosmos/action_chunk (stamped with the observation time) first, then the chunk's timing breakdown
 (~/chunk_timing), then the value and the predicted frames.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -14,29 +13,42 @@ from std_msgs.msg import Float32
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker
 
-from cosmos_aloha.chunks import CHUNK_TOPIC, chunk_to_msg
+from cosmos_aloha import topics
+from cosmos_aloha.chunks import chunk_to_msg
 from cosmos_aloha.conversions import image_to_msg, ns_to_stamp
-from cosmos_aloha.inference_node import InferenceNode, Job, load_policy
-from cosmos_aloha.markers import VALUE_MARKER_TOPIC, value_marker
+from cosmos_aloha.inference_node import COMMON_PARAMETERS, InferenceNode, Job, load_policy
+from cosmos_aloha.markers import value_marker
 from cosmos_aloha.node_runtime import run_node
-from cosmos_aloha.qos import COMMAND_QOS, SENSOR_QOS
+from cosmos_aloha.parameters import Param, replaced
+from cosmos_aloha.qos import profile
+from cosmos_policy_core.checkpoint import ENSEMBLE_QUERY_STEPS, EXECUTION_MODES, DeploySettings
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation
 from cosmos_policy_core.runtime.scheduling import TriggerConfig
 
-PREDICTED_PREFIX = "/cosmos/predicted"
-# Per chunk, under the node's name (/policy/chunk_timing): where the observation -> chunk time went.
-CHUNK_TIMING_TOPIC = "~/chunk_timing"
-DEFAULTS = {
-    "num_steps": 1,   # denoising steps per chunk: 1 is the real-time mode (the reference deploys 10, blocking)
-    # Play each chunk almost to its end, as the reference does: re-querying mid-chunk cost the shipped sim
-    # policy most of its successes (docs/training.md, "When to ask for the next chunk").
-    "trigger_mode": "latency",
-    # The executor averages the live chunks (launch argument temporal_ensemble): then query every
-    # ensemble_query_steps instead (trigger_mode fixed at chunk length - ensemble_query_steps).
-    "temporal_ensemble": False,
-    "ensemble_query_steps": 5,
-}
+PARAMETERS = (
+    *replaced(COMMON_PARAMETERS, trigger_mode="latency"),
+    Param("num_steps", 0, "denoising steps per chunk; 0 = the checkpoint's deploy setting (1 is the real-time "
+                          "mode; the reference deploys 10, blocking)"),
+    Param("execution", "", "\"\" = the checkpoint's deploy setting; whole_chunks: the next chunk by trigger_mode; "
+                           "temporal_ensemble: the executor averages the live chunks (its own temporal_ensemble), so "
+                           "start the next chunk ensemble_query_steps after the last one's observation, whatever "
+                           "trigger_mode says, and decode predicted frames for one chunk per chunk length. The launch "
+                           "argument temporal_ensemble sets it"),
+    Param("ensemble_query_steps", 0, "temporal_ensemble: steps between chunk observations; 0 = the checkpoint's "
+                                     f"query_every_steps (or {ENSEMBLE_QUERY_STEPS} if it deploys whole chunks)"),
+)
+
+
+def execution_settings(p, deploy: DeploySettings) -> tuple[bool, int]:
+    """(temporal ensembling?, steps between queries) from the parameters, defaulting to the checkpoint's."""
+    execution = str(p.execution) or deploy.execution
+    if execution not in EXECUTION_MODES:
+        raise ConfigError(f"parameter 'execution' must be \"\" or one of {EXECUTION_MODES}, got {execution!r}")
+    ensembling = execution == "temporal_ensemble"
+    every = int(p.ensemble_query_steps) or (deploy.query_every_steps if deploy.temporal_ensemble
+                                            else ENSEMBLE_QUERY_STEPS)
+    return ensembling, every
 
 
 def chunk_timing_msg(node_name: str, job: Job, start_ns: int, model_done_ns: int, published_ns: int,
@@ -60,43 +72,48 @@ def chunk_timing_msg(node_name: str, job: Job, start_ns: int, model_done_ns: int
 
 
 class PolicyNode(InferenceNode):
-    def __init__(self, name: str = "policy", topic_prefix: str = PREDICTED_PREFIX, chunk_topic: str = CHUNK_TOPIC):
+    def __init__(self, name: str = "policy", topic_prefix: str = topics.PREDICTED,
+                 chunk_topic: str = topics.ACTION_CHUNK.name):
         self._prefix, self._chunk_topic = topic_prefix, chunk_topic
         self._pubs: dict = {}
-        super().__init__(name, DEFAULTS)
+        self.ensembling, self.query_steps = False, ENSEMBLE_QUERY_STEPS
+        super().__init__(name, PARAMETERS)
 
     # -- InferenceNode hooks ----------------------------------------------------------------------------
     def load(self) -> CosmosPolicy:
+        self.ensembling, self.query_steps = execution_settings(self.p, DeploySettings.from_checkpoint(self.p.checkpoint))
         return load_policy(self.p)
 
     def _decode_due(self) -> bool:
         """Predicted frames for every chunk; with temporal ensembling for one chunk per chunk length (every
-        chunk_len / ensemble_query_steps chunks, the first included), so the decoder, which on a CPU takes
-        longer than the model, does not space the chunks out."""
-        if not self.p.temporal_ensemble:
+        chunk_len / query_steps chunks, the first included), so the decoder, which on a CPU takes longer
+        than the model, does not space the chunks out."""
+        if not self.ensembling:
             return True
-        every = max(1, self.trigger.config.chunk_len // int(self.p.ensemble_query_steps))
+        every = max(1, self.trigger.config.chunk_len // self.query_steps)
         return (self.counters["chunks_published"] - 1) % every == 0
 
     def trigger_config(self, chunk_len: int) -> TriggerConfig:
-        if not self.p.temporal_ensemble:
+        if not self.ensembling:
             return super().trigger_config(chunk_len)
-        every = int(self.p.ensemble_query_steps)
+        every = self.query_steps
         if not 1 <= every <= chunk_len:
             raise ConfigError(f"ensemble_query_steps must be in 1..{chunk_len}, got {every}")
         return TriggerConfig(chunk_len - every, chunk_len, self._step_ns, "fixed")
 
     def create_outputs(self) -> None:
         make = self.create_lifecycle_publisher
+        value = topics.predicted_value(self._prefix)
         self._pubs = {
-            "chunk": make(JointTrajectory, self._chunk_topic, COMMAND_QOS),
-            "value": make(Float32, f"{self._prefix}/value", COMMAND_QOS),
-            "marker": make(Marker, VALUE_MARKER_TOPIC, COMMAND_QOS),
-            "timing": make(DiagnosticArray, CHUNK_TIMING_TOPIC, COMMAND_QOS),
+            "chunk": make(JointTrajectory, self._chunk_topic, profile(topics.ACTION_CHUNK)),
+            "value": make(Float32, value.name, profile(value)),
+            "marker": make(Marker, topics.VALUE_MARKER.name, profile(topics.VALUE_MARKER)),
+            "timing": make(DiagnosticArray, topics.CHUNK_TIMING.name, profile(topics.CHUNK_TIMING)),
         }
         if self.p.return_future_images:
             for cam in self.policy.layout.camera_sources:
-                self._pubs[cam] = make(Image, f"{self._prefix}/{cam}", SENSOR_QOS)
+                topic = topics.predicted_image(cam, self._prefix)
+                self._pubs[cam] = make(Image, topic.name, profile(topic))
 
     def destroy_outputs(self) -> None:
         for pub in self._pubs.values():
@@ -104,22 +121,19 @@ class PolicyNode(InferenceNode):
         self._pubs = {}
 
     def warm_up(self, observation: Observation) -> dict[str, float]:
-        timings, latent, cond = self._sample(observation)
+        result = self.policy.infer(observation, seed=int(self.p.seed), num_steps=int(self.p.num_steps))
         if self.p.return_future_images:
-            t0 = time.perf_counter()
-            self.policy.decode_future_images(cond, latent)
-            timings["decode"] = time.perf_counter() - t0
-        return timings
+            result.future_images()
+        return _stages(result.chunk.timings)
 
     def infer(self, job: Job) -> int | None:
         """Worker thread: sample, publish the chunk at once, then decode and publish the predicted frames."""
         start_ns = self.now_ns()
-        timings, latent, cond = self._sample(job.observation)
-        if self.cancelled():
+        result = self.policy.infer(job.observation, seed=int(self.p.seed), num_steps=int(self.p.num_steps),
+                                   cancelled=self.cancelled)
+        if result is None or self.cancelled():
             return None
-        policy = self.policy
-        actions = policy.actions_from_latent(latent)[0]
-        value = float(policy.values_from_latent(latent)[0])
+        actions, value, timings = result.chunk.actions, result.chunk.value, _stages(result.chunk.timings)
         model_done_ns = self.now_ns()
         self._pubs["chunk"].publish(chunk_to_msg(actions, job.stamp_ns, self._step_ns))
         published_ns = self.now_ns()
@@ -131,9 +145,8 @@ class PolicyNode(InferenceNode):
         self._pubs["value"].publish(Float32(data=value))
         self._pubs["marker"].publish(value_marker(value, job.stamp_ns, label=self.get_name()))
         if self.p.return_future_images and self._decode_due() and not self.cancelled():
-            t0 = time.perf_counter()
-            images = policy.decode_future_images(cond, latent)[0]
-            timings["decode"] = time.perf_counter() - t0
+            images = result.future_images()
+            timings["decode"] = result.chunk.timings["decode"]
             # Stamped with the observation they were predicted from (they show t + chunk length).
             for cam, image in images.items():
                 self._pubs[cam].publish(image_to_msg(np.ascontiguousarray(image), job.stamp_ns, frame_id=cam))
@@ -144,17 +157,10 @@ class PolicyNode(InferenceNode):
             + f" ms), skew {job.skew_ns / 1e6:.0f} ms, value {value:.3f}")
         return job.stamp_ns
 
-    # -- the model call ---------------------------------------------------------------------------------
-    def _sample(self, observation: Observation):
-        """(timings, latent, conditioning) of one policy sample, the stages timed separately."""
-        policy = self.policy
-        cond = policy.encode_observation(observation)
-        if self.cancelled():
-            return cond.timings, None, cond
-        t0 = time.perf_counter()
-        latent = policy.sample_actions(cond, [int(self.p.seed)], int(self.p.num_steps))
-        timings = {**cond.timings, "denoise": time.perf_counter() - t0}
-        return timings, latent, cond
+
+def _stages(timings: dict[str, float]) -> dict[str, float]:
+    """The stages a call went through (seconds), without those it skipped (decode before the frames)."""
+    return {k: v for k, v in timings.items() if v > 0}
 
 
 def main(argv: list[str] | None = None) -> int:

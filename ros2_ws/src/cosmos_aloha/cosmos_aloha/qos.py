@@ -1,4 +1,4 @@
-"""QoS profiles, named once for the whole graph."""
+"""QoS profiles, named once for the whole graph (cosmos_aloha.topics names each topic's profile)."""
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -38,3 +38,17 @@ LATCHED_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
+# Heartbeats and status: a few in flight per node, reliable so a status change is not lost.
+DIAGNOSTICS_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
+PROFILES = {"sensor": SENSOR_QOS, "command": COMMAND_QOS, "latched": LATCHED_QOS, "diagnostics": DIAGNOSTICS_QOS}
+
+
+def profile(topic) -> QoSProfile:
+    """The QoS profile a `cosmos_aloha.topics.Topic` names."""
+    return PROFILES[topic.qos]

@@ -1,7 +1,9 @@
 """`recorder` node: records the preset topics (config/record_topics.yaml) into a rosbag2 directory via rosbags.
 
-Messages are taken serialized (raw CDR) and written as is; episodes are delimited by /cosmos/episode markers
-(published here by the /cosmos/recorder/{start,stop,stop_failure} services, or by anyone on the topic).
+Messages are taken serialized (raw CDR) and written as is; episodes are delimited by cosmos/episode markers
+(published here by the cosmos/recorder/{start,stop,stop_failure} services, or by anyone on the topic).
+Relative preset names are subscribed in the recorder's namespace and stored under the root (`/joint_states`),
+so bags of every cell convert with one profile.
 """
 from __future__ import annotations
 
@@ -14,20 +16,29 @@ from rclpy.serialization import deserialize_message, serialize_message
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from cosmos_aloha import topics
 from cosmos_aloha.node_runtime import declare_parameters, run_node
-from cosmos_aloha.qos import LATCHED_QOS
+from cosmos_aloha.parameters import Param
+from cosmos_aloha.qos import profile
 from cosmos_policy_core.data.bags import RecordPreset, SplitBagWriter, TopicSpec
 
-DEFAULTS = {
-    "output": "",            # bag directory to create (required)
-    "preset": "",            # record_topics.yaml; empty: the package's config/record_topics.yaml
-    "split_seconds": 0.0,    # 0: the preset's value
-    "compress": False,       # zstd chunk compression inside the .mcap files
-    "task": "",              # task string of episodes started by the start service
-    "sim": False,
-    "max_seconds": 0.0,      # stop recording after this long; 0: until Ctrl-C / SIGTERM
-    "queue_depth": 100,      # subscription depth: the writer may stall on disk without losing frames
-}
+PARAMETERS = (
+    Param("output", "", "bag directory to create (required)"),
+    Param("preset", "", "topic preset YAML; \"\" = the package's config/record_topics.yaml"),
+    Param("split_seconds", 0.0, "close a complete .mcap file this often; 0 = the preset's value"),
+    Param("compress", False, "zstd chunk compression inside the .mcap files"),
+    Param("task", "", "task string of episodes started by the start service"),
+    Param("sim", False, "mark episodes as simulated"),
+    Param("max_seconds", 0.0, "stop recording after this long; 0 = until Ctrl-C / SIGTERM"),
+    Param("queue_depth", 100, "subscription depth: the writer may stall on disk without losing frames"),
+)
+
+
+def bag_topic(name: str) -> str:
+    """The name a preset topic is stored under: relative names at the root, whatever the namespace."""
+    return name if name.startswith("/") else f"/{name}"
+
+
 INFINITE_SEC, INFINITE_NSEC = 2147483647, 4294967295   # rosbag2's encoding of an infinite duration
 
 
@@ -74,7 +85,7 @@ def message_class(msgtype: str):
 class RecorderNode(Node):
     def __init__(self):
         super().__init__("recorder")
-        p = declare_parameters(self, DEFAULTS)
+        p = declare_parameters(self, PARAMETERS)
         if not p.output:
             raise ValueError("parameter 'output' (the bag directory to create) is required")
         self.params = p
@@ -89,10 +100,10 @@ class RecorderNode(Node):
         self._record_subscriptions = []
         self._started_ns = self.get_clock().now().nanoseconds
         self._last_report_ns = self._started_ns
-        self._episode_pub = self.create_publisher(String, self.episode_topic, LATCHED_QOS)
-        self.create_service(Trigger, "/cosmos/recorder/start", self._on_start)
-        self.create_service(Trigger, "/cosmos/recorder/stop", lambda req, res: self._on_stop(res, True))
-        self.create_service(Trigger, "/cosmos/recorder/stop_failure", lambda req, res: self._on_stop(res, False))
+        self._episode_pub = self.create_publisher(String, self.episode_topic, profile(topics.EPISODE))
+        self.create_service(Trigger, topics.RECORDER_START.name, self._on_start)
+        self.create_service(Trigger, topics.RECORDER_STOP.name, lambda req, res: self._on_stop(res, True))
+        self.create_service(Trigger, topics.RECORDER_STOP_FAILURE.name, lambda req, res: self._on_stop(res, False))
         self.create_timer(0.25, self._tick)
         self._discover()
         self.get_logger().info(f"recording {len(self.preset.topics)} topics into {p.output} "
@@ -106,7 +117,7 @@ class RecorderNode(Node):
             if not infos:
                 continue
             offered = [info.qos_profile for info in infos]
-            self.writer.add_topic(TopicSpec(topic, msgtype, tuple(qos_to_dict(q) for q in offered)))
+            self.writer.add_topic(TopicSpec(bag_topic(topic), msgtype, tuple(qos_to_dict(q) for q in offered)))
             self._record_subscriptions.append(self.create_subscription(
                 message_class(msgtype), topic, self._make_callback(topic),
                 adapted_qos(offered, int(self.params.queue_depth)), raw=True,
@@ -116,7 +127,7 @@ class RecorderNode(Node):
 
     def _make_callback(self, topic: str):
         def on_message(raw: bytes) -> None:
-            self.writer.write(topic, self.get_clock().now().nanoseconds, raw)
+            self.writer.write(bag_topic(topic), self.get_clock().now().nanoseconds, raw)
             if topic == self.episode_topic:
                 self._on_episode_event(raw)
         return on_message
@@ -173,10 +184,11 @@ class RecorderNode(Node):
 
     def close(self) -> None:
         """Close the bag (runs on Ctrl-C, SIGTERM and max_seconds); an open episode is marked failed."""
-        if self.active and self.episode_topic in self.writer.topics:
+        if self.active and bag_topic(self.episode_topic) in self.writer.topics:
             stop = {"event": "stop", "task": self.task, "success": False,
                     "reason": "recorder shut down mid-episode", "stamp_ns": self.get_clock().now().nanoseconds}
-            self.writer.write(self.episode_topic, stop["stamp_ns"], serialize_message(String(data=json.dumps(stop))))
+            self.writer.write(bag_topic(self.episode_topic), stop["stamp_ns"],
+                              serialize_message(String(data=json.dumps(stop))))
             self.active = False
         self.writer.close()
 

@@ -12,23 +12,26 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
 
+from cosmos_aloha import topics
 from cosmos_aloha.chunks import chunk_to_msg
 from cosmos_aloha.conversions import msg_to_joints, stamp_to_ns
 from cosmos_aloha.node_runtime import declare_parameters, run_node
-from cosmos_aloha.qos import COMMAND_QOS, SENSOR_QOS
+from cosmos_aloha.parameters import Param
+from cosmos_aloha.qos import profile
 from cosmos_policy_core.errors import ConfigError, DataError
+from cosmos_policy_core.robot import aloha
 
-DEFAULTS = {
-    "trajectory": "sine",
-    "trajectory_hz": 25.0,
-    "chunk_len": 50,
-    "step_hz": 25.0,
-    "publish_period_s": 1.0,
-    "topic": "/cosmos/action_chunk",
-    "loop": False,
-    "sine_amplitude": 0.15,
-    "sine_period_s": 4.0,
-}
+PARAMETERS = (
+    Param("trajectory", "sine", "sine (around the first joint state), an episode .hdf5, or a (T, 14) actions .npy"),
+    Param("trajectory_hz", aloha.CONTROL_HZ, "sample rate of a file trajectory (raw ALOHA episodes are 50 Hz)"),
+    Param("chunk_len", aloha.CHUNK_SIZE, "steps per chunk"),
+    Param("step_hz", aloha.CONTROL_HZ, "chunk step rate (the executor's control rate)"),
+    Param("publish_period_s", 1.0, "a new chunk this often, like a policy re-planning at half the chunk"),
+    Param("topic", topics.ACTION_CHUNK.name, f"where to publish; {topics.PLAN_CHUNK.name} stands in for the planner"),
+    Param("loop", False, "false: play a file trajectory once, then the executor holds; true: repeat it"),
+    Param("sine_amplitude", 0.15, "rad on waists, shoulders, wrist_rotates; normalised (x2) on the grippers"),
+    Param("sine_period_s", 4.0, "sine period"),
+)
 # Joints the sine moves (policy layout): both waists, shoulders, wrist_rotates and grippers.
 SINE_JOINTS = (0, 1, 5, 6, 7, 8, 12, 13)
 
@@ -64,11 +67,12 @@ def sine_actions(center: np.ndarray, t_s: np.ndarray, amplitude: float, period_s
 class ReplayChunkNode(Node):
     def __init__(self):
         super().__init__("replay_chunks")
-        p = declare_parameters(self, DEFAULTS)
+        p = declare_parameters(self, PARAMETERS)
         self.p = p
         self._file_actions = None if p.trajectory == "sine" else load_actions(p.trajectory)
-        self._pub = self.create_publisher(JointTrajectory, p.topic, COMMAND_QOS)
-        self.create_subscription(JointState, "/joint_states", self._on_joint_state, SENSOR_QOS)
+        self._pub = self.create_publisher(JointTrajectory, p.topic, profile(topics.ACTION_CHUNK))
+        self.create_subscription(JointState, topics.JOINT_STATES.name, self._on_joint_state,
+                                 profile(topics.JOINT_STATES))
         self._latest: tuple[int, np.ndarray] | None = None
         self._start_ns: int | None = None
         self._last_stamp: int | None = None

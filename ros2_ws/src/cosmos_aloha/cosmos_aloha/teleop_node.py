@@ -1,4 +1,4 @@
-"""`teleop` node: demonstrations on /cosmos/joint_command (25 Hz) with episode markers on /cosmos/episode.
+"""`teleop` node: demonstrations on cosmos/joint_command (25 Hz) with episode markers on cosmos/episode.
 
 Real robot: leader arms (interbotix toolbox, leader JointState topics, or dynamixel) mapped to follower
 commands. Sim: the scripted demo of the task, replayed scene by scene after resetting aloha_sim.
@@ -16,34 +16,35 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
+from cosmos_aloha import topics
 from cosmos_aloha.conversions import joints_to_msg, ns_to_stamp, stamp_to_ns
 from cosmos_aloha.node_runtime import declare_parameters, run_node
-from cosmos_aloha.qos import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS
+from cosmos_aloha.parameters import Param
+from cosmos_aloha.qos import profile
+from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.robot.arm_layout import ARM_JOINTS, LEADER_NAMES, SIDES, ArmState, arm_state_from_joint_state
 from cosmos_policy_core.calibration.files import load_gripper_constants
 from cosmos_policy_core.robot.teleop import LeaderArmsSource, TeleopSource, episode_event
 
-COMMAND_TOPIC = "/cosmos/joint_command"
-EPISODE_TOPIC = "/cosmos/episode"
-DEFAULTS = {
-    "source": "auto",           # auto | scripted | interbotix | topics | dynamixel
-    "gripper": "aloha2",        # leader/follower constants (real robot); the sim ignores it
-    "publish_hz": 25.0,
-    "task": "transfer_cube",    # task string of the episode markers; the sim task for `scripted`
-    # real robot
-    "left_robot_name": LEADER_NAMES["left"],
-    "right_robot_name": LEADER_NAMES["right"],
-    "left_port": "/dev/ttyDXL_leader_left",
-    "right_port": "/dev/ttyDXL_leader_right",
-    "setup": True,              # interbotix: leader setup (arm pwm, torque off)
-    "episode_seconds": 0.0,     # > 0: a started episode stops itself after this long (success unknown)
-    # sim
-    "seed": 0,                  # first scene; each further episode uses the next seed
-    "episodes": 1,              # scripted episodes to play (0 = until stopped)
-    "sim_node": "aloha_sim",
-    "settle_ticks": 25,         # hold the last command this long before reading success
-    "auto_wait_s": 3.0,         # `auto`: wait this long for the sim's reset service before assuming hardware
-}
+PARAMETERS = (
+    Param("source", "auto", "auto (the sim's reset service answers -> scripted, else interbotix), scripted, "
+                            "interbotix, topics or dynamixel (hardware.md)"),
+    Param("gripper", "aloha2", "leader / follower gripper constants: preset or calibration YAML (the sim ignores it)"),
+    Param("publish_hz", aloha.CONTROL_HZ, "command rate"),
+    Param("task", "transfer_cube", "task string of the episode markers; the sim task for scripted"),
+    Param("left_robot_name", LEADER_NAMES["left"], "Interbotix robot name of the left leader"),
+    Param("right_robot_name", LEADER_NAMES["right"], "Interbotix robot name of the right leader"),
+    Param("left_port", "/dev/ttyDXL_leader_left", "dynamixel: serial port of the left leader"),
+    Param("right_port", "/dev/ttyDXL_leader_right", "dynamixel: serial port of the right leader"),
+    Param("setup", True, "interbotix: leader setup at start (arm pwm, torque off)"),
+    Param("episode_seconds", 0.0, "> 0: an episode started by the start service stops itself after this long "
+                                  "(success unknown)"),
+    Param("seed", 0, "scripted: the first scene; each further episode uses the next seed"),
+    Param("episodes", 1, "scripted episodes to play (0 = until stopped)"),
+    Param("sim_node", "aloha_sim", "the sim node whose seed parameter scripted teleop sets before each reset"),
+    Param("settle_ticks", 25, "scripted: hold the last command this long before reading success"),
+    Param("auto_wait_s", 3.0, "auto: wait this long for the sim's reset service before assuming hardware"),
+)
 
 
 class Phase(enum.Enum):
@@ -57,10 +58,10 @@ class Phase(enum.Enum):
 class TeleopNode(Node):
     def __init__(self, source: TeleopSource | None = None):
         super().__init__("teleop")
-        p = declare_parameters(self, DEFAULTS)
+        p = declare_parameters(self, PARAMETERS)
         self.params = p
-        self._command_pub = self.create_publisher(JointState, COMMAND_TOPIC, COMMAND_QOS)
-        self._episode_pub = self.create_publisher(String, EPISODE_TOPIC, LATCHED_QOS)
+        self._command_pub = self.create_publisher(JointState, topics.JOINT_COMMAND.name, profile(topics.JOINT_COMMAND))
+        self._episode_pub = self.create_publisher(String, topics.EPISODE.name, profile(topics.EPISODE))
         self._leader_states: dict[str, ArmState] = {}
         self._sim_success = False
         self._episode_open = False
@@ -76,22 +77,23 @@ class TeleopNode(Node):
             self._played = 0
             self._phase = Phase.IDLE
             self._futures = []
-            self.create_subscription(Bool, "/cosmos/sim/success", self._on_success, LATCHED_QOS)
-            self._reset_client = self.create_client(Trigger, "/cosmos/sim/reset")
-            self._param_client = self.create_client(SetParameters, f"/{p.sim_node}/set_parameters")
+            self.create_subscription(Bool, topics.SIM_SUCCESS.name, self._on_success, profile(topics.SIM_SUCCESS))
+            self._reset_client = self.create_client(Trigger, topics.SIM_RESET.name)
+            self._param_client = self.create_client(SetParameters, f"{p.sim_node}/set_parameters")
             self.source: TeleopSource | None = None
         else:
             self.source = source if source is not None else self._make_leader_source(kind)
             self.source.start()
             self._phase = Phase.PLAYING
-            self.create_service(Trigger, "/cosmos/teleop/start_episode", self._on_start_episode)
-            self.create_service(SetBool, "/cosmos/teleop/stop_episode", self._on_stop_episode)
+            self.create_service(Trigger, topics.TELEOP_START.name, self._on_start_episode)
+            self.create_service(SetBool, topics.TELEOP_STOP.name, self._on_stop_episode)
         self.create_timer(1.0 / float(p.publish_hz), self._tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self.get_logger().info(f"teleop source '{kind}', task '{p.task}', {p.publish_hz:g} Hz on {COMMAND_TOPIC}")
+        self.get_logger().info(f"teleop source '{kind}', task '{p.task}', {p.publish_hz:g} Hz on "
+                               f"{topics.JOINT_COMMAND.name}")
 
     # -- sources ----------------------------------------------------------------------------
     def _detect_source(self) -> str:
-        client = self.create_client(Trigger, "/cosmos/sim/reset")
+        client = self.create_client(Trigger, topics.SIM_RESET.name)
         found = client.wait_for_service(timeout_sec=float(self.params.auto_wait_s))
         self.destroy_client(client)
         return "scripted" if found else "interbotix"
@@ -102,8 +104,9 @@ class TeleopNode(Node):
         names = {"left": p.left_robot_name, "right": p.right_robot_name}
         if kind == "topics":
             for side in SIDES:
-                self.create_subscription(JointState, f"/{names[side]}/joint_states",
-                                         lambda msg, side=side: self._on_leader_state(side, msg), SENSOR_QOS)
+                self.create_subscription(JointState, topics.arm_joint_states(names[side]).name,
+                                         lambda msg, side=side: self._on_leader_state(side, msg),
+                                         profile(topics.JOINT_STATES))
             return LeaderArmsSource(self._latest_leader_states, constants)
         if kind == "interbotix":
             from cosmos_policy_core.robot.interbotix_backend import InterbotixConfig, InterbotixLeaders
@@ -116,8 +119,8 @@ class TeleopNode(Node):
 
             arms = DynamixelBackend(DynamixelConfig.leaders(ports=(("left", p.left_port), ("right", p.right_port))),
                                     constants)
-            self._leader_pubs = {side: self.create_publisher(JointState, f"/{names[side]}/joint_states", SENSOR_QOS)
-                                 for side in SIDES}
+            self._leader_pubs = {side: self.create_publisher(JointState, topics.arm_joint_states(names[side]).name,
+                                                             profile(topics.JOINT_STATES)) for side in SIDES}
             return LeaderArmsSource(lambda: self._publish_leader_states(arms.read_arm_states()), constants,
                                     arms.start, arms.close)
         raise ValueError(f"unknown teleop source {kind!r}; use auto, scripted, interbotix, topics or dynamixel")
