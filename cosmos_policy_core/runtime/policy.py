@@ -446,32 +446,43 @@ class CosmosPolicy:
 
     # --- the policy call -----------------------------------------------------------------------------
     @torch.no_grad()
-    def act(self, obs: Observation | ConditioningCache, seed: int = 0, num_steps: int | None = None,
-            return_future_images: bool = True) -> ActionChunk:
-        """One action chunk (value and future state from the same sample, as the base deployment).
+    def infer(self, obs: Observation | ConditioningCache, seed: int = 0, num_steps: int | None = None,
+              cancelled: Callable[[], bool] | None = None) -> "Inference | None":
+        """The policy call in stages: the chunk first, the predicted frames only when asked for.
 
-        Pass a `ConditioningCache` instead of an observation to reuse an earlier encode.
+        Everything that runs the policy (the ROS node, `act`, `sim eval`) calls this, so preprocessing,
+        engine and deploy settings are the same everywhere. `cancelled` is checked between the encode and
+        the sample (a node being deactivated): None is returned then. Pass a `ConditioningCache` instead of
+        an observation to reuse an earlier encode.
         """
         num_steps = num_steps or self.config.num_steps
         cond = obs if isinstance(obs, ConditioningCache) else self.encode_observation(obs)
         timings = dict.fromkeys(TIMING_KEYS, 0.0)
         if not isinstance(obs, ConditioningCache):
             timings.update(cond.timings)
+        if cancelled is not None and cancelled():
+            return None
         t0 = self._tick()
         latent = self.sample_actions(cond, [seed], num_steps)
         t1 = self._tick()
-        images = self.decode_future_images(cond, latent)[0] if return_future_images else None
-        t2 = self._tick()
         chunk = ActionChunk(
             actions=self.actions_from_latent(latent)[0],
             value=float(self.values_from_latent(latent)[0]),
             timestamp=cond.timestamp, seed=int(seed), num_steps=int(num_steps),
             future_proprio=self.future_proprio_from_latent(latent)[0],
-            future_images=images,
         )
-        timings.update(denoise=t1 - t0, decode=t2 - t1, postprocess=self._tick() - t2)
+        timings.update(denoise=t1 - t0, postprocess=self._tick() - t1)
         chunk.timings = timings
-        return chunk
+        return Inference(self, cond, latent, chunk)
+
+    def act(self, obs: Observation | ConditioningCache, seed: int = 0, num_steps: int | None = None,
+            return_future_images: bool = True) -> ActionChunk:
+        """One action chunk (value and future state from the same sample, as the base deployment), with
+        its predicted frames decoded unless `return_future_images` is False."""
+        result = self.infer(obs, seed=seed, num_steps=num_steps)
+        if return_future_images:
+            result.future_images()
+        return result.chunk
 
     def _tick(self) -> float:
         """A timing point: on a GPU, after the queued work has finished (else stages report launch time)."""
@@ -503,5 +514,23 @@ def _make_engine(engine: str, net: torch.nn.Module, diffusion: DiffusionConfig, 
     raise ConfigError(f"unknown engine {engine!r}; choose 'torch', 'onnx' or 'tensorrt'")
 
 
+@dataclass
+class Inference:
+    """One policy call: the chunk, and what decodes its predicted frames later (after the chunk is out)."""
+
+    policy: CosmosPolicy
+    cond: ConditioningCache
+    latent_1_C_T_H_W: torch.Tensor
+    chunk: ActionChunk
+
+    def future_images(self) -> dict[str, np.ndarray]:
+        """Camera source name -> predicted (S, S, 3) uint8 frame at t + chunk; decoded once, kept on the chunk."""
+        if self.chunk.future_images is None:
+            t0 = self.policy._tick()
+            self.chunk.future_images = self.policy.decode_future_images(self.cond, self.latent_1_C_T_H_W)[0]
+            self.chunk.timings["decode"] = self.policy._tick() - t0
+        return self.chunk.future_images
+
+
 __all__ = ["Observation", "ActionChunk", "PolicyConfig", "policy_config_for", "ConditioningCache", "CosmosPolicy",
-           "VALUE_MODES", "TIMING_KEYS"]
+           "Inference", "VALUE_MODES", "TIMING_KEYS"]
