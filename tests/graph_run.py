@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 CLI = "import sys; from cosmos_policy_core.cli import main; sys.exit(main())"
-SENSOR_TOPICS = ("/cam_high/image_raw", "/cam_left_wrist/image_raw", "/cam_right_wrist/image_raw", "/joint_states")
+SENSOR_TOPICS = ("cam_high/image_raw", "cam_left_wrist/image_raw", "cam_right_wrist/image_raw", "joint_states")
 
 
 def run_monitored_bringup(env: dict, out_dir: Path, bringup_args: list[str], seconds: float,

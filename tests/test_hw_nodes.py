@@ -91,6 +91,8 @@ def test_cameras_node_publishes_rgb8_and_camera_info_at_the_set_rate(ros, tmp_pa
 
 
 class FakeBackend:
+    """Arms that report a fixed pose, record every command and whether torque is on."""
+
     def __init__(self):
         self.commands, self.started, self.closed = [], False, False
 
@@ -101,6 +103,12 @@ class FakeBackend:
         return {"left": ArmState((0.1, -0.9, 1.1, 0.0, -0.3, 0.05), 1.0, 0.05),
                 "right": ArmState((0.0, -0.96, 1.16, 0.0, -0.3, 0.0), -0.6, 0.01844)}
 
+    def read_positions(self):
+        from cosmos_policy_core.robot.arm_layout import proprio_from_follower_states
+
+        states = self.read_arm_states()
+        return proprio_from_follower_states(states["left"], states["right"], GripperConstants.load("aloha2"))
+
     def write_command(self, command):
         self.commands.append(np.asarray(command))
 
@@ -108,41 +116,67 @@ class FakeBackend:
         self.closed = True
 
 
-def test_driver_node_publishes_14_joint_states_and_executes_commands(ros):
+def test_driver_node_is_a_lifecycle_node_that_holds_and_reports(ros):
+    """Activate: torque on, the measured position commanded (hold). Commands execute only while active; when
+    they stop the node says it holds; deactivate holds again; closing leaves torque on unless asked."""
     from cosmos_aloha.aloha_driver_node import AlohaDriverNode
     from cosmos_aloha.conversions import JOINT_NAMES, joints_to_msg
+    from diagnostic_msgs.msg import DiagnosticArray
 
-    rclpy.init(args=["--ros-args", "-p", "aloha_driver:gripper:=aloha2"])
+    rclpy.init(args=["--ros-args", "-p", "aloha_driver:gripper:=aloha2", "-p", "aloha_driver:autostart:=false",
+                     "-p", "aloha_driver:command_timeout_s:=0.3", "-p", "aloha_driver:diagnostics_hz:=5.0"])
     backend = FakeBackend()
     driver = AlohaDriverNode(backend=backend)
     probe = rclpy.create_node("driver_probe")
-    states = []
-    probe.create_subscription(JointState, "/joint_states", states.append, SENSOR_QOS)
-    command_pub = probe.create_publisher(JointState, "/cosmos/joint_command", COMMAND_QOS)
+    states, statuses = [], []
+    probe.create_subscription(JointState, "joint_states", states.append, SENSOR_QOS)
+    probe.create_subscription(DiagnosticArray, "diagnostics",
+                              lambda m: statuses.extend(s for s in m.status if s.name == "cosmos_aloha/aloha_driver"),
+                              10)
+    command_pub = probe.create_publisher(JointState, "cosmos/joint_command", COMMAND_QOS)
     executor = SingleThreadedExecutor()
     executor.add_node(driver)
     executor.add_node(probe)
+    measured = backend.read_positions()
     try:
-        assert spin(executor, 10.0, lambda: len(states) >= 3)
+        spin(executor, 1.0)
+        assert driver.lifecycle_state == "unconfigured" and not backend.started and not states
+        command_pub.publish(joints_to_msg(np.zeros(14), 0))
+        spin(executor, 0.3)
+        assert backend.commands == [], "an unconfigured driver must not move the arms"
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        assert driver.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert driver.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert driver.lifecycle_state == "active" and backend.started
+        np.testing.assert_allclose(backend.commands[-1], measured)          # torque on, holding where it is
+        assert spin(executor, 5.0, lambda: len(states) >= 2)
         msg = states[-1]
         assert list(msg.name) == list(JOINT_NAMES)
-        c = GripperConstants.load("aloha2")
         np.testing.assert_allclose(msg.position[:6], [0.1, -0.9, 1.1, 0.0, -0.3, 0.05])
-        assert msg.position[6] == pytest.approx(c.follower_position_normalize(0.05))
-        command = np.linspace(-0.5, 0.5, 14)
+        assert msg.position[6] == pytest.approx(GripperConstants.load("aloha2").follower_position_normalize(0.05))
+        command = measured + 0.01
         command_pub.publish(joints_to_msg(command, 0))
-        assert spin(executor, 5.0, lambda: len(backend.commands) >= 1)
-        np.testing.assert_allclose(backend.commands[0], command)
+        assert spin(executor, 5.0, lambda: len(backend.commands) >= 2)
+        np.testing.assert_allclose(backend.commands[-1], command)
         bad = command.copy()
         bad[3] = np.nan
         command_pub.publish(joints_to_msg(bad, 0))
+        spin(executor, 0.2)
+        assert not np.isnan(backend.commands[-1]).any(), "a NaN command must not reach the arms"
+        assert spin(executor, 3.0, lambda: any("holding the last commanded position" in s.message
+                                               for s in statuses)), [s.message for s in statuses]
+        driver.trigger_deactivate()
+        np.testing.assert_allclose(backend.commands[-1], measured)          # deactivate holds
+        count = len(backend.commands)
+        command_pub.publish(joints_to_msg(command, 0))
         spin(executor, 0.5)
-        assert len(backend.commands) == 1, "a NaN command must not reach the arms"
+        assert len(backend.commands) == count, "an inactive driver must not execute commands"
     finally:
         driver.close()
         driver.destroy_node()
         probe.destroy_node()
-    assert backend.started and backend.closed
+    assert backend.closed and driver.p.torque_off_on_close is False   # torque off only on an explicit request
 
 
 def test_teleop_node_maps_leader_topics_and_marks_episodes(ros):

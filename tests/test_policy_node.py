@@ -227,37 +227,19 @@ def test_composed_bringup_with_policy(ros_env, tmp_path, checkpoint_64):
     summary, log = run_monitored_bringup(
         ros_env, tmp_path, ["--sim", "--checkpoint", str(checkpoint_64), "--image-height", "224",
                             "--image-width", "224"], seconds=22, skip=6)
-    assert "bringup: aloha_sim, policy, executor" in log
+    assert "bringup: aloha_sim, policy, executor, lifecycle_manager" in log
     topics = summary["topics"]
-    chunks = topics["/cosmos/action_chunk"]
+    chunks = topics["cosmos/action_chunk"]
     assert chunks["count"] >= 5, (chunks, log[-3000:])
     assert chunks["latency_ms_p99"] < 2000.0, chunks           # within the executor's max_chunk_age_s
     for cam in CAMERAS:
-        assert topics[f"/cosmos/predicted/{cam}"]["shapes"] == [[64, 64]], cam
+        assert topics[f"cosmos/predicted/{cam}"]["shapes"] == [[64, 64]], cam
     assert summary["executor"]["message"] in ("playing", "blending"), summary["executor"]
     assert summary["command_finite"] is True
     assert summary["command_step_max"] <= SafetyConfig.aloha_vx300s().max_step.max() + 1e-9
-    commands = topics["/cosmos/joint_command"]
+    commands = topics["cosmos/joint_command"]
     assert commands["rate_hz"] == pytest.approx(25.0, rel=0.05), commands
     assert_sensor_rates(topics, log)
-
-
-def test_policy_and_planner_yaml_keys_are_declared_parameters():
-    """A typo in config/policy.yaml or planner.yaml would be silently ignored by rclpy: every key must be declared."""
-    from pathlib import Path
-
-    import yaml
-
-    from cosmos_aloha import inference_node, planner_node, policy_node
-
-    config = Path(policy_node.__file__).resolve().parents[1] / "config"
-    for name, extra in (("policy", policy_node.DEFAULTS), ("planner", planner_node.DEFAULTS)):
-        declared = {**inference_node.COMMON_DEFAULTS, **extra}
-        params = yaml.safe_load((config / f"{name}.yaml").read_text())[name]["ros__parameters"]
-        assert set(params) == set(declared), (name, set(params) ^ set(declared))
-        for key, value in params.items():
-            assert type(value) is type(declared[key]), (name, key)
-            assert value == declared[key], (name, key)   # the YAML documents the defaults, it does not change them
 
 
 def test_temporal_ensemble_makes_the_policy_query_every_few_steps():
@@ -267,7 +249,7 @@ def test_temporal_ensemble_makes_the_policy_query_every_few_steps():
     from cosmos_aloha.policy_node import PolicyNode
     from cosmos_policy_core.errors import ConfigError
 
-    node = SimpleNamespace(p=SimpleNamespace(temporal_ensemble=True, ensemble_query_steps=5), _step_ns=40_000_000)
+    node = SimpleNamespace(ensembling=True, query_steps=5, _step_ns=40_000_000)
     cfg = PolicyNode.trigger_config(node, 50)
     assert (cfg.mode, cfg.trigger_remaining_steps, cfg.chunk_len) == ("fixed", 45, 50)
     # Predicted frames for chunks 1, 11, 21, ... (one per chunk length), so decoding does not space chunks out.
@@ -278,11 +260,28 @@ def test_temporal_ensemble_makes_the_policy_query_every_few_steps():
         node.counters["chunks_published"] = k
         due.append(PolicyNode._decode_due(node))
     assert [k for k, d in zip(range(1, 23), due) if d] == [1, 11, 21]
-    node.p.temporal_ensemble = False
+    node.ensembling = False
     assert PolicyNode._decode_due(node)                      # whole chunks: every chunk's frames
-    node.p.temporal_ensemble, node.p.ensemble_query_steps = True, 0
+    node.ensembling, node.query_steps = True, 60
     with pytest.raises(ConfigError, match="ensemble_query_steps"):
         PolicyNode.trigger_config(node, 50)
+
+
+def test_policy_execution_defaults_to_the_checkpoints_deploy_settings():
+    from types import SimpleNamespace
+
+    from cosmos_aloha.policy_node import execution_settings
+    from cosmos_policy_core.checkpoint import DeploySettings
+    from cosmos_policy_core.errors import ConfigError
+
+    ensemble = DeploySettings(execution="temporal_ensemble", query_every_steps=3)
+    params = lambda execution="", every=0: SimpleNamespace(execution=execution, ensemble_query_steps=every)  # noqa: E731
+    assert execution_settings(params(), ensemble) == (True, 3)                    # "" = the checkpoint's
+    assert execution_settings(params("whole_chunks"), ensemble)[0] is False       # the parameter overrides
+    assert execution_settings(params("temporal_ensemble"), DeploySettings()) == (True, 5)
+    assert execution_settings(params("", 7), ensemble) == (True, 7)
+    with pytest.raises(ConfigError, match="execution"):
+        execution_settings(params("sometimes"), ensemble)
 
 
 def test_policy_node_loads_the_shipped_checkpoint_with_the_options_of_its_training():
@@ -294,5 +293,8 @@ def test_policy_node_loads_the_shipped_checkpoint_with_the_options_of_its_traini
 
     shipped = Path(__file__).resolve().parents[1] / "models" / "aloha_sim_transfer_cube_small"
     policy = load_policy(SimpleNamespace(checkpoint=str(shipped), engine="torch", device="cpu", engine_dir="",
-                                         num_steps=1))
-    assert policy.config.crop_area is None and policy.config.num_steps == 1
+                                         num_steps=0))
+    assert policy.config.crop_area is None and policy.config.num_steps == 1   # its deploy section's
+    steps = load_policy(SimpleNamespace(checkpoint=str(shipped), engine="torch", device="cpu", engine_dir="",
+                                        num_steps=3))
+    assert steps.config.num_steps == 3                                         # the parameter overrides

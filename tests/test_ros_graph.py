@@ -21,9 +21,9 @@ def test_composed_sim_bringup_rates(ros_env, tmp_path):
     summary, log = run_monitored_bringup(
         ros_env, tmp_path, ["--sim", "--image-height", "224", "--image-width", "224"], seconds=20, skip=4)
     topics = summary["topics"]
-    assert topics["/cam_high/image_raw"]["shapes"] == [[224, 224]]
-    assert topics["/cosmos/action_chunk"]["count"] >= 10  # one per second for ~16 s
-    assert topics["/cosmos/joint_command"]["rate_hz"] == pytest.approx(25.0, rel=0.05), topics["/cosmos/joint_command"]
+    assert topics["cam_high/image_raw"]["shapes"] == [[224, 224]]
+    assert topics["cosmos/action_chunk"]["count"] >= 10  # one per second for ~16 s
+    assert topics["cosmos/joint_command"]["rate_hz"] == pytest.approx(25.0, rel=0.05), topics["cosmos/joint_command"]
     assert summary["command_finite"] is True
     # chunk switches every second, gripper jump at the start: never a step above the limit
     assert summary["command_step_max"] <= MAX_STEP.max() + 1e-9
@@ -43,7 +43,7 @@ class Probe:
         from std_srvs.srv import Trigger
         from trajectory_msgs.msg import JointTrajectory
 
-        from cosmos_aloha.chunks import CHUNK_TOPIC
+        from cosmos_aloha.topics import ACTION_CHUNK
         from cosmos_aloha.conversions import joints_to_msg, stamp_to_ns
         from cosmos_aloha.qos import COMMAND_QOS, SENSOR_QOS
 
@@ -58,9 +58,9 @@ class Probe:
         self.chunk_stamps: list[float] = []
         self._joints_to_msg, self._stamp_to_ns = joints_to_msg, stamp_to_ns
         self.joint_pub = self.node.create_publisher(JointState, "/joint_states", SENSOR_QOS)
-        self.chunk_pub = self.node.create_publisher(JointTrajectory, CHUNK_TOPIC, COMMAND_QOS)
+        self.chunk_pub = self.node.create_publisher(JointTrajectory, ACTION_CHUNK.name, COMMAND_QOS)
         self.node.create_subscription(JointState, "/cosmos/joint_command", self._on_command, COMMAND_QOS)
-        self.node.create_subscription(JointTrajectory, CHUNK_TOPIC,
+        self.node.create_subscription(JointTrajectory, ACTION_CHUNK.name,
                                       lambda m: self.chunk_stamps.append(stamp_to_ns(m.header.stamp) / 1e9), COMMAND_QOS)
         self.diagnostics: dict[str, str] = {}
         from diagnostic_msgs.msg import DiagnosticArray

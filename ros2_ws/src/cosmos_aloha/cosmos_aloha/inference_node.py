@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,10 @@ class InferenceNode(ManagedNode):
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
             self._release()
             return TransitionCallbackReturn.FAILURE
+        except Exception:   # a fault in the code: rclpy would swallow it silently, so show where it is
+            self.get_logger().error(f"configure failed on an unexpected error:\n{traceback.format_exc()}")
+            self._release()
+            return TransitionCallbackReturn.ERROR
         self.obs_sync = ObservationSync(self, list(self.p.cameras), float(self.p.max_skew_ms),
                                         float(self.p.max_observation_age_ms), on_message=self._maybe_start)
         lay = self.policy.layout
