@@ -59,7 +59,7 @@ def main() -> None:
                     t0 = time.perf_counter()
                     export_checkpoint(ckpt, Path(tmp) / f"{name}_onnx", batch=1, validate=False)
                     print(f"[{name}] ONNX export: {time.perf_counter() - t0:.1f} s")
-                    kwargs = dict(engine="onnx", onnx_dir=Path(tmp) / f"{name}_onnx")
+                    kwargs = dict(engine="onnx", export_dir=Path(tmp) / f"{name}_onnx")
                 policy = CosmosPolicy.from_checkpoint(ckpt, **kwargs)
                 for steps in args.steps:
                     med = measure(policy, obs, steps, args.repeats, args.decode)

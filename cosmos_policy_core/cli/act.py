@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cosmos_policy_core.engines.resolve import ENGINES, PRECISION_NAMES
 from cosmos_policy_core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,9 @@ def run(args) -> int:
     if len(args.images) != 3:
         raise ConfigError("--images takes three files: top (cam_high), left wrist, right wrist")
     top, left, right = (read_image(p) for p in args.images)
-    policy = CosmosPolicy.from_checkpoint(args.checkpoint, engine=args.engine, onnx_dir=args.onnx_dir,
-                                          device=args.device, config=policy_config_for(args.checkpoint, clip_actions=not args.no_clip))
+    policy = CosmosPolicy.from_checkpoint(args.checkpoint, engine=args.engine, export_dir=args.export_dir,
+                                          device=args.device, dtype=args.dtype,
+                                          config=policy_config_for(args.checkpoint, clip_actions=not args.no_clip))
     obs = Observation(images={"cam_high": top, "cam_left_wrist": left, "cam_right_wrist": right},
                       proprio=read_proprio(args.proprio), task=args.task)
     cond = policy.encode_observation(obs)
@@ -103,9 +105,13 @@ def register(subparsers) -> None:
     p.add_argument("--task", required=True, help="task string; must be one the checkpoint has an embedding for")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=10, help="denoising steps (1 = the real-time mode)")
-    p.add_argument("--engine", choices=("torch", "onnx", "tensorrt"), default="torch")
-    p.add_argument("--onnx-dir", default=None, help="export directory for --engine onnx/tensorrt")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="torch (eager), compile (torch.compile), onnx / tensorrt (the graphs of `cosmos-aloha export`)")
+    p.add_argument("--export-dir", default=None,
+                   help="export directory for --engine onnx / tensorrt (default: <checkpoint>/export)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", choices=("auto", *PRECISION_NAMES), default="auto",
+                   help="network precision (auto: bf16 on a GPU, fp32 on a CPU; onnx / tensorrt: as exported)")
     p.add_argument("--no-images", action="store_true", help="skip decoding the predicted frames")
     p.add_argument("--no-clip", action="store_true", help="do not clamp normalized actions to [-1, 1]")
     p.add_argument("--out", default=None, help="directory for actions.json/.npy, result.json and frames.png")

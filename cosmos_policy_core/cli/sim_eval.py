@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cosmos_policy_core.engines.resolve import ENGINES, PRECISION_NAMES
+
 
 def _eval(args) -> int:
     from cosmos_policy_core.runtime.rollout import EvalConfig, evaluate_checkpoint
@@ -15,7 +17,8 @@ def _eval(args) -> int:
                      execution=args.execution, execute_steps=args.execute_steps, latency_steps=args.latency_steps,
                      ensemble_decay=args.ensemble_decay, max_steps=args.max_steps,
                      planner_candidates=args.planner_candidates, hold_steps=args.hold_steps,
-                     jpeg_quality=args.jpeg_quality)
+                     jpeg_quality=args.jpeg_quality, engine=args.engine, device=args.device,
+                     dtype=None if args.dtype == "auto" else args.dtype, export_dir=args.export_dir)
     report = evaluate_checkpoint(args.checkpoint, cfg, gif_path=args.video, progress=not args.no_progress,
                                  workers=args.workers)
     lo, hi = report.ci95
@@ -75,6 +78,14 @@ def add_eval_parser(sim_commands) -> None:
                         help="JPEG-encode and decode every camera frame at quality Q (1-100) before the policy "
                              "sees it, as a policy on another host receives <camera>/image_raw/compressed; "
                              "compare with the same --seed without it")
+    parser.add_argument("--engine", choices=ENGINES, default="torch",
+                        help="torch (eager), compile (torch.compile), onnx / tensorrt (the graphs of `cosmos-aloha "
+                             "export`)")
+    parser.add_argument("--export-dir", help="export directory for --engine onnx / tensorrt (default: "
+                                             "<checkpoint>/export)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--dtype", choices=("auto", *PRECISION_NAMES), default="auto",
+                        help="network precision (auto: bf16 on a GPU, fp32 on a CPU; onnx / tensorrt: as exported)")
     parser.add_argument("--json", help="write the report (episodes, successes, success_rate, ci95, max rewards; "
                                         "held_* with --hold-steps)")
     parser.add_argument("--video", help="GIF of episode 0 with the predicted future frames")

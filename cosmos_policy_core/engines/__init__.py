@@ -1,4 +1,4 @@
-"""Inference backends behind one `Denoiser` interface: torch (eager / compile), ONNX Runtime, TensorRT.
+"""Inference backends behind one `Denoiser` interface (and the fast-path VAE encoder): torch, compile, ONNX Runtime, TensorRT.
 
 Heavy backends import lazily, so `import cosmos_policy_core.engines` never needs onnxruntime or TensorRT.
 """
@@ -9,10 +9,18 @@ import importlib
 _EXPORTS = {
     "Denoiser": "cosmos_policy_core.engines.base",
     "DenoiserModule": "cosmos_policy_core.engines.base",
+    "ENGINES": "cosmos_policy_core.engines.resolve",
+    "EngineSpec": "cosmos_policy_core.engines.resolve",
+    "resolve_engine": "cosmos_policy_core.engines.resolve",
+    "load_engines": "cosmos_policy_core.engines.resolve",
+    "ClipEncoder": "cosmos_policy_core.engines.encoder",
+    "ConditioningEncoderModule": "cosmos_policy_core.engines.encoder",
+    "TorchClipEncoder": "cosmos_policy_core.engines.encoder",
     "TorchDenoiser": "cosmos_policy_core.engines.torch_engine",
     "OnnxDenoiser": "cosmos_policy_core.engines.onnx_engine",
-    "OnnxVAEEncoder": "cosmos_policy_core.engines.onnx_engine",
+    "OnnxClipEncoder": "cosmos_policy_core.engines.onnx_engine",
     "TensorRTDenoiser": "cosmos_policy_core.engines.tensorrt_engine",
+    "TensorRTClipEncoder": "cosmos_policy_core.engines.tensorrt_engine",
     "export_checkpoint": "cosmos_policy_core.engines.export",
     "load_exported": "cosmos_policy_core.engines.export",
 }

@@ -1,6 +1,6 @@
-"""ONNX Runtime backends: the exported fixed-shape denoiser graph and the VAE encoder graph.
+"""ONNX Runtime backends: the exported fixed-shape denoiser graph and the conditioning VAE encoder graph.
 
-The CPU twin of the TensorRT engine: the same exported graph, checked against eager PyTorch in the tests.
+The CPU twin of the TensorRT engines: the same exported graphs, with their fp32 / fp16 / bf16 types, checked against eager PyTorch.
 """
 from __future__ import annotations
 
@@ -11,25 +11,73 @@ import numpy as np
 import torch
 
 from cosmos_policy_core.engines.base import Denoiser, expand_condition
+from cosmos_policy_core.engines.encoder import ClipEncoder
 from cosmos_policy_core.errors import CheckpointError, ConfigError, ShapeError
 
 log = logging.getLogger(__name__)
 
 DENOISER_INPUTS = ("x_sigma", "sigma", "gt", "mask", "crossattn")
+_FLOAT_TYPES = {1: "fp32", 10: "fp16", 16: "bf16"}   # onnx.TensorProto FLOAT, FLOAT16, BFLOAT16
 
 
-def _session(path: Path, providers: list[str] | None):
+def graph_precision(model) -> str:
+    """fp32 / fp16 / bf16: the type most of a graph's matrix-multiply and convolution weights have.
+
+    Only those weights count: constant tables the graph also holds (RoPE frequencies, the preconditioning)
+    stay float32 whatever the network's precision.
+    """
+    weights = {n.input[1] for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1}
+    counts: dict[str, int] = {}
+    for t in model.graph.initializer:
+        name = _FLOAT_TYPES.get(t.data_type)
+        if name is not None and t.name in weights:
+            counts[name] = counts.get(name, 0) + (int(np.prod(t.dims)) if len(t.dims) else 1)
+    return max(counts, key=counts.get) if counts else "fp32"
+
+
+def _session(path: Path, providers: list[str] | None, precision: str | None = None):
+    """An InferenceSession; a bf16 graph on CPU-only providers runs through `bf16_on_cpu.emulate_bf16`."""
     try:
+        import onnx
         import onnxruntime as ort
     except ImportError as e:  # pragma: no cover - onnxruntime is a dev dependency
-        raise ConfigError("the onnx engine needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu)") from e
+        raise ConfigError("the onnx engine needs onnx and onnxruntime: pip install 'cosmos-aloha[onnx]'") from e
     if not path.is_file():
-        raise CheckpointError(f"ONNX graph {path} does not exist; run `cosmos-aloha export --format onnx` first")
+        raise CheckpointError(f"ONNX graph {path} does not exist; export it with `cosmos-aloha export --out "
+                              f"{path.parent}`")
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
+    chosen = chosen or ["CPUExecutionProvider"]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options, providers=chosen or ["CPUExecutionProvider"])
+    model = onnx.load(str(path), load_external_data=False)   # types and shapes only: a 2B graph's weights are GBs
+    found = graph_precision(model)
+    if precision is not None and found != precision:
+        raise CheckpointError(f"{path} holds {found} weights, its export manifest says {precision}: the directory "
+                              "mixes two exports; export the checkpoint again into an empty directory")
+    if chosen == ["CPUExecutionProvider"]:
+        from cosmos_policy_core.engines.bf16_on_cpu import emulate_bf16, has_bf16
+
+        if has_bf16(model):
+            # ONNX Runtime's CPU kernels have almost no bfloat16 implementations.
+            log.info("%s: bf16 graph on the CPU provider, running float32 kernels with bf16 rounding", path.name)
+            return ort.InferenceSession(emulate_bf16(onnx.load(str(path))).SerializeToString(), sess_options=options,
+                                        providers=chosen)
+    return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+
+
+def _check_io(session, path: Path, expect: dict | None, inputs) -> dict[str, tuple]:
+    """Input name -> shape of a session, checked against the manifest entry `expect` (the shapes recorded at export)."""
+    found = {i.name: tuple(i.shape) for i in session.get_inputs()}
+    missing = [n for n in inputs if n not in found]
+    if missing:
+        raise CheckpointError(f"{path} lacks inputs {missing}; it is not a graph exported by `cosmos-aloha export`")
+    if expect is not None:
+        for name, spec in expect["inputs"].items():
+            if list(found.get(name, ())) != spec["shape"]:
+                raise ShapeError(f"{path}: input {name} has shape {found.get(name)}, its export manifest says "
+                                 f"{tuple(spec['shape'])}: the directory mixes two exports; export again")
+    return found
 
 
 def _padded_chunks(B: int, batch: int):
@@ -47,14 +95,11 @@ def _pad_rows(x: np.ndarray, batch: int) -> np.ndarray:
 class OnnxDenoiser(Denoiser):
     """Runs `denoiser_b{N}.onnx`: fixed batch N, so other batch sizes are split / padded to N."""
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, name: str = "onnx") -> None:
+    def __init__(self, path: str | Path, providers: list[str] | None = None, name: str = "onnx", *,
+                 expect: dict | None = None, precision: str | None = None) -> None:
         self.path = Path(path)
-        self.session = _session(self.path, providers)
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        missing = [n for n in DENOISER_INPUTS if n not in inputs]
-        if missing:
-            raise CheckpointError(f"{self.path} lacks inputs {missing}; it is not a denoiser exported by cosmos-aloha")
-        self.input_shapes = {n: tuple(inputs[n].shape) for n in DENOISER_INPUTS}
+        self.session = _session(self.path, providers, precision)
+        self.input_shapes = _check_io(self.session, self.path, expect, DENOISER_INPUTS)
         self.batch = int(self.input_shapes["x_sigma"][0])
         self.name = name
         self.device = torch.device("cpu")
@@ -83,17 +128,22 @@ class OnnxDenoiser(Denoiser):
         return torch.from_numpy(np.concatenate(out)).to(x_sigma_B_C_T_H_W.device)
 
 
-class OnnxVAEEncoder:
-    """Runs `vae_encoder.onnx`: [-1, 1] clip (B, 3, T, H, W) -> normalized latent, batch 1 per call."""
+class OnnxClipEncoder(ClipEncoder):
+    """Runs `vae_encoder.onnx` (a `ConditioningEncoderModule`): the clip's camera frames -> conditioning latents."""
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+    def __init__(self, path: str | Path, *, frames: int, prefix_frames: int, providers: list[str] | None = None,
+                 expect: dict | None = None, precision: str | None = None) -> None:
         self.path = Path(path)
-        self.session = _session(self.path, providers)
-        self.input_shape = tuple(self.session.get_inputs()[0].shape)
+        self.session = _session(self.path, providers, precision)
+        shape = _check_io(self.session, self.path, expect, ["video"])["video"]
+        self.frames, self.prefix_frames = int(frames), int(prefix_frames)
+        if shape[2] != self.frames - self.prefix_frames:
+            raise ShapeError(f"{self.path} takes {shape[2]} camera frames, expected frames {self.frames} - prefix "
+                             f"{self.prefix_frames}; export the checkpoint again")
+        self.image_size = int(shape[-1])
+        self.name = "onnx"
 
     def __call__(self, video_B_3_T_H_W: torch.Tensor) -> torch.Tensor:
-        if tuple(video_B_3_T_H_W.shape[1:]) != self.input_shape[1:]:
-            raise ShapeError(f"clip shape {tuple(video_B_3_T_H_W.shape[1:])} != exported {self.input_shape[1:]}")
-        x = video_B_3_T_H_W.detach().to("cpu", torch.float32).numpy()
-        out = [self.session.run(["latent"], {"video": x[b:b + 1]})[0] for b in range(x.shape[0])]
-        return torch.from_numpy(np.concatenate(out))
+        x = self.check_clip(video_B_3_T_H_W, self.image_size).detach().to("cpu", torch.float32).numpy()
+        out = [self.session.run(["latent"], {"video": np.ascontiguousarray(x[b:b + 1])})[0] for b in range(x.shape[0])]
+        return torch.from_numpy(np.concatenate(out)).to(video_B_3_T_H_W.device)

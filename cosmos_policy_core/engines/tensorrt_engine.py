@@ -1,6 +1,7 @@
-"""TensorRT backend of the `Denoiser` interface, for robot PCs with an NVIDIA GPU and TensorRT installed.
+"""TensorRT backends (denoiser and conditioning encoder), for robot PCs with an NVIDIA GPU and TensorRT 10.x or 11.x.
 
-Two routes: a serialized engine built from the exported ONNX graph (tensorrt Python API), or torch-tensorrt compiling a torch.export program.
+Engines are built from the exported ONNX graphs as strongly typed networks: every precision comes from the graph's own types
+(bf16 / fp16 / fp32, chosen at export), never from builder flags (TensorRT 11 removed BuilderFlag.FP16 / BF16).
 """
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from cosmos_policy_core.engines.base import Denoiser, DenoiserModule, expand_condition
+from cosmos_policy_core.engines.base import Denoiser, expand_condition
+from cosmos_policy_core.engines.encoder import ClipEncoder
 from cosmos_policy_core.engines.onnx_engine import DENOISER_INPUTS
 from cosmos_policy_core.errors import CheckpointError, ConfigError, ShapeError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+SUPPORTED_MAJOR_VERSIONS = (10, 11)   # the `trt` extra pins the same range
 
 
 def import_tensorrt():
@@ -25,54 +26,61 @@ def import_tensorrt():
         import tensorrt as trt
     except ImportError as e:
         raise ConfigError(
-            "TensorRT is not installed. It ships with NVIDIA's CUDA stack (the docker/ robot-PC image installs it); "
-            "PyPI's tensorrt wheels download the real package from pypi.nvidia.com. Use engine='onnx' or "
-            "engine='torch' (with compile) where TensorRT is unavailable."
+            "TensorRT is not installed. Install it on the GPU machine with `pip install 'cosmos-aloha[trt]'` (TensorRT "
+            f"{'/'.join(f'{v}.x' for v in SUPPORTED_MAJOR_VERSIONS)}, needs NVIDIA's package index) or use the "
+            "docker/ robot-PC image; use engine 'compile' or 'onnx' where TensorRT is unavailable."
         ) from e
     return trt
 
 
-def import_torch_tensorrt():
+def tensorrt_version() -> str:
+    return str(import_tensorrt().__version__)
+
+
+def _major(version: str) -> int:
     try:
-        import torch_tensorrt
-    except ImportError as e:
-        raise ConfigError("torch-tensorrt is not installed: pip install torch-tensorrt (matching your torch) "
-                          "on a machine with TensorRT and CUDA") from e
-    return torch_tensorrt
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return -1
 
 
-def _require_cuda(device) -> torch.device:
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise ConfigError(f"TensorRT runs on a CUDA device, got {device} (cuda available: {torch.cuda.is_available()})")
-    return device
+def check_version(built_with: str | None, manifest_path: Path) -> None:
+    """A serialized engine runs only on the TensorRT version that built it: say so before deserializing."""
+    here = tensorrt_version()
+    if built_with is not None and built_with != here:
+        raise CheckpointError(f"{manifest_path}: the TensorRT engines were built with TensorRT {built_with}, this "
+                              f"machine has {here}; build them here with `cosmos-aloha export --format tensorrt "
+                              f"--out {manifest_path.parent}`")
 
 
-def build_engine_from_onnx(onnx_path: str | Path, plan_path: str | Path, *, precision: str = "fp16",
-                           workspace_gb: int = 8) -> Path:
-    """Parse the exported ONNX graph and serialize a TensorRT engine (.plan) for this GPU and TensorRT version."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+def build_engine_from_onnx(onnx_path: str | Path, plan_path: str | Path, *, workspace_gb: int = 8) -> Path:
+    """Parse an exported ONNX graph into a strongly typed network and serialize its engine (.plan) for this GPU.
+
+    The engine computes in the graph's types: a bf16 export gives a bf16 engine, fp16 an fp16 one.
+    """
     trt = import_tensorrt()
+    major = _major(trt.__version__)
+    if major < SUPPORTED_MAJOR_VERSIONS[0]:
+        raise ConfigError(f"TensorRT {trt.__version__} is too old: install TensorRT "
+                          f"{'/'.join(f'{v}.x' for v in SUPPORTED_MAJOR_VERSIONS)} (`pip install 'cosmos-aloha[trt]'`)")
+    if major > SUPPORTED_MAJOR_VERSIONS[-1]:
+        log.warning("TensorRT %s is newer than the versions this builder was written for (%s.x)", trt.__version__,
+                    "/".join(map(str, SUPPORTED_MAJOR_VERSIONS)))
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    if not onnx_path.is_file():
+        raise CheckpointError(f"ONNX graph {onnx_path} does not exist; export it with `cosmos-aloha export`")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    if explicit is not None:  # TensorRT 8.x needs it; 10.x networks are always explicit-batch
-        flags |= 1 << int(explicit)
-    network = builder.create_network(flags)
+    # Accepted and required on 10.x; 11.x networks are always strongly typed and ignore it.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise CheckpointError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gb << 30)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
-    log.info("building TensorRT engine from %s (%s); this takes minutes for the 2B model", onnx_path.name, precision)
+    log.info("building a TensorRT %s engine from %s; this takes minutes for the 2B model", trt.__version__,
+             onnx_path.name)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise CheckpointError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
@@ -87,77 +95,78 @@ def _torch_dtype(trt, dtype) -> torch.dtype:
     return table[dtype]
 
 
+def _require_cuda(device) -> torch.device:
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        raise ConfigError(f"TensorRT runs on a CUDA device, got {device} (cuda available: {torch.cuda.is_available()})")
+    return device
+
+
+class TensorRTEngine:
+    """One deserialized engine with fixed-shape I/O: `run({input: tensor}) -> {output: tensor}` on one CUDA stream.
+
+    Output buffers are allocated once and reused by the next call.
+    """
+
+    def __init__(self, path: str | Path, device="cuda", expect: dict | None = None) -> None:
+        trt = import_tensorrt()
+        self.device = _require_cuda(device)
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CheckpointError(f"TensorRT engine {self.path} does not exist; build it with `cosmos-aloha export "
+                                  f"--format tensorrt --out {self.path.parent}` on this machine")
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise CheckpointError(f"{self.path} was built for another GPU or TensorRT version ({trt.__version__} here); "
+                                  "rebuild it here with `cosmos-aloha export --format tensorrt`")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.shapes = {n: tuple(self.engine.get_tensor_shape(n)) for n in names}
+        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+        if expect is not None:
+            for kind in ("inputs", "outputs"):
+                for name, spec in expect[kind].items():
+                    if list(self.shapes.get(name, ())) != spec["shape"]:
+                        raise ShapeError(f"{self.path}: tensor {name} has shape {self.shapes.get(name)}, the export "
+                                         f"manifest says {tuple(spec['shape'])}; build the engines again")
+        self._out = {n: torch.empty(self.shapes[n], dtype=self.dtypes[n], device=self.device) for n in self.outputs}
+        for n, t in self._out.items():
+            self.context.set_tensor_address(n, t.data_ptr())
+
+    def run(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        keep = []
+        for n in self.inputs:
+            t = feed[n].to(self.device, self.dtypes[n]).contiguous()
+            if tuple(t.shape) != self.shapes[n]:
+                raise ShapeError(f"{self.path.name}: input {n} expects {self.shapes[n]}, got {tuple(t.shape)}")
+            keep.append(t)   # alive until the stream has run
+            self.context.set_tensor_address(n, t.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT execution of {self.path.name} failed")
+        stream.synchronize()
+        return self._out
+
+
 class TensorRTDenoiser(Denoiser):
     """Fixed-batch TensorRT denoiser; other batch sizes are split / padded to the engine's batch."""
 
-    def __init__(self, runner, batch: int, device: torch.device, name: str) -> None:
-        self._run = runner
-        self.batch = batch
-        self.device = device
-        self.name = name
-
-    # --- route 1: serialized engine ------------------------------------------------------------
-    @classmethod
-    def from_engine_file(cls, path: str | Path, device="cuda") -> "TensorRTDenoiser":
-        trt = import_tensorrt()
-        device = _require_cuda(device)
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"TensorRT engine {path} does not exist; build it with `cosmos-aloha export "
-                                  f"--format tensorrt` on this machine")
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            raise CheckpointError(f"{path} was built for another GPU or TensorRT version; rebuild it here")
-        context = engine.create_execution_context()
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        shapes = {n: tuple(engine.get_tensor_shape(n)) for n in names}
-        dtypes = {n: _torch_dtype(trt, engine.get_tensor_dtype(n)) for n in names}
-        missing = [n for n in (*DENOISER_INPUTS, "x0") if n not in names]
+    def __init__(self, engine: TensorRTEngine) -> None:
+        missing = [n for n in (*DENOISER_INPUTS, "x0") if n not in engine.shapes]
         if missing:
-            raise CheckpointError(f"{path} lacks tensors {missing}; it is not a cosmos-aloha denoiser engine")
-        batch = int(shapes["x_sigma"][0])
+            raise CheckpointError(f"{engine.path} lacks tensors {missing}; it is not a cosmos-aloha denoiser engine")
+        self.engine = engine
+        self.batch = int(engine.shapes["x_sigma"][0])
+        self.device = engine.device
+        self.name = "tensorrt"
+        log.info("TensorRT denoiser %s (batch %d) on %s", engine.path.name, self.batch, self.device)
 
-        def run(feed: dict[str, torch.Tensor]) -> torch.Tensor:
-            out = torch.empty(shapes["x0"], dtype=dtypes["x0"], device=device)
-            keep = {}
-            for n in DENOISER_INPUTS:
-                t = feed[n].to(device, dtypes[n]).contiguous()
-                if tuple(t.shape) != shapes[n]:
-                    raise ShapeError(f"engine input {n} expects {shapes[n]}, got {tuple(t.shape)}")
-                keep[n] = t
-                context.set_tensor_address(n, t.data_ptr())
-            context.set_tensor_address("x0", out.data_ptr())
-            stream = torch.cuda.current_stream(device)
-            if not context.execute_async_v3(stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed")
-            stream.synchronize()
-            return out.float()
-
-        log.info("TensorRT engine %s (batch %d) on %s", path.name, batch, device)
-        return cls(run, batch, device, "tensorrt")
-
-    # --- route 2: torch-tensorrt ------------------------------------------------------------------
     @classmethod
-    def from_torch(cls, net: nn.Module, example_inputs: tuple[torch.Tensor, ...], *, precision: str = "bf16",
-                   device="cuda", sigma_conditional: float = 0.0) -> "TensorRTDenoiser":
-        """torch.export the denoiser module at the example inputs' shapes and compile it with torch-tensorrt."""
-        torch_tensorrt = import_torch_tensorrt()
-        device = _require_cuda(device)
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-        module = DenoiserModule(net.to(device).eval(), sigma_conditional).eval()
-        inputs = tuple(t.to(device, torch.float32).contiguous() for t in example_inputs)
-        program = torch.export.export(module, inputs)
-        enabled = {"fp32": {torch.float32}, "fp16": {torch.float16}, "bf16": {torch.bfloat16}}[precision]
-        compiled = torch_tensorrt.dynamo.compile(program, inputs=list(inputs), enabled_precisions=enabled)
-        batch = int(inputs[0].shape[0])
-
-        @torch.no_grad()
-        def run(feed: dict[str, torch.Tensor]) -> torch.Tensor:
-            return compiled(*(feed[n].to(device, torch.float32).contiguous() for n in DENOISER_INPUTS)).float()
-
-        return cls(run, batch, device, "torch-tensorrt")
+    def from_engine_file(cls, path: str | Path, device="cuda", expect: dict | None = None) -> "TensorRTDenoiser":
+        return cls(TensorRTEngine(path, device, expect))
 
     @torch.no_grad()
     def predict_x0(self, x_sigma_B_C_T_H_W, sigma_B, gt_B_C_T_H_W, mask_B_1_T_H_W, crossattn_B_L_D):
@@ -177,5 +186,29 @@ class TensorRTDenoiser(Denoiser):
                 if part.shape[0] < self.batch:  # pad with copies of the last row; their outputs are dropped
                     part = torch.cat([part, part[-1:].expand(self.batch - part.shape[0], *part.shape[1:])])
                 feed[k] = part
-            out.append(self._run(feed)[: stop - start])
+            out.append(self.engine.run(feed)["x0"][: stop - start].float().clone())
         return torch.cat(out).to(x_sigma_B_C_T_H_W.device)
+
+
+class TensorRTClipEncoder(ClipEncoder):
+    """The conditioning encoder engine (batch 1 per call): the clip's camera frames -> conditioning latents."""
+
+    def __init__(self, engine: TensorRTEngine, *, frames: int, prefix_frames: int) -> None:
+        if "video" not in engine.shapes or "latent" not in engine.shapes:
+            raise CheckpointError(f"{engine.path} lacks tensors video / latent; it is not a cosmos-aloha VAE encoder")
+        self.engine = engine
+        self.frames, self.prefix_frames = int(frames), int(prefix_frames)
+        self.image_size = int(engine.shapes["video"][-1])
+        self.device = engine.device
+        self.name = "tensorrt"
+
+    @classmethod
+    def from_engine_file(cls, path: str | Path, *, frames: int, prefix_frames: int, device="cuda",
+                         expect: dict | None = None) -> "TensorRTClipEncoder":
+        return cls(TensorRTEngine(path, device, expect), frames=frames, prefix_frames=prefix_frames)
+
+    @torch.no_grad()
+    def __call__(self, video_B_3_T_H_W: torch.Tensor) -> torch.Tensor:
+        frames = self.check_clip(video_B_3_T_H_W, self.image_size)
+        out = [self.engine.run({"video": frames[b:b + 1]})["latent"].float().clone() for b in range(frames.shape[0])]
+        return torch.cat(out).to(video_B_3_T_H_W.device)

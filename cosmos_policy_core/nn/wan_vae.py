@@ -142,6 +142,8 @@ class CausalCache:
 
 
 def _cpu_fast_path_ok(x: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():  # dynamo refuses to trace the mkldnn availability probe below
+        return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
         return False
     # Below ~64x64 pixels per frame oneDNN's per-call overhead outweighs the gain (measured on the 2-core CI box).
@@ -412,6 +414,10 @@ class EncoderStream:
         mu_B_C_T_H_W = vae.conv1(h)[:, : vae.config.z_dim]
         self.frames_seen += t
         return normalize_latent(mu_B_C_T_H_W, vae.latent_mean, vae.latent_std).to(in_dtype)
+
+    def cache_items(self) -> list[tuple[nn.Module, torch.Tensor]]:
+        """(causal layer, the past frames it keeps): the stream's whole state after the frames pushed so far."""
+        return list(self._cache._past.items())
 
     def fork(self) -> "EncoderStream":
         twin = EncoderStream(self._vae)

@@ -19,7 +19,7 @@ from cosmos_policy_core.engines.base import Denoiser
 from cosmos_policy_core.errors import ConfigError, ShapeError
 from cosmos_policy_core.layout import (
     DECODE_RESTORE_SLOTS, TRAIN_CROP_AREA, LatentLayout, build_pixel_clip, clip_to_vae_input, condition_mask,
-    extract_action_chunk, extract_proprio, extract_value, inject_proprio, restore_frames,
+    conditioning_frames, extract_action_chunk, extract_proprio, extract_value, inject_proprio, restore_frames,
 )
 from cosmos_policy_core.runtime.images import prepare_images
 
@@ -99,6 +99,8 @@ class ConditioningCache:
 
     clean: the VAE latent of the 41-frame clip before any injection (what the decoder needs in the
     injected slots); gt: clean with the normalized proprio injected (the conditioning latent).
+    clean_frames: how many leading latent frames of `clean` are encoded (a fast-path encoder encodes only
+    the conditioning frames; the rest are zeros until `decode_future_images` needs them).
     """
 
     clean_1_C_T_H_W: torch.Tensor
@@ -109,6 +111,7 @@ class ConditioningCache:
     task: str
     timestamp: float
     timings: dict[str, float]
+    clean_frames: int | None = None    # None: all of them
 
 
 def _now() -> float:
@@ -161,9 +164,9 @@ class CosmosPolicy:
         *,
         engine: str = "torch",
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        compile: str | None = None,
-        onnx_dir: str | Path | None = None,
+        dtype: str | torch.dtype | None = None,
+        export_dir: str | Path | None = None,
+        compile_mode: str | None = None,
         planning_checkpoint: str | Path | None = None,
         config: PolicyConfig | None = None,
     ) -> "CosmosPolicy":
@@ -172,22 +175,26 @@ class CosmosPolicy:
         config: None = the options its training implies (`policy_config_for`); pass
         `policy_config_for(path, num_steps=...)` to change some and keep those.
 
-        engine: "torch" (eager, or torch.compile with `compile`), "onnx" (ONNX Runtime on the
-        graphs of `cosmos-aloha export`, in `onnx_dir`) or "tensorrt" (engines built by the export
-        command, in `onnx_dir`; needs TensorRT and a GPU).
+        engine, device ("auto" = cuda when available), dtype, export_dir and compile_mode are resolved by
+        `engines.resolve.resolve_engine`: "torch" (eager), "compile" (torch.compile of the DiT and the VAE
+        encoder), "onnx" (ONNX Runtime) or "tensorrt" (TensorRT, GPU) on the graphs `cosmos-aloha export`
+        wrote (default <checkpoint>/export). A planning checkpoint runs on torch / compile as the policy
+        does, on torch when the policy runs exported graphs.
         """
         from cosmos_policy_core.checkpoint import load_checkpoint_dir
+        from cosmos_policy_core.engines.resolve import load_engines, resolve_engine
 
+        spec = resolve_engine(engine, device=device, dtype=dtype, checkpoint=path, export_dir=export_dir,
+                              compile_mode=compile_mode)
         ckpt = load_checkpoint_dir(path)
-        vae = ckpt.build_vae().to(device, dtype=dtype or torch.float32)  # bf16 like the DiT when asked
-        net = ckpt.build_dit(dtype).to(device)
-        denoiser, vae_encoder = _make_engine(engine, net, ckpt.diffusion, compile=compile, onnx_dir=onnx_dir,
-                                             device=device)
+        vae = ckpt.build_vae(spec.vae_dtype).to(spec.device)
+        denoiser, vae_encoder = load_engines(spec, ckpt, checkpoint_dir=path)
         planning = None
         if planning_checkpoint is not None:
             planning_ckpt = load_checkpoint_dir(planning_checkpoint, load_vae=False)
-            planning, _ = _make_engine("torch", planning_ckpt.build_dit(dtype).to(device), planning_ckpt.diffusion,
-                                       compile=compile, onnx_dir=None, device=device, name="planning")
+            planning_spec = spec if spec.engine in ("torch", "compile") else resolve_engine(
+                "torch", device=spec.device, dtype=spec.vae_dtype)
+            planning, _ = load_engines(planning_spec, planning_ckpt, name="planning")
         return cls(ckpt.layout, vae, denoiser, ckpt.stats, ckpt.text_embeddings, diffusion=ckpt.diffusion,
                    planning_denoiser=planning, vae_encoder=vae_encoder,
                    config=config if config is not None else policy_config_for(path))
@@ -204,13 +211,15 @@ class CosmosPolicy:
         layout: LatentLayout | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.bfloat16,
-        compile: str | None = None,
+        engine: str = "torch",
         planning_pt: str | Path | None = None,
         config: PolicyConfig = PolicyConfig(),
         trust_pickle: bool = False,
     ) -> "CosmosPolicy":
         """The released files: policy `.pt` (`net.` keys), aloha_dataset_statistics.json,
-        aloha_t5_embeddings.pkl and the Wan2.1 tokenizer.pth; optionally the planning model `.pt`."""
+        aloha_t5_embeddings.pkl and the Wan2.1 tokenizer.pth; optionally the planning model `.pt`.
+
+        engine: "torch" or "compile" (the released files have no export directory)."""
         from cosmos_policy_core.checkpoint import load_reference_checkpoint, read_dataset_stats, read_t5_embeddings
         from cosmos_policy_core.nn.config import ModelConfig
         from cosmos_policy_core.nn.dit import CosmosDiT
@@ -228,13 +237,24 @@ class CosmosPolicy:
             load_reference_checkpoint(net, path, trust_pickle=trust_pickle)
             return net.to(device=device, dtype=dtype)
 
+        from cosmos_policy_core.engines.encoder import TorchClipEncoder
+        from cosmos_policy_core.engines.resolve import resolve_engine
+        from cosmos_policy_core.engines.torch_engine import TorchDenoiser
+
+        if engine not in ("torch", "compile"):
+            raise ConfigError(f"the released checkpoint files run on engine 'torch' or 'compile', not {engine!r}; "
+                              "convert them to a checkpoint directory to export them")
+        spec = resolve_engine(engine, device=device, dtype=dtype)
         diffusion = DiffusionConfig.reference()
-        denoiser, _ = _make_engine("torch", load(pt), diffusion, compile=compile, onnx_dir=None, device=device)
-        planning = None
-        if planning_pt is not None:
-            planning, _ = _make_engine("torch", load(planning_pt), diffusion, compile=compile, onnx_dir=None,
-                                       device=device, name="planning")
-        return cls(layout, vae, denoiser, stats, text, diffusion=diffusion, planning_denoiser=planning, config=config)
+
+        def denoiser(path, name: str) -> TorchDenoiser:
+            return TorchDenoiser(load(path), compile=spec.compile_mode, sigma_conditional=diffusion.sigma_conditional,
+                                 name=name)
+
+        planning = denoiser(planning_pt, "planning") if planning_pt is not None else None
+        encoder = TorchClipEncoder(vae, layout, compile=spec.compile_mode) if engine == "compile" else None
+        return cls(layout, vae, denoiser(pt, "policy"), stats, text, diffusion=diffusion, planning_denoiser=planning,
+                   vae_encoder=encoder, config=config)
 
     # --- tasks -------------------------------------------------------------------------------------
     @property
@@ -280,10 +300,17 @@ class CosmosPolicy:
 
     @torch.no_grad()
     def encode_clip(self, clip_B_T_H_W_3: torch.Tensor) -> torch.Tensor:
-        """uint8 pixel clip -> normalized latent (B, C, T', H', W') float32 on the policy's device."""
+        """uint8 pixel clip -> normalized latent (B, C, T', H', W') float32 on the policy's device.
+
+        With a fast-path encoder (engine compile / onnx / tensorrt) only the conditioning frames are encoded;
+        the later latent frames are zeros (`ConditioningCache.clean_frames` says how many are real).
+        """
         if self._vae_encoder is not None:
             video = clip_to_vae_input(clip_B_T_H_W_3.to(self.device))
-            return self._vae_encoder(video).float().to(self.device)
+            head = self._vae_encoder(video).float().to(self.device)
+            C, T, H, W = self.layout.latent_shape
+            rest = head.new_zeros(head.shape[0], C, T - head.shape[2], H, W)
+            return torch.cat([head, rest], dim=2)
         video = clip_to_vae_input(clip_B_T_H_W_3.to(self.device), dtype=self.vae_dtype)
         n = self._constant_prefix_frames()
         if not (self.config.vae_prefix_cache and self.config.vae_chunk_frames is None and n
@@ -314,8 +341,9 @@ class CosmosPolicy:
         clean = self.encode_clip(clip)
         gt = inject_proprio(clean, proprio, self.layout.index("proprio"))
         t2 = self._tick()
+        encoded = None if self._vae_encoder is None else max(conditioning_frames(self.layout, "policy")) + 1
         return ConditioningCache(clean, gt, proprio, text, images, obs.task, float(obs.timestamp),
-                                 {"preprocess": t1 - t0, "vae_encode": t2 - t1})
+                                 {"preprocess": t1 - t0, "vae_encode": t2 - t1}, clean_frames=encoded)
 
     # --- sampling per role -------------------------------------------------------------------------
     def _denoiser_for(self, model: str) -> Denoiser:
@@ -428,7 +456,13 @@ class CosmosPolicy:
         lay = self.layout
         B = latent_B_C_T_H_W.shape[0]
         restore = [lay.index(s) for s in DECODE_RESTORE_SLOTS]
-        clean = cond.clean_1_C_T_H_W.expand(B, *cond.clean_1_C_T_H_W.shape[1:])
+        clean = cond.clean_1_C_T_H_W
+        if cond.clean_frames is not None and cond.clean_frames <= max(restore):
+            # The restored slots after the conditioning frames were not encoded on the fast path.
+            clip = build_pixel_clip(lay, {k: torch.from_numpy(v) for k, v in cond.images.items()})
+            video = clip_to_vae_input(clip.to(self.device), dtype=self.vae_dtype)
+            clean = self.vae.encode(video, chunk_frames=self.config.vae_chunk_frames).float()
+        clean = clean.expand(B, *clean.shape[1:])
         z = restore_frames(latent_B_C_T_H_W.to(self.device, torch.float32), clean, restore)
         future_idx = [lay.index(f"future_{c}") for c in lay.cameras]
         z = z[:, :, : max(future_idx) + 1]
@@ -496,40 +530,6 @@ class CosmosPolicy:
         twin.__dict__.update(self.__dict__)
         twin.config = replace(self.config, **changes)
         return twin
-
-
-def _make_engine(engine: str, net: torch.nn.Module, diffusion: DiffusionConfig, *, compile: str | None,
-                 onnx_dir, device, name: str = "policy"):
-    """(Denoiser, optional VAE encoder) of a backend name."""
-    if engine == "torch":
-        from cosmos_policy_core.engines.torch_engine import TorchDenoiser
-
-        return TorchDenoiser(net, compile=compile, sigma_conditional=diffusion.sigma_conditional, name=name), None
-    if engine in ("onnx", "tensorrt"):
-        if onnx_dir is None:
-            raise ConfigError(f"engine={engine!r} needs the directory written by `cosmos-aloha export` (onnx_dir)")
-        from cosmos_policy_core.engines.export import load_exported
-
-        return load_exported(onnx_dir, engine=engine, device=device)
-    raise ConfigError(f"unknown engine {engine!r}; choose 'torch', 'onnx' or 'tensorrt'")
-
-
-@dataclass
-class Inference:
-    """One policy call: the chunk, and what decodes its predicted frames later (after the chunk is out)."""
-
-    policy: CosmosPolicy
-    cond: ConditioningCache
-    latent_1_C_T_H_W: torch.Tensor
-    chunk: ActionChunk
-
-    def future_images(self) -> dict[str, np.ndarray]:
-        """Camera source name -> predicted (S, S, 3) uint8 frame at t + chunk; decoded once, kept on the chunk."""
-        if self.chunk.future_images is None:
-            t0 = self.policy._tick()
-            self.chunk.future_images = self.policy.decode_future_images(self.cond, self.latent_1_C_T_H_W)[0]
-            self.chunk.timings["decode"] = self.policy._tick() - t0
-        return self.chunk.future_images
 
 
 __all__ = ["Observation", "ActionChunk", "PolicyConfig", "policy_config_for", "ConditioningCache", "CosmosPolicy",

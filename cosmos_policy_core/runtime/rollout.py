@@ -70,6 +70,12 @@ class EvalConfig:
     # 1..100: every camera frame passes a JPEG encode + decode at this quality before the policy sees it, as
     # a remote policy receives <camera>/image_raw/compressed (at the render size). None: raw frames.
     jpeg_quality: int | None = None
+    # What runs the networks (engines.resolve.resolve_engine): engine torch / compile / onnx / tensorrt, device
+    # (cpu, cuda, auto), dtype (None: per engine and device), export_dir (onnx / tensorrt; None: <checkpoint>/export).
+    engine: str = "torch"
+    device: str = "cpu"
+    dtype: str | None = None
+    export_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.episodes <= 0:
@@ -257,7 +263,8 @@ def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
     from cosmos_policy_core.runtime.policy import CosmosPolicy, policy_config_for
 
     steps = {} if cfg.num_steps is None else {"num_steps": cfg.num_steps}
-    policy = CosmosPolicy.from_checkpoint(checkpoint, config=policy_config_for(checkpoint, **steps))
+    policy = CosmosPolicy.from_checkpoint(checkpoint, engine=cfg.engine, device=cfg.device, dtype=cfg.dtype,
+                                          export_dir=cfg.export_dir, config=policy_config_for(checkpoint, **steps))
     planner = None
     if cfg.planner_candidates > 1:
         from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig

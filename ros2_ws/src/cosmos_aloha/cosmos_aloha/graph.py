@@ -6,12 +6,15 @@ ros2 launch is absent). Imports neither rclpy nor launch, so the ROS-free CLI ca
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from cosmos_aloha import roles
 from cosmos_aloha.supervision import RestartBackoff
+from cosmos_policy_core.engines.resolve import ENGINES
 from cosmos_policy_core.errors import ConfigError
 
 PACKAGE = "cosmos_aloha"
@@ -34,7 +37,6 @@ STOP_KILL_S = 5.0
 RESPAWN = RestartBackoff()
 
 BOOLEAN_WORDS = ("true", "false", "1", "0", "yes", "no", "on", "off")
-ENGINES = ("torch", "compile", "onnx", "tensorrt")
 TASKS = ("transfer_cube", "insertion")
 # A ROS namespace: tokens of letters, digits and underscores, not starting with a digit, joined by "/".
 _NAMESPACE = re.compile(r"^/?([A-Za-z_][A-Za-z0-9_]*)(/[A-Za-z_][A-Za-z0-9_]*)*/?$")
@@ -101,6 +103,21 @@ def _namespace(name: str, value: str) -> None:
     validate_namespace(value, name)
 
 
+def _via(check: Callable[[str, str], object]) -> Callable[[str, str], None]:
+    """A roles / jpeg check as a launch-argument check (GraphArgumentError naming the argument)."""
+    def run(name: str, value: str) -> None:
+        try:
+            check(value, f"launch argument {name}")
+        except ConfigError as exc:
+            raise GraphArgumentError(str(exc)) from None
+    return run
+
+
+def _quality(name: str, value: str) -> None:
+    if not value.strip().isdigit() or not 1 <= int(value) <= 100:
+        raise GraphArgumentError(f"launch argument {name}:={value!r} must be an integer in 1..100")
+
+
 @dataclass(frozen=True)
 class LaunchArgument:
     name: str
@@ -136,6 +153,14 @@ LAUNCH_ARGUMENTS = (
                    _choice("auto", *BOOLEAN_WORDS)),
     LaunchArgument("namespace", "", "ROS namespace of every node and topic (e.g. left_cell); empty = the root",
                    _namespace),
+    LaunchArgument("role", "all", "all: the whole graph on this host; robot: sim or driver and cameras, executor, "
+                   "recorder; gpu: policy and planner, on another host (docs/guide.md)", _via(roles.check_role)),
+    LaunchArgument("peers", "", "with role robot / gpu: the other host's address for discovery (ROS_STATIC_PEERS; "
+                   "';' between several); empty = multicast discovery on the subnet only", _via(roles.check_peers)),
+    LaunchArgument("image_transport", "auto", "what the policy and planner subscribe: raw, compressed (JPEG on "
+                   "<camera>/image_raw/compressed) or auto (compressed with role gpu, raw otherwise)",
+                   _via(roles.check_image_transport)),
+    LaunchArgument("jpeg_quality", "90", "JPEG quality (1-100) of the compressed image topics", _quality),
 )
 ARGUMENT_DEFAULTS = {a.name: a.default for a in LAUNCH_ARGUMENTS}
 
@@ -225,6 +250,9 @@ class GraphPlan:
     rviz: bool
     rviz_config: Path
     namespace: str = ""
+    # Variables this plan's processes need on top of environment() and override in it (roles.environment:
+    # discovery and transports across hosts).
+    environment: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -308,15 +336,17 @@ def plan(overrides: Mapping[str, str] | None = None, available: Callable[[str], 
     namespace = validate_namespace(args["namespace"])
     base = package_dir()
     execution = execution_parameters(args)
+    images = roles.image_parameters(args["role"], args["image_transport"], int(args["jpeg_quality"]))
     nodes, skipped = [], []
     for spec in NODES:
-        if spec.name == MANAGER or not spec.enabled(args):
+        if spec.name == MANAGER or not spec.enabled(args) or not roles.runs_on(spec.name, args["role"]):
             continue
         if not available(spec.module):
             skipped.append((spec.name, f"module {spec.module} is not installed"))
             continue
         parameters = {p: _parameter_value(a, args[a]) for p, a in spec.arg_parameters.items() if args[a] != ""}
         parameters.update(execution.get(spec.name, {}))
+        parameters.update(images.get(spec.name, {}))
         if spec.managed:
             parameters["autostart"] = False    # the lifecycle manager brings it up, in order
         nodes.append(PlannedNode(spec, _params_file(base, spec), parameters, namespace))
@@ -324,7 +354,8 @@ def plan(overrides: Mapping[str, str] | None = None, available: Callable[[str], 
     manager = next(s for s in NODES if s.name == MANAGER)
     if managed and available(manager.module):
         nodes.append(PlannedNode(manager, _params_file(base, manager), {"node_names": managed}, namespace))
-    return GraphPlan(tuple(nodes), tuple(skipped), is_true(args["rviz"]), base / "rviz" / RVIZ_CONFIG, namespace)
+    env = roles.environment(args["role"], base / "config", args["peers"], dict(os.environ))
+    return GraphPlan(tuple(nodes), tuple(skipped), is_true(args["rviz"]), base / "rviz" / RVIZ_CONFIG, namespace, env)
 
 
 def _params_file(base: Path, spec: NodeSpec) -> Path | None:

@@ -9,7 +9,6 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -24,7 +23,6 @@ from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation, policy_config_for
 from cosmos_policy_core.runtime.scheduling import ChunkTrigger, InferenceWorker, LatencyWindow, TriggerConfig
 
-ENGINES = ("torch", "compile", "onnx", "tensorrt")
 COMMON_PARAMETERS = (
     Param("checkpoint", "", "checkpoint directory (launch argument checkpoint); loaded and warmed up on configure"),
     Param("engine", "torch", "torch, compile (torch.compile; on a GPU with CUDA graphs, compiled during configure), "
@@ -60,38 +58,14 @@ class Job:
     skew_ns: int
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_policy(p, planning_checkpoint: str | None = None) -> CosmosPolicy:
     """The checkpoint with the engine the parameters name (ConfigError / CheckpointError say what is wrong)."""
     if not p.checkpoint:
         raise ConfigError("parameter 'checkpoint' is empty: pass a checkpoint directory "
                           "(`-p checkpoint:=DIR`, launch argument checkpoint:=DIR)")
-    if p.engine not in ENGINES:
-        raise ConfigError(f"unknown engine {p.engine!r}; choose one of {ENGINES}")
-    import torch
-
-    engine, compile_mode, engine_dir = p.engine, None, None
-    device = resolve_device(p.device)
-    on_gpu = str(device).startswith("cuda")
-    if engine == "compile":
-        # On a GPU: inductor + CUDA graphs (2B DiT forward 30.2 -> 19.2 ms on an H200, benchmarks/RESULTS.md).
-        engine, compile_mode = "torch", "reduce-overhead" if on_gpu else "default"
-    elif engine in ("onnx", "tensorrt"):
-        engine_dir = Path(p.engine_dir or Path(p.checkpoint) / "export")
-        if not engine_dir.is_dir():
-            raise ConfigError(f"engine {engine} needs the export directory {engine_dir}; write it with "
-                              f"`cosmos-aloha export --checkpoint {p.checkpoint} --format {engine} --out {engine_dir}` "
-                              "or set the engine_dir parameter")
+    # Engine, device and dtype are resolved by the library (engines.resolve), as for `act` and `sim eval`.
     return CosmosPolicy.from_checkpoint(
-        p.checkpoint, engine=engine, device=device, compile=compile_mode, onnx_dir=engine_dir,
-        dtype=torch.bfloat16 if on_gpu and engine == "torch" else None,  # bf16 on a GPU, as the reference serves
+        p.checkpoint, engine=p.engine, device=p.device, export_dir=p.engine_dir or None,
         planning_checkpoint=planning_checkpoint or None,
         # The options the checkpoint's training implies (no test-time crop without training crops).
         config=policy_config_for(p.checkpoint, **_num_steps_override(p)))
