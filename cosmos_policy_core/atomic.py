@@ -123,16 +123,25 @@ def remove_stale(dest: str | Path) -> list[Path]:
     An old directory set aside by an interrupted `replace_dir` is restored to `dest` when `dest` is missing.
     """
     dest = Path(dest)
-    parent = dest.parent
+    return _remove_stale(dest.parent, re.escape(dest.name))
+
+
+def remove_stale_in(directory: str | Path) -> list[Path]:
+    """`remove_stale` for every destination in `directory` (e.g. a run's checkpoints)."""
+    return _remove_stale(Path(directory), r".+")
+
+
+def _remove_stale(parent: Path, name: str) -> list[Path]:
     if not parent.is_dir():
         return []
-    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(tmp|old)-(\d+)$")
+    pattern = re.compile(rf"^\.({name})\.(tmp|old)-(\d+)$")
     removed = []
     for entry in sorted(parent.iterdir()):
         match = pattern.match(entry.name)
-        if not match or _alive(int(match.group(2))):
+        if not match or _alive(int(match.group(3))):
             continue
-        if match.group(1) == "old" and not dest.exists():
+        dest = parent / match.group(1)
+        if match.group(2) == "old" and not dest.exists():
             os.replace(entry, dest)
             log.warning("restored %s from %s (a replacement was interrupted)", dest, entry.name)
             continue
@@ -142,6 +151,6 @@ def remove_stale(dest: str | Path) -> list[Path]:
             entry.unlink(missing_ok=True)
         removed.append(entry)
     if removed:
-        log.info("removed %d leftover temporary file(s) of %s: %s", len(removed), dest,
+        log.info("removed %d leftover temporary file(s) in %s: %s", len(removed), parent,
                  ", ".join(p.name for p in removed))
     return removed

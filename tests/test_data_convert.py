@@ -53,7 +53,7 @@ def frame_rgb(cam: str, index: int) -> np.ndarray:
 
 def write_interbotix_bag(path: Path, seconds: float = 1.0, storage: str = "mcap", arms=None,
                          finger_entries: int = 9, high_encoding: str | None = None,
-                         high_gap_s: tuple[float, float] | None = None) -> None:
+                         high_gap_s: tuple[float, float] | None = None, cameras=None) -> None:
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
@@ -78,6 +78,8 @@ def write_interbotix_bag(path: Path, seconds: float = 1.0, storage: str = "mcap"
                                  velocity=np.zeros(0), effort=np.zeros(0))
                 messages.append((ns + 1_000_000, conn, ts.serialize_cdr(msg, "sensor_msgs/msg/JointState")))
         for cam, (topic, hz, encoding) in CAM_TOPICS.items():
+            if cameras is not None and cam not in cameras:
+                continue
             conn = writer.add_connection(topic, "sensor_msgs/msg/Image", typestore=ts)
             if cam == "cam_high" and high_encoding:
                 encoding = high_encoding

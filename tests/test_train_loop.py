@@ -172,13 +172,13 @@ def test_action_loss_weight_scales_only_the_action_frame_of_the_loss(tmp_path):
 
 def test_evaluation_reports_the_blind_mean_chunk_baseline(tmp_path):
     trainer = Trainer(fast_config(eval_samples=2), None, tmp_path, demos=demos(3), progress=False)
-    train = trainer.train_demos
+    train = trainer.data.train_demos
     assert len(train) == 2  # the third demo is held out
     T, step = len(train[0]), 30  # steps 30..39 exist, 40..79 repeat the last action
-    by_hand = np.mean([trainer.stats.normalize_actions(
+    by_hand = np.mean([trainer.data.stats.normalize_actions(
         np.concatenate([ep.action[step:], np.repeat(ep.action[-1:], 50 - (T - step), 0)]).astype(np.float64))
         for ep in train], axis=0)
-    np.testing.assert_allclose(trainer.mean_chunk(step), by_hand, atol=1e-6)
+    np.testing.assert_allclose(trainer.evaluator.mean_chunk(step), by_hand, atol=1e-6)
     result = trainer.evaluate()
     assert result["held_out"] and result["mean_chunk_l1_normalized"] > 0
 
@@ -196,17 +196,17 @@ def test_init_checkpoint_keeps_its_normalization_while_the_demos_fit_in_it(tmp_p
     inside = Trainer(fast_config(), None, tmp_path / "in", demos=[scaled(0, 0.9), scaled(1, 0.9)],
                      init=base.final_checkpoint, progress=False)
     for name in ("actions_min", "actions_max", "proprio_min", "proprio_max"):
-        np.testing.assert_array_equal(getattr(inside.stats, name), getattr(kept, name))
+        np.testing.assert_array_equal(getattr(inside.data.stats, name), getattr(kept, name))
     wide = [scaled(0, 1.5), scaled(1, 1.5)]
-    with caplog.at_level("WARNING", logger="cosmos_policy_core.train.loop"):
+    with caplog.at_level("WARNING", logger="cosmos_policy_core.train.data"):
         outside = Trainer(fast_config(), None, tmp_path / "out", demos=wide, init=base.final_checkpoint,
                           progress=False)
     assert "exceed the --init checkpoint's statistics" in caplog.text
-    np.testing.assert_allclose(outside.stats.actions_max, np.concatenate([e.action for e in wide]).max(0))
+    np.testing.assert_allclose(outside.data.stats.actions_max, np.concatenate([e.action for e in wide]).max(0))
 
     data = tmp_path / "data"  # a stats file in the data directory wins over both
     data.mkdir()
-    write_dataset_stats(data / "stats.json", outside.stats)
+    write_dataset_stats(data / "stats.json", outside.data.stats)
     own = Trainer(fast_config(), data, tmp_path / "own", demos=[scaled(0, 0.9)], init=base.final_checkpoint,
                   progress=False)
-    np.testing.assert_allclose(own.stats.actions_min, outside.stats.actions_min)
+    np.testing.assert_allclose(own.data.stats.actions_min, outside.data.stats.actions_min)

@@ -57,7 +57,7 @@ def test_vae_lr_anneals_over_whichever_budget_ends_first():
 
 
 def test_layout_clips_switch_camera_between_groups_of_four_identical_frames(tmp_path):
-    from cosmos_policy_core.train.samples import load_episode_dir
+    from cosmos_policy_core.data.episode import load_episode_dir
     from cosmos_policy_core.train.vae import BLACK, _clip_batch
 
     episodes = load_episode_dir(_dataset(tmp_path / "data"))
@@ -83,7 +83,7 @@ def test_layout_clips_switch_camera_between_groups_of_four_identical_frames(tmp_
 
 
 def test_camera_clips_record_their_camera_and_steps(tmp_path):
-    from cosmos_policy_core.train.samples import load_episode_dir
+    from cosmos_policy_core.data.episode import load_episode_dir
     from cosmos_policy_core.train.vae import BLACK, _clip_batch
 
     episodes = load_episode_dir(_dataset(tmp_path / "data", T=20))
@@ -118,7 +118,7 @@ def test_foreground_weights_single_out_what_differs_from_that_camera_and_time():
 
 
 def test_camera_mean_images_are_per_camera_and_step_bucket(tmp_path):
-    from cosmos_policy_core.train.samples import load_episode_dir
+    from cosmos_policy_core.data.episode import load_episode_dir
     from cosmos_policy_core.train.vae import camera_mean_images
 
     episodes = load_episode_dir(_dataset(tmp_path / "data", T=12))

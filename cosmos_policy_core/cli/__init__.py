@@ -17,6 +17,7 @@ EXIT_CODES = """exit codes:
   2  bad usage or bad input: an argument, or a checkpoint, config, statistics, bag or episode file that is
      missing or malformed; the message names the file and what is wrong, and rerunning unchanged fails again
   130  interrupted (Ctrl-C)"""
+EXIT_CODES_SHORT = "exit codes: 0 success, 1 failure while running, 2 bad usage or bad input (cosmos-aloha --help)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
+    _add_exit_codes(parser)
     return parser
+
+
+def _add_exit_codes(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand's --help ends with the exit codes."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.epilog = sub.epilog or EXIT_CODES_SHORT
+                _add_exit_codes(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

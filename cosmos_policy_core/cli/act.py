@@ -44,9 +44,13 @@ def read_proprio(path: str) -> np.ndarray:
         else:
             raise DataError(f"{path} has no 'proprio' or 'qpos' list (keys: {sorted(data)})")
     try:
-        return np.asarray(data, dtype=np.float64).reshape(-1)
+        proprio = np.asarray(data, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as e:
         raise DataError(f"{path}: proprio is not a list of numbers ({e})") from e
+    if not np.isfinite(proprio).all():
+        raise DataError(f"{path}: proprio holds NaN or Infinity at {np.flatnonzero(~np.isfinite(proprio)).tolist()}; "
+                        "give 14 joint values in radians (grippers normalised 0..1)")
+    return proprio
 
 
 def image_grid(current: dict[str, np.ndarray], predicted: dict[str, np.ndarray] | None) -> np.ndarray:

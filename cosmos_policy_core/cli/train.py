@@ -13,6 +13,7 @@ from cosmos_policy_core.errors import ConfigError
 
 
 def _train(args) -> int:
+    from cosmos_policy_core.train.checkpoints import RunCheckpoints
     from cosmos_policy_core.train.config import TrainConfig
     from cosmos_policy_core.train.loop import Trainer, init_distributed
 
@@ -32,7 +33,7 @@ def _train(args) -> int:
     if not ctx.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     out = Path(args.out)
-    if not args.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+    if not args.resume and RunCheckpoints(out, config.keep_checkpoints).complete():
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
     data = _training_data(args.data, ctx)
     trainer = Trainer(config, data, out, rollouts_dir=args.rollouts, init=args.init, vae=args.vae,
@@ -40,6 +41,9 @@ def _train(args) -> int:
                       ctx=ctx)
     if trainer.init_report["source"] and ctx.is_main:
         print(f"init: loaded {trainer.init_report['tensors_loaded']} tensors from {trainer.init_report['source']}")
+    if args.resume and ctx.is_main:
+        print(f"resumed from {trainer.resumed_from} at step {trainer.step}" if trainer.resumed_from
+              else f"no complete checkpoint in {trainer.checkpoints.root}: starting at step 0")
     result = trainer.run(time_limit=args.time_limit)
     if ctx.is_main:
         last = result.history[-1] if result.history else {}
@@ -115,7 +119,9 @@ def register(subparsers) -> None:
     p.add_argument("--vae", help="train-vae output directory, checkpoint directory, or Wan2.1 tokenizer.pth")
     p.add_argument("--rollouts", help="directory of rollout episodes (attrs success) for world-model/value training")
     p.add_argument("--text-embeddings", help="T5 embeddings: the reference .pkl or our text_embeddings.safetensors")
-    p.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest intact checkpoint in --out (a damaged newer one is reported and "
+                        "passed over); metrics continue from its step")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
                    help="stop after this much wall-clock time: checkpoint + final model at the step reached")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log files)")

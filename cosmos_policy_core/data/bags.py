@@ -306,7 +306,8 @@ class BagReader:
             self._reader = Reader(self.path)
             self._reader.open()
         except Exception as exc:  # rosbags raises several types (ReaderError, OSError, KeyError...)
-            raise DataError(f"{self.path}: cannot open bag ({type(exc).__name__}: {exc})") from exc
+            raise DataError(f"{self.path}: cannot open bag: missing, truncated or corrupt storage files or "
+                            f"metadata.yaml ({type(exc).__name__}: {exc})") from exc
         self.topics: dict[str, str] = {c.topic: c.msgtype for c in self._reader.connections}
         metadata = getattr(getattr(self._reader, "storage", None), "metadata", None)
         self.custom_data: dict = dict(getattr(metadata, "custom", None) or {})

@@ -132,10 +132,11 @@ def check_joint_ranges(qpos_T_D: np.ndarray, action_T_D: np.ndarray, source: str
         if outside.any():
             t, d = (int(i) for i in np.argwhere(outside)[0])
             count = int(outside.any(axis=1).sum())
+            more = f" (and {count - 1} more steps)" if count > 1 else ""
             raise DataError(
-                f"{source}: {what} {JOINT_NAMES[d]} is {float(values[t, d]):.6g} at step {t} (and {count - 1} more "
-                f"steps are outside), beyond the robot's range [{lower[d]:.3g}, {upper[d]:.3g}]; joint values must be "
-                "in radians with grippers normalised to 0 (closed) .. 1 (open)")
+                f"{source}: {what} {JOINT_NAMES[d]} is {float(values[t, d]):.6g} at step {t}{more}, beyond the "
+                f"robot's range [{lower[d]:.3g}, {upper[d]:.3g}]; joint values must be in radians with grippers "
+                "normalised to 0 (closed) .. 1 (open)")
 
 
 class EpisodeFile:

@@ -123,9 +123,14 @@ class TrainConfig:
             raise ConfigError(f"--config {name_or_path!r} is neither a preset {PRESETS} nor a JSON file")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path} is not valid JSON ({e})") from e
-        return cls.from_dict(data)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path} holds a {type(data).__name__}, expected a JSON object of TrainConfig fields")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
 
     # --- JSON --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +151,9 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"training config has unknown keys {unknown}; known keys are {sorted(known)}")
         values = dict(data)
+        for key in ("model", "vae", "diffusion", "schedule", "samples", "augment"):
+            if key in values and not isinstance(values[key], Mapping) and not (key == "augment" and values[key] is None):
+                raise ConfigError(f'"{key}" holds {json.dumps(values[key])[:60]}, expected a JSON object')
         try:
             if "model" in values:
                 values["model"] = ModelConfig.from_dict(values["model"])
@@ -162,9 +170,9 @@ class TrainConfig:
                 values["samples"] = SampleConfig(**values["samples"])
             if "betas" in values:
                 values["betas"] = tuple(values["betas"])
-        except TypeError as e:
+            return cls(**values)
+        except (TypeError, ValueError, AttributeError, KeyError) as e:
             raise ConfigError(f"training config is invalid: {e}") from e
-        return cls(**values)
 
 
 __all__ = ["TrainConfig", "PRESETS"]

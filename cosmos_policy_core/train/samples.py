@@ -1,13 +1,12 @@
 """Training samples of the single-stage recipe: policy, world-model and value samples drawn from episodes.
 
-Owns the epoch layout [demos | success rollouts | failure rollouts], value targets, action-chunk padding and episode frame access.
+Owns the epoch layout [demos | success rollouts | failure rollouts], value targets and action-chunk padding.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -121,7 +120,11 @@ def epoch_structure(
 
 # --- episode access -------------------------------------------------------------------------------
 class EpisodeFrames(Protocol):
-    """What the sample builder reads from an episode: low-dim arrays whole, camera frames one at a time."""
+    """What the sample builder reads from an episode: low-dim arrays whole, camera frames one at a time.
+
+    Episodes on disk are `data.episode.EpisodeFile`s (`data.episode.load_episode_dir`); `InMemoryEpisode` wraps
+    one already in RAM.
+    """
 
     name: str
     qpos: np.ndarray        # (T, 14)
@@ -151,79 +154,6 @@ class InMemoryEpisode:
             return self.episode.images[camera][step]
         except KeyError:
             raise DataError(f"{self.name}: no camera {camera!r} (has {sorted(self.episode.images)})") from None
-
-
-class HDF5Episode:
-    """An ALOHA HDF5 episode whose frames are read on demand (a dataset never sits decoded in RAM)."""
-
-    def __init__(self, path: str | Path):
-        import h5py
-
-        self.path = Path(path)
-        self.name = self.path.stem
-        try:
-            with h5py.File(self.path, "r") as f:
-                self.qpos = np.asarray(f["observations/qpos"][()], np.float32)
-                self.action = np.asarray(f["action"][()], np.float32)
-                attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-                self._cameras = tuple(sorted(f["observations/images"].keys()))
-                self._lengths = f["compress_len"][()] if "compress_len" in f else None
-        except (OSError, KeyError) as exc:
-            raise DataError(f"{self.path}: not a readable ALOHA episode ({exc})") from exc
-        if self.qpos.shape != self.action.shape:
-            raise DataError(f"{self.path}: qpos {self.qpos.shape} and action {self.action.shape} differ; "
-                            "frames and actions must have one row per step")
-        self.success = bool(attrs.get("success", True))
-        self.task = str(attrs.get("task_description", ""))
-        self._file = None
-
-    def __len__(self) -> int:
-        return int(self.qpos.shape[0])
-
-    def __getstate__(self):
-        # h5py handles do not survive pickling (DataLoader workers, torchrun spawn): reopen lazily.
-        state = dict(self.__dict__)
-        state["_file"] = None
-        return state
-
-    def frame(self, camera: str, step: int) -> np.ndarray:
-        import cv2
-        import h5py
-
-        if camera not in self._cameras:
-            raise DataError(f"{self.path}: no camera {camera!r} (has {list(self._cameras)})")
-        if self._file is None:
-            self._file = h5py.File(self.path, "r")
-        data = self._file[f"observations/images/{camera}"]
-        if data.ndim == 4:
-            return data[step]
-        if self._lengths is None:
-            raise DataError(f"{self.path}: camera {camera} is JPEG-encoded but /compress_len is missing")
-        n = int(self._lengths[self._cameras.index(camera), step])
-        row = data[step]
-        img = cv2.imdecode(np.asarray(row[:n] if n else row), cv2.IMREAD_COLOR)
-        if img is None:
-            raise DataError(f"{self.path}: camera {camera} frame {step} is not a decodable JPEG")
-        return img[..., ::-1]
-
-
-def load_episode_dir(path: str | Path) -> list[HDF5Episode]:
-    """Every `*.hdf5` under `path` (recursively, sorted by path) as lazily read episodes."""
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"dataset directory {path} does not exist")
-    files = sorted(p for p in path.rglob("*.hdf5") if not p.name.endswith(".partial"))
-    if not files:
-        raise DataError(f"{path} holds no *.hdf5 episodes; generate demos with `cosmos-aloha sim demos` "
-                        "or convert bags with `cosmos-aloha dataset`")
-    episodes = []
-    for p in files:
-        ep = HDF5Episode(p)
-        if len(ep) == 0:
-            log.warning("skipping empty episode %s", p)
-            continue
-        episodes.append(ep)
-    return episodes
 
 
 # --- samples --------------------------------------------------------------------------------------
@@ -266,7 +196,7 @@ class SampleConfig:
     # Share of demo samples moved to the episode's first `first_steps` sampled steps (0 = the reference).
     # Only there are the arms at rest, so only there must the policy find the object in the cameras;
     # everywhere else the arm's pose already tells where it is heading, and a small model learns to read
-    # the reach from the proprioception and stays blind at step 0 (docs/training.md).
+    # the reach from the proprioception and stays blind at step 0 (docs/training.md §3).
     first_steps_prob: float = 0.0
     first_steps: int = 1
 
@@ -405,6 +335,6 @@ class SampleBuilder:
 
 __all__ = [
     "SOURCES", "VALUE_ROLES", "value_targets", "future_index", "action_chunk_with_padding",
-    "EpochStructure", "epoch_structure", "EpisodeFrames", "InMemoryEpisode", "HDF5Episode", "load_episode_dir",
+    "EpochStructure", "epoch_structure", "EpisodeFrames", "InMemoryEpisode",
     "SampleSpec", "TrainingSample", "SampleConfig", "SampleBuilder", "mix_seed",
 ]

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from cosmos_policy_core.checkpoint import CONFIG_FILE, VAE_FILE, load_checkpoint_dir
+from cosmos_policy_core.data.episode import load_episode_dir
 from cosmos_policy_core.errors import CheckpointError, ConfigError
 from cosmos_policy_core.nn.wan_vae import CausalCache, VAEConfig, WanVAE
-from cosmos_policy_core.train.samples import EpisodeFrames, load_episode_dir
+from cosmos_policy_core.train.samples import EpisodeFrames
 
 log = logging.getLogger(__name__)
 
