@@ -64,7 +64,9 @@ def _node(planned, attempt: int = 0, delay_s: float = 0.0) -> list:
 def _nodes(context, *args, **kwargs):
     values = {a.name: LaunchConfiguration(a.name).perform(context) for a in graph.LAUNCH_ARGUMENTS}
     plan = graph.plan(values)   # GraphArgumentError: launch reports it and starts nothing
-    actions = [LogInfo(msg=f"cosmos_aloha: not starting {name}: {why}") for name, why in plan.skipped]
+    # A role's discovery and transports (cosmos_aloha.roles), set before any node of this launch starts.
+    actions = [SetEnvironmentVariable(k, v) for k, v in plan.environment.items()]
+    actions += [LogInfo(msg=f"cosmos_aloha: not starting {name}: {why}") for name, why in plan.skipped]
     for planned in plan.nodes:
         actions += _node(planned)
     if plan.rviz:

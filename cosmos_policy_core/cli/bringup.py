@@ -92,6 +92,7 @@ class Bringup:
         graph = graph_module()
         self.plan = plan
         self.env = graph_environment(env)
+        self.env.update(getattr(plan, "environment", {}))   # a role's discovery and transports (roles.environment)
         self.out = out or sys.stdout
         self.stop_timeout_s = graph.STOP_GRACE_S if stop_timeout_s is None else stop_timeout_s
         self.kill_timeout_s = graph.STOP_KILL_S
@@ -233,6 +234,10 @@ def arguments_from_cli(args) -> dict[str, str]:
         "image_width": str(args.image_width),
         "temporal_ensemble": args.temporal_ensemble,
         "namespace": args.namespace,
+        "role": args.role,
+        "peers": args.peers,
+        "image_transport": args.image_transport,
+        "jpeg_quality": "" if args.jpeg_quality is None else str(args.jpeg_quality),
     }
     for item in args.arg or []:
         key, sep, value = item.partition(":=") if ":=" in item else item.partition("=")
@@ -250,6 +255,9 @@ def _run(args) -> int:
     if args.list:
         for node in plan.nodes:
             print(f"{node.name:14s} {' '.join(node_command(node))}")
+        env = {**graph.environment(), **plan.environment}
+        print("environment (give observers on this host the same): "
+              + " ".join(f"{key}={value}" for key, value in sorted(env.items())))
         return 0
     if not plan.nodes:
         raise ConfigError("nothing to start for these arguments (see `cosmos-aloha bringup --list`)")
@@ -281,6 +289,15 @@ def add_graph_arguments(parser) -> None:
                         help="auto: as the checkpoint's deploy section says; true: the executor averages the live "
                              "chunks and the policy queries every few steps; false: whole chunks")
     parser.add_argument("--namespace", default="", help="ROS namespace of every node and topic (e.g. left_cell)")
+    parser.add_argument("--role", default="all", choices=("all", "robot", "gpu"),
+                        help="all: the whole graph here; robot: sim or driver and cameras, executor, recorder; gpu: "
+                             "policy and planner (the other host; docs/guide.md, 'The policy on another host')")
+    parser.add_argument("--peers", default="",
+                        help="with --role robot/gpu: the other host's address (ROS_STATIC_PEERS; ';' between several)")
+    parser.add_argument("--image-transport", default="auto", choices=("auto", "raw", "compressed"),
+                        help="images the policy and planner take: auto = compressed (JPEG) with --role gpu, else raw")
+    parser.add_argument("--jpeg-quality", type=int, default=None,
+                        help="JPEG quality (1-100) of the compressed topics (default: the parameter files', 90)")
     parser.add_argument("--arg", action="append", metavar="NAME:=VALUE", help="any other launch argument")
 
 

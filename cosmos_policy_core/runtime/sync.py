@@ -18,6 +18,8 @@ class SyncConfig:
     reference: the stream whose stamp is the observation time (the joint state: the action chunk
     starts from the measured pose). max_skew_ns: how far each stream's stamp may be from the
     reference's in one set; half a control period keeps two ticks from mixing. max_age_ns: sets whose reference is older than this at `latest(now)` are stale (None: no limit).
+    max_future_ns: reference stamps further ahead of `now` than this are refused: the sensors' clock is
+    ahead of the caller's (two hosts out of sync), and the age of everything would be wrong (None: no limit).
     """
 
     streams: tuple[str, ...]
@@ -25,6 +27,7 @@ class SyncConfig:
     max_skew_ns: int = 20_000_000
     max_age_ns: int | None = 500_000_000
     depth: int = 8
+    max_future_ns: int | None = 500_000_000
 
     def __post_init__(self) -> None:
         if self.reference not in self.streams:
@@ -35,13 +38,16 @@ class SyncConfig:
             raise ConfigError(f"max_skew_ns must be >= 0 and depth >= 1, got {self.max_skew_ns}, {self.depth}")
         if self.max_age_ns is not None and self.max_age_ns <= 0:
             raise ConfigError(f"max_age_ns must be positive or None, got {self.max_age_ns}")
+        if self.max_future_ns is not None and self.max_future_ns < 0:
+            raise ConfigError(f"max_future_ns must be >= 0 or None, got {self.max_future_ns}")
 
     @classmethod
     def from_ms(cls, streams, reference: str, max_skew_ms: float, max_age_ms: float | None,
-                depth: int = 8) -> "SyncConfig":
-        """Milliseconds as ROS parameters give them; max_age_ms <= 0 means no age limit."""
+                depth: int = 8, max_future_ms: float | None = 500.0) -> "SyncConfig":
+        """Milliseconds as ROS parameters give them; max_age_ms / max_future_ms < 0 mean no limit."""
         age = None if max_age_ms is None or max_age_ms <= 0 else int(max_age_ms * 1e6)
-        return cls(tuple(streams), reference, int(max_skew_ms * 1e6), age, depth)
+        future = None if max_future_ms is None or max_future_ms < 0 else int(max_future_ms * 1e6)
+        return cls(tuple(streams), reference, int(max_skew_ms * 1e6), age, depth, future)
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,8 @@ class ObservationSynchronizer:
             ref_stamp = ref[r]
             if now_ns is not None and cfg.max_age_ns is not None and now_ns - ref_stamp > cfg.max_age_ns:
                 return None              # older reference items are older still
+            if now_ns is not None and cfg.max_future_ns is not None and ref_stamp - now_ns > cfg.max_future_ns:
+                continue                 # stamped ahead of our clock: an older item may not be
             chosen = {cfg.reference: r}
             for s in cfg.streams:
                 if s != cfg.reference:
@@ -127,7 +135,12 @@ class ObservationSynchronizer:
         newest = self._stamps[cfg.reference][-1]
         if now_ns is not None and cfg.max_age_ns is not None and now_ns - newest > cfg.max_age_ns:
             return (f"{cfg.reference} is stale: newest {(now_ns - newest) / 1e6:.0f} ms old "
-                    f"(limit {cfg.max_age_ns / 1e6:.0f} ms)")
+                    f"(limit {cfg.max_age_ns / 1e6:.0f} ms): the sensors stopped, or this host's clock is ahead "
+                    "of the robot's (synchronize them: chrony / PTP)")
+        if now_ns is not None and cfg.max_future_ns is not None and newest - now_ns > cfg.max_future_ns:
+            return (f"clock skew: {cfg.reference} is stamped {(newest - now_ns) / 1e6:.0f} ms ahead of this host's "
+                    f"clock (limit {cfg.max_future_ns / 1e6:.0f} ms): the robot's clock is ahead of this host's; "
+                    "synchronize them (chrony / PTP)")
         offsets = {s: (self._stamps[s][self._nearest(s, newest)] - newest) / 1e6 for s in cfg.streams}
         worst = max(offsets, key=lambda s: abs(offsets[s]))
         if self.latest(now_ns) is not None:

@@ -10,12 +10,13 @@ import time
 
 import numpy as np
 from rclpy.lifecycle import TransitionCallbackReturn
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import CameraInfo, JointState
 from std_msgs.msg import Bool, Int32
 from std_srvs.srv import Trigger
 
 from cosmos_aloha import topics
-from cosmos_aloha.conversions import image_to_msg, joints_to_msg, msg_to_joints, ns_to_stamp
+from cosmos_aloha.conversions import joints_to_msg, msg_to_joints, ns_to_stamp
+from cosmos_aloha.image_transport import PUBLISHER_PARAMETERS, ImagePublisher
 from cosmos_aloha.managed_node import ManagedNode
 from cosmos_aloha.node_runtime import run_node
 from cosmos_aloha.parameters import Param
@@ -23,6 +24,7 @@ from cosmos_aloha.qos import profile
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.robot.gripper import GripperConstants
+from cosmos_policy_core.runtime.jpeg import check_quality
 from cosmos_policy_core.sim.env import CAMERA_TO_MUJOCO, PHYSICS_HZ, AlohaSimEnv
 
 MAX_CATCH_UP = 5  # periods a late sim may run back-to-back to catch up before it skips
@@ -36,6 +38,7 @@ PARAMETERS = (
           "images + joint states; each tick holds the command for 50 / publish_hz physics steps (physics 50 Hz); "
           "a late tick is followed by an early one (up to 5 periods of catch-up), so sim time follows wall time"),
     Param("gripper", "original_aloha", "gripper normalisation constants of the sim (gym-aloha = ACT)"),
+    *PUBLISHER_PARAMETERS,
 )
 
 
@@ -84,17 +87,20 @@ class AlohaSimNode(ManagedNode):
         try:
             self.env = AlohaSimEnv(task=p.task, height=p.height, width=p.width, cameras=tuple(p.cameras),
                                    control_hz=int(float(p.publish_hz)), gripper=GripperConstants.load(p.gripper))
+            check_quality(p.jpeg_quality)
         except ConfigError as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         make = self.create_lifecycle_publisher
-        self._image_pubs = {c: make(Image, topics.image(c).name, profile(topics.image(c))) for c in p.cameras}
+        self._image_pubs = {c: ImagePublisher(make, topics.image(c).name, profile(topics.image(c)),
+                                              int(p.jpeg_quality), bool(p.compressed)) for c in p.cameras}
         self._info_pubs = {c: make(CameraInfo, topics.camera_info(c).name, profile(topics.camera_info(c)))
                            for c in p.cameras}
         self._joint_pub = make(JointState, topics.JOINT_STATES.name, profile(topics.JOINT_STATES))
         self._success_pub = make(Bool, topics.SIM_SUCCESS.name, profile(topics.SIM_SUCCESS))
         self._reward_pub = make(Int32, topics.SIM_REWARD.name, profile(topics.SIM_REWARD))
-        self._pubs = [*self._image_pubs.values(), *self._info_pubs.values(), self._joint_pub, self._success_pub,
+        self._pubs = [*(pub for image in self._image_pubs.values() for pub in image.publishers),
+                      *self._info_pubs.values(), self._joint_pub, self._success_pub,
                       self._reward_pub]
         self._reset(publish=False)
         self.get_logger().info(
@@ -196,7 +202,7 @@ class AlohaSimNode(ManagedNode):
     def _publish(self, obs: dict, stamp: int) -> None:
         for cam, image in obs["images"].items():
             frame = f"{cam}_optical_frame"
-            self._image_pubs[cam].publish(image_to_msg(image, stamp, frame))
+            self._image_pubs[cam].publish(image, stamp, frame)
             self._info_pubs[cam].publish(
                 camera_info(self.env.model, CAMERA_TO_MUJOCO[cam], self.env.height, self.env.width, stamp, frame)
             )

@@ -1,4 +1,5 @@
-"""`cameras` lifecycle node: three OpenCV/V4L2 cameras -> <cam>/image_raw (rgb8) + <cam>/camera_info at 25 Hz.
+"""`cameras` lifecycle node: three OpenCV/V4L2 cameras -> <cam>/image_raw (rgb8, and JPEG on
+<cam>/image_raw/compressed while subscribed) + <cam>/camera_info at 25 Hz.
 
 Configure opens the devices (a grab thread per camera, or capture in the timer); active, it publishes; cleanup
 closes them. Frames are stamped when the driver hands them over; CameraInfo comes from
@@ -9,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from rclpy.lifecycle import TransitionCallbackReturn
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo
 
 from cosmos_aloha import topics
-from cosmos_aloha.conversions import image_to_msg, ns_to_stamp
+from cosmos_aloha.conversions import ns_to_stamp
+from cosmos_aloha.image_transport import PUBLISHER_PARAMETERS, ImagePublisher
 from cosmos_aloha.managed_node import ManagedNode
 from cosmos_aloha.node_runtime import run_node
 from cosmos_aloha.parameters import Param
@@ -36,6 +38,7 @@ PARAMETERS = (
     Param("source", "opencv", "opencv or synthetic (a test pattern, no hardware)"),
     Param("threaded", True, "one grab thread per camera (true) or a blocking read in the timer (false)"),
     Param("calibration_dir", "calibration/cameras", "camera intrinsics YAMLs"),
+    *PUBLISHER_PARAMETERS,
 )
 
 
@@ -81,8 +84,9 @@ class CamerasNode(ManagedNode):
                     grabber.start()
                 else:
                     grabber.source.open()
-                self._image_pubs[cam] = self.create_lifecycle_publisher(Image, topics.image(cam).name,
-                                                                        profile(topics.image(cam)))
+                self._image_pubs[cam] = ImagePublisher(self.create_lifecycle_publisher, topics.image(cam).name,
+                                                       profile(topics.image(cam)), int(p.jpeg_quality),
+                                                       bool(p.compressed))
                 self._info_pubs[cam] = self.create_lifecycle_publisher(CameraInfo, topics.camera_info(cam).name,
                                                                        profile(topics.camera_info(cam)))
                 self._last_index[cam] = 0
@@ -106,7 +110,8 @@ class CamerasNode(ManagedNode):
     def _release(self) -> None:
         for grabber in self._grabbers.values():
             grabber.stop()
-        for pub in (*self._image_pubs.values(), *self._info_pubs.values()):
+        for pub in (*(pub for image in self._image_pubs.values() for pub in image.publishers),
+                    *self._info_pubs.values()):
             self.destroy_lifecycle_publisher(pub)
         self._grabbers, self._image_pubs, self._info_pubs = {}, {}, {}
 
@@ -136,7 +141,7 @@ class CamerasNode(ManagedNode):
             self._stale_ticks[cam] = 0
             self._last_index[cam] = frame.index
             frame_id = f"{cam}_optical_frame"
-            self._image_pubs[cam].publish(image_to_msg(frame.image, frame.stamp_ns, frame_id))
+            self._image_pubs[cam].publish(frame.image, frame.stamp_ns, frame_id)
             self._info_pubs[cam].publish(camera_info_msg(self._intrinsics[cam], frame.stamp_ns, frame_id))
 
     def close(self) -> None:

@@ -114,8 +114,8 @@ def _via(check: Callable[[str, str], object]) -> Callable[[str, str], None]:
 
 
 def _quality(name: str, value: str) -> None:
-    if not value.strip().isdigit() or not 1 <= int(value) <= 100:
-        raise GraphArgumentError(f"launch argument {name}:={value!r} must be an integer in 1..100")
+    if value.strip() and (not value.strip().isdigit() or not 1 <= int(value) <= 100):
+        raise GraphArgumentError(f"launch argument {name}:={value!r} must be an integer in 1..100 (or empty)")
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,8 @@ LAUNCH_ARGUMENTS = (
     LaunchArgument("image_transport", "auto", "what the policy and planner subscribe: raw, compressed (JPEG on "
                    "<camera>/image_raw/compressed) or auto (compressed with role gpu, raw otherwise)",
                    _via(roles.check_image_transport)),
-    LaunchArgument("jpeg_quality", "90", "JPEG quality (1-100) of the compressed image topics", _quality),
+    LaunchArgument("jpeg_quality", "", "JPEG quality (1-100) of the compressed image topics; empty = the "
+                   "parameter files' (90)", _quality),
 )
 ARGUMENT_DEFAULTS = {a.name: a.default for a in LAUNCH_ARGUMENTS}
 
@@ -336,7 +337,7 @@ def plan(overrides: Mapping[str, str] | None = None, available: Callable[[str], 
     namespace = validate_namespace(args["namespace"])
     base = package_dir()
     execution = execution_parameters(args)
-    images = roles.image_parameters(args["role"], args["image_transport"], int(args["jpeg_quality"]))
+    images = roles.image_parameters(args["role"], args["image_transport"], args["jpeg_quality"])
     nodes, skipped = [], []
     for spec in NODES:
         if spec.name == MANAGER or not spec.enabled(args) or not roles.runs_on(spec.name, args["role"]):

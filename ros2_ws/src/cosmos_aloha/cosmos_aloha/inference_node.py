@@ -15,6 +15,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 
+from cosmos_aloha.image_transport import PUBLISHER_PARAMETERS, SUBSCRIBER_PARAMETERS, check_transport
 from cosmos_aloha.managed_node import ManagedNode
 from cosmos_aloha.observation_sync import ObservationSync
 from cosmos_aloha.parameters import Param
@@ -33,10 +34,14 @@ COMMON_PARAMETERS = (
     Param("seed", 0, "noise seed of every sample"),
     Param("return_future_images", True, "decode and publish the predicted frames after the chunk (so the chunk never "
                                         "waits for the decoder); launch argument predicted_images"),
+    *PUBLISHER_PARAMETERS,   # the predicted frames' compressed topics
     Param("cameras", list(aloha.CAMERAS), "cameras, subscribed as <cam>/image_raw"),
+    *SUBSCRIBER_PARAMETERS,
     Param("max_skew_ms", 20.0, "each camera stamp within this of the joint_states stamp (half a tick, so two ticks "
                                "never mix); the joint state's stamp is the observation time"),
     Param("max_observation_age_ms", 500.0, "never start from an older observation (<= 0: no limit)"),
+    Param("max_future_ms", 500.0, "refuse observations stamped further ahead of this host's clock: the robot's clock "
+                                  "is ahead (two hosts out of sync; reported in diagnostics); < 0: no limit"),
     Param("trigger_mode", "fixed", "fixed: start the next inference at trigger_remaining_steps left; latency: at the "
                                    "measured observation -> chunk latency (p90 of the last 100, in steps, rounded up) "
                                    "plus trigger_margin_steps left, so each chunk plays almost to its end"),
@@ -146,6 +151,7 @@ class InferenceNode(ManagedNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         t0 = time.perf_counter()
         try:
+            check_transport(str(self.p.image_transport))
             self.policy = self.load()
             self.task, note = resolve_task(self.policy, str(self.p.task))
             if note:
@@ -164,7 +170,9 @@ class InferenceNode(ManagedNode):
             self._release()
             return TransitionCallbackReturn.ERROR
         self.obs_sync = ObservationSync(self, list(self.p.cameras), float(self.p.max_skew_ms),
-                                        float(self.p.max_observation_age_ms), on_message=self._maybe_start)
+                                        float(self.p.max_observation_age_ms), on_message=self._maybe_start,
+                                        transport=str(self.p.image_transport),
+                                        max_future_ms=float(self.p.max_future_ms))
         lay = self.policy.layout
         self.get_logger().info(
             f"configured: {self.p.checkpoint} ({self.p.engine} on {self.policy.device}, {lay.image_size}px, "
@@ -252,7 +260,12 @@ class InferenceNode(ManagedNode):
             if now - self._ready_since < self._step_ns:
                 return
         self._ready_since = None
-        job = Job(self.obs_sync.observation(synced, self.task), synced.stamp_ns, now, synced.skew_ns)
+        try:
+            observation = self.obs_sync.observation(synced, self.task)
+        except ValueError as exc:   # a compressed frame that does not decode: wait for the next set
+            self.get_logger().warning(f"observation skipped: {exc}", throttle_duration_sec=5.0)
+            return
+        job = Job(observation, synced.stamp_ns, now, synced.skew_ns)
         if worker.submit(job):
             self.trigger.started(synced.stamp_ns)
 

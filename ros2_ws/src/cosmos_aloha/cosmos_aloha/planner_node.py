@@ -5,14 +5,13 @@ Publishes cosmos/plan/action_chunk and its predictions only for plans ready with
 from __future__ import annotations
 
 import numpy as np
-from sensor_msgs.msg import Image
 from std_msgs.msg import Float32
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker
 
 from cosmos_aloha import topics
 from cosmos_aloha.chunks import chunk_to_msg
-from cosmos_aloha.conversions import image_to_msg
+from cosmos_aloha.image_transport import ImagePublisher
 from cosmos_aloha.inference_node import COMMON_PARAMETERS, InferenceNode, Job, load_policy
 from cosmos_aloha.markers import value_marker
 from cosmos_aloha.node_runtime import run_node
@@ -79,11 +78,13 @@ class PlannerNode(InferenceNode):
         if self.p.return_future_images:
             for cam in self.policy.layout.camera_sources:
                 topic = topics.predicted_image(cam, topics.PLAN_PREDICTED)
-                self._pubs[cam] = make(Image, topic.name, profile(topic))
+                self._pubs[cam] = ImagePublisher(make, topic.name, profile(topic), int(self.p.jpeg_quality),
+                                                 bool(self.p.compressed))
 
     def destroy_outputs(self) -> None:
         for pub in self._pubs.values():
-            self.destroy_lifecycle_publisher(pub)
+            for each in pub.publishers if isinstance(pub, ImagePublisher) else (pub,):
+                self.destroy_lifecycle_publisher(each)
         self._pubs = {}
         self.planner = None
 
@@ -122,7 +123,7 @@ class PlannerNode(InferenceNode):
         self._pubs["value"].publish(Float32(data=float(chunk.value)))
         self._pubs["marker"].publish(value_marker(chunk.value, job.stamp_ns, label="plan", marker_id=1))
         for cam, image in (chunk.future_images or {}).items():
-            self._pubs[cam].publish(image_to_msg(np.ascontiguousarray(image), job.stamp_ns, frame_id=cam))
+            self._pubs[cam].publish(np.ascontiguousarray(image), job.stamp_ns, frame_id=cam)
         self.get_logger().info(
             f"plan {self.counters['plans_published']}: candidate {result.best_index} of "
             f"{result.num_scored}/{result.num_candidates} scored, value {chunk.value:.3f}, ready {ready_s * 1e3:.0f} ms "

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from sensor_msgs.msg import Image
 from std_msgs.msg import Float32
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker
 
 from cosmos_aloha import topics
 from cosmos_aloha.chunks import chunk_to_msg
-from cosmos_aloha.conversions import image_to_msg, ns_to_stamp
+from cosmos_aloha.conversions import ns_to_stamp
+from cosmos_aloha.image_transport import ImagePublisher
 from cosmos_aloha.inference_node import COMMON_PARAMETERS, InferenceNode, Job, load_policy
 from cosmos_aloha.markers import value_marker
 from cosmos_aloha.node_runtime import run_node
@@ -113,11 +113,13 @@ class PolicyNode(InferenceNode):
         if self.p.return_future_images:
             for cam in self.policy.layout.camera_sources:
                 topic = topics.predicted_image(cam, self._prefix)
-                self._pubs[cam] = make(Image, topic.name, profile(topic))
+                self._pubs[cam] = ImagePublisher(make, topic.name, profile(topic), int(self.p.jpeg_quality),
+                                                 bool(self.p.compressed))
 
     def destroy_outputs(self) -> None:
         for pub in self._pubs.values():
-            self.destroy_lifecycle_publisher(pub)
+            for each in pub.publishers if isinstance(pub, ImagePublisher) else (pub,):
+                self.destroy_lifecycle_publisher(each)
         self._pubs = {}
 
     def warm_up(self, observation: Observation) -> dict[str, float]:
@@ -149,7 +151,7 @@ class PolicyNode(InferenceNode):
             timings["decode"] = result.chunk.timings["decode"]
             # Stamped with the observation they were predicted from (they show t + chunk length).
             for cam, image in images.items():
-                self._pubs[cam].publish(image_to_msg(np.ascontiguousarray(image), job.stamp_ns, frame_id=cam))
+                self._pubs[cam].publish(np.ascontiguousarray(image), job.stamp_ns, frame_id=cam)
         self.last_timings = {"wait": (job.picked_ns - job.stamp_ns) / 1e9, **timings}
         self.get_logger().info(
             f"chunk {self.counters['chunks_published']}: observation -> chunk {latency_s * 1e3:.0f} ms ("
