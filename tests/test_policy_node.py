@@ -137,9 +137,16 @@ def probe(ros_env_in_process):
 
 @pytest.fixture(scope="module")
 def checkpoint_64(tmp_path_factory):
+    """A small random checkpoint deployed with one denoising step (its config.json's deploy section)."""
+    import json
+
     from cosmos_policy_core.testing import build_random_checkpoint
 
-    return build_random_checkpoint(tmp_path_factory.mktemp("ckpt64"), image_size=64, tasks=(TASK,))
+    path = build_random_checkpoint(tmp_path_factory.mktemp("ckpt64"), image_size=64, tasks=(TASK,))
+    config = json.loads((path / "config.json").read_text())
+    config["deploy"] = {"execution": "whole_chunks", "num_steps": 1, "query_every_steps": 50, "crop_area": None}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
 
 
 def check_chunk(msg, sent_stamps: list[int]) -> None:
@@ -196,7 +203,7 @@ def test_policy_lifecycle_publishes_chunks_only_while_active(ros_env, probe, che
         out = stop_node(policy)
     assert "Traceback" not in out, out[-3000:]
     assert re.search(r"chunk \d+: observation -> chunk \d+ ms \(wait \d+, preprocess \d+, vae_encode \d+, "
-                     r"denoise \d+, decode \d+ ms\)", out), out[-3000:]
+                     r"denoise \d+, .*decode \d+ ms\)", out), out[-3000:]
 
 
 def test_policy_configure_fails_cleanly_on_a_bad_checkpoint(ros_env, tmp_path):
@@ -211,9 +218,10 @@ def test_policy_predicted_frames_are_224_with_the_aloha_layout(ros_env, probe, t
     from cosmos_policy_core.testing import build_random_checkpoint
 
     ckpt = build_random_checkpoint(tmp_path / "ckpt224", tasks=(TASK,))
-    policy = start_node("cosmos_aloha.policy_node", ros_env, f"checkpoint:={ckpt}")
+    # One denoising step (a random checkpoint has no deploy section, whose default would be the reference's 10).
+    policy = start_node("cosmos_aloha.policy_node", ros_env, f"checkpoint:={ckpt}", "num_steps:=1")
     try:
-        assert probe.spin(60.0, until=lambda: all(probe.images.values()))
+        assert probe.spin(90.0, until=lambda: all(probe.images.values()))
         check_chunk(probe.chunks[0][1], probe.sent_stamps)
         for cam, images in probe.images.items():
             assert (images[0].height, images[0].width, images[0].encoding) == (224, 224, "rgb8"), cam
@@ -223,10 +231,11 @@ def test_policy_predicted_frames_are_224_with_the_aloha_layout(ros_env, probe, t
 
 
 def test_composed_bringup_with_policy(ros_env, tmp_path, checkpoint_64):
-    """sim + policy + executor through `cosmos-aloha bringup --checkpoint` for 22 s, observed by another process."""
+    """sim + policy + executor through `cosmos-aloha bringup --checkpoint` for 45 s, observed by another process
+    (the lifecycle manager starts the executor once the policy is warm)."""
     summary, log = run_monitored_bringup(
         ros_env, tmp_path, ["--sim", "--checkpoint", str(checkpoint_64), "--image-height", "224",
-                            "--image-width", "224"], seconds=22, skip=6)
+                            "--image-width", "224"], seconds=45, skip=20)
     assert "bringup: aloha_sim, policy, executor, lifecycle_manager" in log
     topics = summary["topics"]
     chunks = topics["cosmos/action_chunk"]
@@ -294,7 +303,10 @@ def test_policy_node_loads_the_shipped_checkpoint_with_the_options_of_its_traini
     shipped = Path(__file__).resolve().parents[1] / "models" / "aloha_sim_transfer_cube_small"
     policy = load_policy(SimpleNamespace(checkpoint=str(shipped), engine="torch", device="cpu", engine_dir="",
                                          num_steps=0))
-    assert policy.config.crop_area is None and policy.config.num_steps == 1   # its deploy section's
+    from cosmos_policy_core.checkpoint import DeploySettings
+
+    deploy = DeploySettings.from_checkpoint(shipped)
+    assert policy.config.crop_area is None and policy.config.num_steps == deploy.num_steps   # its deploy section's
     steps = load_policy(SimpleNamespace(checkpoint=str(shipped), engine="torch", device="cpu", engine_dir="",
                                         num_steps=3))
     assert steps.config.num_steps == 3                                         # the parameter overrides

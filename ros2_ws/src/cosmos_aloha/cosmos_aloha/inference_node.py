@@ -212,7 +212,7 @@ class InferenceNode(ManagedNode):
         if self.worker is not None:
             self._cancel.set()
             stopped = self.worker.stop(timeout=timeout_s)
-            if not stopped:
+            if not stopped and rclpy.ok():   # at exit the stop is expected (and the log could not reach rosout)
                 self.get_logger().warning(f"inference still running after {timeout_s:g} s; its result will be dropped")
             self.worker = None
         return stopped

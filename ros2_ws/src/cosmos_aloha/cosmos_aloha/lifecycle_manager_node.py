@@ -124,9 +124,13 @@ class LifecycleManagerNode(Node):
     # -- reporting --------------------------------------------------------------------------------------
     def _report(self, events: list[Event]) -> None:
         for event in events:
-            log = {"info": self.get_logger().info, "warn": self.get_logger().warning,
-                   "error": self.get_logger().error}[event.level]
-            log(str(event))
+            # rclpy fixes a log call's severity at its first call: one call site per severity.
+            if event.level == "error":
+                self.get_logger().error(str(event))
+            elif event.level == "warn":
+                self.get_logger().warning(str(event))
+            else:
+                self.get_logger().info(str(event))
             self._publish_status(event)
 
     def _publish_status(self, event: Event | None = None) -> None:
