@@ -59,6 +59,8 @@ class _Watch:
     retry_at_s: float = 0.0
     settled_at_s: float = 0.0            # the last transition's result: heartbeats sent before it may lag
     ever_up: bool = False                # active at least once, or failed (startup need not wait for it)
+    drive: bool = True                   # the manager still has to bring it where the graph should be; a
+                                         # change made by hand (`ros2 lifecycle set`) is left alone
 
 
 class GraphSupervisor:
@@ -68,7 +70,8 @@ class GraphSupervisor:
     after it, so sensors come before the policy and the policy before the executor; afterwards a node
     that restarts (a new pid in its heartbeat) is brought back on its own. A failed transition is retried
     after `backoff`. A node whose heartbeat stops for `heartbeat_timeout_s` is reported, once, and again
-    when it responds."""
+    when it responds. A state changed by hand (`ros2 lifecycle set`) stays until the next start-up or
+    `set_wanted`."""
 
     def __init__(self, nodes: Sequence[str], heartbeat_timeout_s: float = 5.0,
                  backoff: RestartBackoff = RestartBackoff(), settle_s: float = 2.0, start_s: float = 0.0) -> None:
@@ -103,7 +106,7 @@ class GraphSupervisor:
         elif pid != w.pid:
             events.append(Event("warn", node, f"restarted (pid {w.pid} -> {pid}, {state})"
                                 + (": bringing it back up" if self.want_up else "")))
-            w.state, w.failures, w.retry_at_s = state, 0, 0.0
+            w.state, w.failures, w.retry_at_s, w.drive = state, 0, 0.0, True
             if self.in_flight is not None and self.in_flight[0] == node:
                 self.in_flight = None   # the request went to the old process
         elif self.in_flight is None or self.in_flight[0] != node:
@@ -126,6 +129,8 @@ class GraphSupervisor:
             w.state, w.failures = GOAL_STATE[transition], 0
             if w.state == "active":
                 w.ever_up = True
+            if w.state == ("active" if self.want_up else "inactive"):
+                w.drive = False
             return [Event("info", node, f"{transition}d" + (f" ({detail})" if detail else ""))]
         delay = self.backoff.delay(w.failures)
         w.failures += 1
@@ -156,7 +161,7 @@ class GraphSupervisor:
         """Bring the graph up (in order) or down to inactive (in reverse order)."""
         self.want_up = up
         for w in self.watch.values():
-            w.failures, w.retry_at_s = 0, 0.0
+            w.failures, w.retry_at_s, w.drive = 0, 0.0, True
 
     # -- the decision -----------------------------------------------------------------------------------
     def next_transition(self, now_s: float) -> tuple[str, str] | None:
@@ -169,7 +174,7 @@ class GraphSupervisor:
                     if w.pid is None and not self.started:
                         return None          # start-up order: wait for this node first
                     continue
-                if w.retry_at_s > now_s:
+                if w.retry_at_s > now_s or not w.drive:
                     continue
                 if w.state == "unconfigured":
                     return self._request(node, "configure")
@@ -180,7 +185,7 @@ class GraphSupervisor:
             return None
         for node in reversed(self.nodes):
             w = self.watch[node]
-            if w.state == "active" and w.responsive and w.retry_at_s <= now_s:
+            if w.drive and w.state == "active" and w.responsive and w.retry_at_s <= now_s:
                 return self._request(node, "deactivate")
         return None
 
