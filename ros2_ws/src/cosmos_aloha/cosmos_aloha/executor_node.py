@@ -85,6 +85,7 @@ class ExecutorNode(ManagedNode):
         self._last_tick = None
         self._last_state = None
         self._compute_ms_max = 0.0
+        self._last_rejection = ""
         self._command_pub = self.create_lifecycle_publisher(
             JointState, topics.JOINT_COMMAND.name, profile(topics.JOINT_COMMAND))
         # Inputs and the e-stop work in every lifecycle state: an e-stop before activation still latches.
@@ -146,7 +147,15 @@ class ExecutorNode(ManagedNode):
             return
         stamp = self.clock_map.to_steady(chunk.stamp_ns, now, int(self.config.max_future_s * 1e9))
         verdict = self.executor_logic.submit(TimedChunk(chunk.actions, stamp, chunk.step_ns, source), now)
-        if verdict != "accepted":
+        if verdict == "rejected_future":
+            # The stamp is the observation's: a stamp ahead of this clock means the clocks disagree.
+            self._last_rejection = (
+                f"{source} chunk stamped {(stamp - now) / 1e9:.2f} s ahead of this host's clock (limit "
+                f"{self.config.max_future_s:g} s): its observation's clock is ahead of the executor's; synchronize "
+                "the hosts (chrony / PTP)")
+            self.get_logger().error(f"rejected: {self._last_rejection}", throttle_duration_sec=2.0)
+        elif verdict != "accepted":
+            self._last_rejection = f"{source} chunk {verdict}"
             self.get_logger().warning(f"{source} chunk {verdict}", throttle_duration_sec=2.0)
 
     def _on_estop_request(self, msg: Bool) -> None:
@@ -221,6 +230,8 @@ class ExecutorNode(ManagedNode):
                           chunk_age_s=f"{tick.chunk_age_s:.3f}")
         values["estop"] = str(self.executor_logic.estop.engaged)
         values["clock_steps"] = str(self.clock_map.steps)
+        if self._last_rejection:
+            values["last_rejected_chunk"] = self._last_rejection
         values.update({k: str(v) for k, v in sorted(self.executor_logic.counters.items())})
         state = tick.state if tick is not None else ExecState.WAITING
         if state in (ExecState.PLAYING, ExecState.BLENDING):
