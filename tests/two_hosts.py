@@ -184,7 +184,7 @@ def wait_for_line(log: Path, text: str, timeout: float, process=None) -> float:
     raise TimeoutError(f"no {text!r} in {log.name} after {time.monotonic() - start:.0f} s:\n{tail}")
 
 
-def run_split_graph(hosts: TwoHosts, out: Path, base_env: dict, *, robot_args: list[str], gpu_args: list[str],
+def run_split_graph(hosts: TwoHosts, out: Path, base_env: dict, *, robot_args: list[str], gpu_args: list[str] | None,
                     probe_images: str = "none", steady_s: float = 8.0, outage_s: float = 2.0,
                     after_s: float = 10.0, skew_offset_s: float | None = None, ready_timeout_s: float = 240.0,
                     ready_line: str = "state play") -> dict:
@@ -192,18 +192,20 @@ def run_split_graph(hosts: TwoHosts, out: Path, base_env: dict, *, robot_args: l
     observer (link_monitor) beside the robot and, with `probe_images`, an image probe on the GPU side.
 
     Once the executor plays (`ready_line` in the robot log): `steady_s` of normal running, the link down for
-    `outage_s`, `after_s` more; then, with `skew_offset_s`, a GPU-side chunk source stamping with a clock that
+    `outage_s` (0: no outage), `after_s` more; then, with `skew_offset_s`, a GPU-side chunk source stamping with a clock that
     far ahead for 3 s, and 3 s to see the executor's verdict. Returns the observer's and probe's summaries
-    with the phase times (ns, the machine's clock, which both namespaces share).
+    with the phase times (ns, the machine's clock, which both namespaces share). `gpu_args` None: the whole
+    graph on the robot side (`--role all`, one host: the baseline).
     """
     robot_log, gpu_log = out / "robot.log", out / "gpu.log"
-    robot = hosts.start(ROBOT, [_python(), *CLI, "bringup", "--role", "robot", "--peers", hosts.peer(ROBOT),
-                                *robot_args], base_env, robot_log)
-    gpu = hosts.start(GPU, [_python(), *CLI, "bringup", "--role", "gpu", "--peers", hosts.peer(GPU), *gpu_args],
-                      base_env, gpu_log)
+    one_host = gpu_args is None
+    role = ["--role", "all"] if one_host else ["--role", "robot", "--peers", hosts.peer(ROBOT)]
+    robot = hosts.start(ROBOT, [_python(), *CLI, "bringup", *role, *robot_args], base_env, robot_log)
+    gpu = None if one_host else hosts.start(
+        GPU, [_python(), *CLI, "bringup", "--role", "gpu", "--peers", hosts.peer(GPU), *gpu_args], base_env, gpu_log)
     observer = hosts.start(ROBOT, [_python(), "-m", "cosmos_aloha.link_monitor", "--seconds", "1000", "--interface",
                                    hosts.interface[ROBOT], "--json", str(out / "observer.json")],
-                           side_environment(base_env, hosts, ROBOT), out / "observer.log")
+                           base_env if one_host else side_environment(base_env, hosts, ROBOT), out / "observer.log")
     probe = None
     if probe_images != "none":
         probe = hosts.start(GPU, [_python(), "-m", "cosmos_aloha.link_monitor", "--seconds", "1000", "--images",
@@ -214,10 +216,11 @@ def run_split_graph(hosts: TwoHosts, out: Path, base_env: dict, *, robot_args: l
         phases["ready_after_s"] = wait_for_line(robot_log, ready_line, ready_timeout_s, robot)
         phases["steady_ns"] = time.time_ns()
         time.sleep(steady_s)
-        phases["link_down_ns"] = hosts.set_link(False)
-        time.sleep(outage_s)
-        phases["link_up_ns"] = hosts.set_link(True)
-        time.sleep(after_s)
+        if outage_s > 0:
+            phases["link_down_ns"] = hosts.set_link(False)
+            time.sleep(outage_s)
+            phases["link_up_ns"] = hosts.set_link(True)
+            time.sleep(after_s)
         phases["after_ns"] = time.time_ns()
         if skew_offset_s is not None:
             phases["skew_ns"] = time.time_ns()
@@ -235,7 +238,8 @@ def run_split_graph(hosts: TwoHosts, out: Path, base_env: dict, *, robot_args: l
     import json
 
     result = {"phases": phases, "observer": json.loads((out / "observer.json").read_text()),
-              "robot_log": robot_log.read_text(errors="replace"), "gpu_log": gpu_log.read_text(errors="replace")}
+              "robot_log": robot_log.read_text(errors="replace"),
+              "gpu_log": "" if one_host else gpu_log.read_text(errors="replace")}
     if probe is not None:
         result["probe"] = json.loads((out / "probe.json").read_text())
     return result

@@ -118,7 +118,8 @@ class LinkMonitor:
                 t = np.asarray(log["receive_ns"])
                 out["rate_hz"] = float((len(t) - 1) / ((t[-1] - t[0]) / 1e9))
                 out["bytes_mean"] = float(np.mean(log["bytes"]))
-            images[cam] = {**out, **percentiles(log["latency_ms"]), "receive_ns": log["receive_ns"]}
+            images[cam] = {**out, **percentiles(log["latency_ms"]), "receive_ns": log["receive_ns"],
+                           "latency_ms": log["latency_ms"]}
         latency = [(r - s) / 1e6 for r, s in zip(self.chunks["receive_ns"], self.chunks["stamp_ns"])]
         link = {}
         if len(self.link_samples) > 1:
