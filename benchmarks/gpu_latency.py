@@ -1,5 +1,7 @@
 """GPU latency of the policy hot path with random weights: the DiT forward (eager vs torch.compile + CUDA graphs),
-the Wan2.1 VAE encode / decode of the ALOHA clip, and the whole observation -> action chunk call.
+the Wan2.1 VAE encode / decode of the ALOHA clip, the fast-path VAE encoder of the conditioning frames (eager,
+compiled, ONNX Runtime, TensorRT), image preprocessing (the policy's and the CPU reference), the whole observation ->
+action chunk call, best-of-8 planning, and the policy's chunk latency while the planner runs beside it.
 
 Built for one unattended run on a lent GPU: every step is guarded (a failure is recorded with its traceback and the
 run goes on), steps past `--deadline` are skipped, and the JSON (`--out`) is rewritten after every step, so a killed
@@ -8,6 +10,7 @@ time in the warm-up, reported as `compile_s`.
 
   GPU:  python benchmarks/gpu_latency.py --out $OUT/gpu_latency.json
   CPU smoke test:  python benchmarks/gpu_latency.py --model tiny --device cpu --image-size 64 --repeats 2
+Sections: dit, vae, chunk (the hot path), encoder (fast-path VAE encoder), plan (best-of-8, policy beside it).
 
 Timed calls run under torch.no_grad(), the mode `CosmosPolicy.act` uses, not inference_mode: dynamo guards on the
 inputs' dispatch keys, and inference tensors would make the compiled DiT recompile (minutes for the 2B model) when
@@ -16,13 +19,16 @@ the chunk steps reuse it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -39,12 +45,16 @@ from cosmos_policy_core.layout import LatentLayout, build_pixel_clip, clip_to_va
 from cosmos_policy_core.nn.config import ModelConfig
 from cosmos_policy_core.nn.dit import CosmosDiT
 from cosmos_policy_core.nn.wan_vae import VAEConfig, WanVAE
+from cosmos_policy_core.runtime.policy import PolicyConfig
 from cosmos_policy_core.testing import DEFAULT_TASKS, aloha_like_stats, random_text_embeddings
 
 TARGET_CHUNK_MS = 40.0  # the issue's target: observation -> chunk, 2B, 1 step, bf16, H100
 MODELS = {"2b": (ModelConfig.cosmos_predict2_2b, VAEConfig.wan21), "tiny": (ModelConfig.tiny, VAEConfig.tiny)}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-DEFAULT_REPEATS = {"dit": 20, "vae": 5, "chunk": 10, "chunk_multi": 5}
+DEFAULT_REPEATS = {"dit": 20, "vae": 5, "chunk": 10, "chunk_multi": 5, "encoder": 10, "preprocess": 10, "plan": 3}
+SECTIONS = ("dit", "vae", "chunk", "encoder", "plan")
+PLAN_CANDIDATES = 8
+WHOLE_CLIP_FIELD = "vae_encode_whole_clip"   # PolicyConfig: encode all 41 frames up front (the reference's way)
 COMPILE_MODES = ("reduce-overhead", "default", "max-autotune-no-cudagraphs", "max-autotune")
 CUDA_ONLY_MODES = {"reduce-overhead": "CUDA graphs need a CUDA device",
                    "max-autotune": "CUDA graphs need a CUDA device",
@@ -218,8 +228,10 @@ class Bench:
         self._nets: dict[str, CosmosDiT] = {}
         self._vaes: dict[torch.dtype, WanVAE] = {}
         self._denoisers: dict[str, TorchDenoiser] = {}
+        self._encoders: dict[str, object] = {}
         self.compile_s: dict[str, float] = {}  # mode -> measured first-call seconds
         self.compiled_shapes: set[tuple[str, int]] = set()  # (mode, batch) already compiled
+        self.work_dir = Path(tempfile.mkdtemp(prefix="gpu_latency_"))  # exported graphs and engines
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -292,11 +304,26 @@ class Bench:
                   for cam in self.layout.camera_sources}
         return build_pixel_clip(self.layout, images)
 
-    def policy(self, mode: str | None):
+    def policy(self, mode: str | None, encoder=None, **config):
+        """A CosmosPolicy on the bench's networks: the DiT eager or compiled with `mode`, the eager VAE unless a
+        fast-path `encoder` is given, PolicyConfig fields from `config`."""
         from cosmos_policy_core.runtime.policy import CosmosPolicy, PolicyConfig
 
         return CosmosPolicy(self.layout, self.vae(self.dtype), self.denoiser(mode), self.stats, self.text,
-                            diffusion=self.diffusion, config=PolicyConfig())
+                            diffusion=self.diffusion, vae_encoder=encoder, config=PolicyConfig(**config))
+
+    def clip_encoder(self, mode: str | None):
+        """The fast-path VAE encoder of the conditioning frames, eager or compiled with `mode` (one per mode)."""
+        from cosmos_policy_core.engines.encoder import TorchClipEncoder
+
+        key = mode or "eager"
+        if key not in self._encoders:
+            self._encoders[key] = TorchClipEncoder(self.vae(self.dtype), self.layout, compile=mode)
+        return self._encoders[key]
+
+    def vae_input(self) -> torch.Tensor:
+        """The [-1, 1] clip on the device, in the VAE's dtype, as the policy hands it to an encoder."""
+        return clip_to_vae_input(self.pixel_clip().to(self.device), dtype=self.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -376,8 +403,6 @@ def dit_step(bench: Bench, mode: str | None, batch: int) -> dict:
 
 def vae_encode_step(bench: Bench, dtype_name: str) -> dict:
     """uint8 clip -> normalized latent, as CosmosPolicy.encode_clip: to device, [-1, 1], one causal pass."""
-    from cosmos_policy_core.runtime.policy import PolicyConfig
-
     dtype = DTYPES[dtype_name]
     vae = bench.vae(dtype)
     clip = bench.pixel_clip()
@@ -402,8 +427,6 @@ def vae_encode_step(bench: Bench, dtype_name: str) -> dict:
 def vae_decode_step(bench: Bench) -> dict:
     """The predicted-frame decode of CosmosPolicy.decode_future_images: latents up to the last future image
     -> pixels -> uint8 on the CPU (runs after the chunk is published)."""
-    from cosmos_policy_core.runtime.policy import PolicyConfig
-
     vae = bench.vae(bench.dtype)
     lay = bench.layout
     future_idx = [lay.index(f"future_{c}") for c in lay.cameras]
@@ -424,16 +447,17 @@ def vae_decode_step(bench: Bench) -> dict:
             "warmup_s": warm, "truncated": truncated, **summarize(times), **_memory(bench)}
 
 
-def chunk_step(bench: Bench, mode: str | None, num_steps: int) -> dict:
+def chunk_step(bench: Bench, mode: str | None, num_steps: int, **config) -> dict:
     """CosmosPolicy.act(obs, num_steps) from 480x640 camera frames to the unnormalized chunk, without the
-    predicted-frame decode (it runs after publishing). Two views: the wall time of act() with its own stage
-    timings (unsynchronized: GPU work queued in one stage is paid in a later one), and the same stages called
-    one by one with a device sync between them."""
+    predicted-frame decode (it runs after publishing); with a compile `mode` the DiT and the VAE encoder are
+    compiled, as engine "compile" runs them. Two views: the wall time of act() with its own stage timings
+    (unsynchronized: GPU work queued in one stage is paid in a later one), and the same stages called one by
+    one with a device sync between them. `config`: PolicyConfig fields."""
     from cosmos_policy_core.runtime.policy import TIMING_KEYS
     from cosmos_policy_core.testing import random_observation
 
     _check_mode(bench, mode)
-    policy = bench.policy(mode)
+    policy = bench.policy(mode, encoder=None if mode is None else bench.clip_encoder(mode), **config)
     obs = random_observation(bench.layout, stats=bench.stats, seed=1, task=bench.task)
     n = bench.repeats("chunk" if num_steps == 1 else "chunk_multi")
     n_warm = bench.args.warmup if mode is None else max(3, bench.args.warmup)
@@ -474,6 +498,7 @@ def chunk_step(bench: Bench, mode: str | None, num_steps: int) -> dict:
     lib = {k: float(np.median([t[k] for t in lib_timings])) * 1e3 for k in TIMING_KEYS}
     result = {
         "mode": mode or "eager", "num_steps": num_steps, "dtype": bench.args.dtype, "model": bench.args.model,
+        "policy_config": config, "encoder": "compiled" if mode is not None else "eager VAE",
         "image_size": bench.layout.image_size, "camera_frame_shape": list(next(iter(obs.images.values())).shape),
         "warmup_s": warm, "truncated": truncated or staged_truncated, **summarize(times),
         "act_timings_median_ms": lib,
@@ -484,6 +509,213 @@ def chunk_step(bench: Bench, mode: str | None, num_steps: int) -> dict:
     if mode is not None:
         result["compile_s"] = warm[0]
         result["counters"] = _counter_delta(before)
+    return result
+
+
+def _time_encoder(bench: Bench, encoder, name: str, n_warm: int) -> dict:
+    video = bench.vae_input()
+    last: list[torch.Tensor] = []
+    _reset_memory(bench)
+    with torch.no_grad():
+        warm = warm_up(bench, lambda i: last.append(encoder(video)), n_warm)
+        times, truncated = timed_calls(bench, lambda i: last.append(encoder(video)), bench.repeats("encoder"))
+    z = last[-1]
+    ref = bench.vae(bench.dtype).encode(video, chunk_frames=None)[:, :, : z.shape[2]].float()
+    return {"encoder": name, "dtype": bench.args.dtype, "frames": encoder.frames, "prefix_frames": encoder.prefix_frames,
+            "latent_shape": list(z.shape), "max_abs_diff_vs_eager_vae": float((z.float().cpu() - ref.cpu()).abs().max()),
+            "warmup_s": warm, "truncated": truncated, **summarize(times), **_memory(bench)}
+
+
+def encoder_step(bench: Bench, mode: str | None) -> dict:
+    """The fast-path encoder (engines.encoder.TorchClipEncoder): the conditioning frames only (ALOHA: 17 of 41,
+    12 after the constant black prefix), eager or torch.compile'd with `mode`; compared with the VAE's own encode."""
+    _check_mode(bench, mode)
+    encoder = bench.clip_encoder(mode)
+    before = _counters()
+    result = _time_encoder(bench, encoder, encoder.name, bench.args.warmup if mode is None else max(3, bench.args.warmup))
+    if mode is not None:
+        result.update(mode=mode, compile_s=result["warmup_s"][0], counters=_counter_delta(before))
+    return result
+
+
+def _export_encoder(bench: Bench, directory: Path) -> dict:
+    from cosmos_policy_core.engines.export import export_vae_encoder_onnx
+
+    return export_vae_encoder_onnx(bench.vae(bench.dtype), bench.layout, directory / "vae_encoder.onnx",
+                                   dynamo=bench.dtype != torch.float32)
+
+
+def encoder_onnx_step(bench: Bench) -> dict:
+    """The exported encoder graph (the bench dtype's types) on ONNX Runtime: the CPU twin of the TensorRT engine."""
+    import onnxruntime as ort
+
+    from cosmos_policy_core.engines.onnx_engine import OnnxClipEncoder
+
+    gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+    if bench.device.type == "cuda" and not gpu:
+        raise Skip("onnxruntime has no CUDA provider here (onnxruntime-gpu not installed): the CPU run of a "
+                   "2B VAE says nothing about the GPU path")
+    directory = bench.work_dir / "encoder_onnx"
+    t0 = time.perf_counter()
+    entry = _export_encoder(bench, directory)
+    export_s = time.perf_counter() - t0
+    encoder = OnnxClipEncoder(directory / entry["onnx"], frames=entry["frames"], prefix_frames=entry["prefix_frames"],
+                              providers=["CUDAExecutionProvider"] if gpu else ["CPUExecutionProvider"])
+    return {"export_s": round(export_s, 2), **_time_encoder(bench, encoder, "onnx", min(1, bench.args.warmup))}
+
+
+def _tensorrt_or_skip() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        raise Skip("TensorRT is not installed on this machine (pip install 'cosmos-aloha[trt]')")
+
+
+def encoder_tensorrt_step(bench: Bench) -> dict:
+    """The exported encoder graph built into a strongly typed TensorRT engine (its precision from the graph)."""
+    from cosmos_policy_core.engines.tensorrt_engine import TensorRTClipEncoder, build_engine_from_onnx
+
+    _tensorrt_or_skip()
+    if bench.device.type != "cuda":
+        raise Skip("TensorRT needs a CUDA device")
+    directory = bench.work_dir / "encoder_trt"
+    t0 = time.perf_counter()
+    entry = _export_encoder(bench, directory)
+    plan = build_engine_from_onnx(directory / entry["onnx"], directory / "vae_encoder.plan")
+    build_s = time.perf_counter() - t0
+    encoder = TensorRTClipEncoder.from_engine_file(plan, frames=entry["frames"], prefix_frames=entry["prefix_frames"],
+                                                   device=bench.device, expect=entry)
+    return {"export_and_build_s": round(build_s, 2), **_time_encoder(bench, encoder, "tensorrt", 2)}
+
+
+def dit_tensorrt_step(bench: Bench) -> dict:
+    """The DiT denoiser graph (the bench dtype's types) as a strongly typed TensorRT engine, batch 1."""
+    from cosmos_policy_core.engines.export import export_denoiser_onnx
+    from cosmos_policy_core.engines.tensorrt_engine import TensorRTDenoiser, build_engine_from_onnx
+
+    _tensorrt_or_skip()
+    if bench.device.type != "cuda":
+        raise Skip("TensorRT needs a CUDA device")
+    directory = bench.work_dir / "dit_trt"
+    args = bench.denoiser_inputs(1)
+    t0 = time.perf_counter()
+    net = bench.net("eager")
+    entry = export_denoiser_onnx(net, bench.layout, directory / "denoiser_b1.onnx", batch=1, text_len=int(args[4].shape[1]),
+                                 dynamo=bench.dtype != torch.float32, sigma_conditional=bench.diffusion.sigma_conditional)
+    plan = build_engine_from_onnx(directory / entry["onnx"], directory / "denoiser_b1.plan")
+    build_s = time.perf_counter() - t0
+    den = TensorRTDenoiser.from_engine_file(plan, device=bench.device, expect=entry)
+    with torch.no_grad():
+        warm = warm_up(bench, lambda i: den.predict_x0(*args), 2)
+        times, truncated = timed_calls(bench, lambda i: den.predict_x0(*args), bench.repeats("dit"))
+    return {"batch": 1, "dtype": bench.args.dtype, "export_and_build_s": round(build_s, 2), "warmup_s": warm,
+            "truncated": truncated, **summarize(times), **_memory(bench)}
+
+
+def preprocess_step(bench: Bench, which: str) -> dict:
+    """Three 480x640 camera frames -> the model's 224² images: `policy` = what the chunk runs
+    (CosmosPolicy.preprocess_images, on the policy's device where it does that), `cpu_reference` = the reference
+    pipeline on the CPU (runtime.images.prepare_images)."""
+    from cosmos_policy_core.runtime.images import prepare_images
+    from cosmos_policy_core.testing import random_observation
+
+    policy = bench.policy(None)
+    obs = random_observation(bench.layout, stats=bench.stats, seed=1, task=bench.task)
+    lay = bench.layout
+    if which == "policy":
+        def run(_i: int):
+            return policy.preprocess_images(obs.images)
+    else:
+        frames = [obs.images[c] for c in lay.camera_sources]
+
+        def run(_i: int):
+            return prepare_images(frames, lay.image_size, list(lay.camera_sources), policy.config.crop_area)
+    warm = warm_up(bench, run, 2)
+    times, truncated = timed_calls(bench, run, bench.repeats("preprocess"))
+    reference = prepare_images([obs.images[c] for c in lay.camera_sources], lay.image_size,
+                               list(lay.camera_sources), policy.config.crop_area)
+    got = run(0)
+    got = list(got.values()) if isinstance(got, dict) else got
+    diff = max(int(np.abs(np.asarray(g if isinstance(g, np.ndarray) else g.cpu().numpy()).astype(int)
+                          - r.astype(int)).max()) for g, r in zip(got, reference))
+    return {"which": which, "crop_area": policy.config.crop_area, "frame_shape": list(obs.images[lay.camera_sources[0]].shape),
+            "max_pixel_diff_vs_cpu_reference": diff, "warmup_s": warm, "truncated": truncated, **summarize(times)}
+
+
+def _planner(bench: Bench, mode: str | None):
+    from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig
+
+    n = bench.args.plan_candidates
+    return BestOfNPlanner(bench.policy(mode), PlannerConfig(num_candidates=n, action_steps=1, batch_candidates=n))
+
+
+def plan_step(bench: Bench, mode: str | None) -> dict:
+    """BestOfNPlanner.plan with --plan-candidates (8) candidates (1-step actions; world model and V(s') ensembles of the reference's
+    planning defaults), from a camera observation to the chosen chunk."""
+    from cosmos_policy_core.testing import random_observation
+
+    _check_mode(bench, mode)
+    planner = _planner(bench, mode)
+    obs = random_observation(bench.layout, stats=bench.stats, seed=2, task=bench.task)
+    results = []
+    warm = warm_up(bench, lambda i: planner.plan(obs, base_seed=i), 1 if mode is None else 2)
+    _reset_memory(bench)
+    times, truncated = timed_calls(bench, lambda i: results.append(planner.plan(obs, base_seed=i)), bench.repeats("plan"))
+    cfg = planner.config
+    return {"mode": mode or "eager", "num_candidates": cfg.num_candidates, "action_steps": cfg.action_steps,
+            "world_model_steps": cfg.world_model_steps, "value_steps": cfg.value_steps,
+            "scored": [r.num_scored for r in results], "plan_timings_median_ms": {
+                k: float(np.median([r.timings.get(k, 0.0) for r in results])) * 1e3 for k in results[-1].timings},
+            "warmup_s": warm, "truncated": truncated, **summarize(times), **_memory(bench)}
+
+
+def chunk_beside_planner_step(bench: Bench, mode: str | None) -> dict:
+    """The 1-step chunk (CosmosPolicy.act, DiT compiled with `mode`) timed while a best-of-N planner plans in a
+    second thread of the same process on the same device and weights; `alone_median_ms` is the same call right
+    before, without the planner. The planner runs eager: CUDA-graph replays of one compiled module from two
+    threads are not safe. Threads share the GIL, which separate node processes would not."""
+    from cosmos_policy_core.testing import random_observation
+
+    _check_mode(bench, mode)
+    policy = bench.policy(mode)
+    planner = _planner(bench, None)
+    obs = random_observation(bench.layout, stats=bench.stats, seed=1, task=bench.task)
+    plan_obs = random_observation(bench.layout, stats=bench.stats, seed=2, task=bench.task)
+
+    def act(i: int) -> None:
+        policy.act(obs, seed=i, num_steps=1, return_future_images=False)
+
+    warm_up(bench, act, max(2, bench.args.warmup))
+    planner.plan(plan_obs)
+    alone, _ = timed_calls(bench, act, bench.repeats("chunk"))
+    stop = threading.Event()
+    plans: list[float] = []
+    errors: list[BaseException] = []
+
+    def plan_loop() -> None:
+        try:
+            with torch.no_grad():
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    planner.plan(plan_obs, base_seed=len(plans))
+                    plans.append(time.perf_counter() - t0)
+        except BaseException as exc:  # noqa: BLE001 -- reported in the step's result
+            errors.append(exc)
+
+    thread = threading.Thread(target=plan_loop, name="planner", daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.05)
+        beside, truncated = timed_calls(bench, act, bench.repeats("chunk"))
+    finally:
+        stop.set()
+        thread.join()
+    if errors:
+        raise errors[0]
+    result = {"mode": mode or "eager", "planner_mode": "eager", "alone_median_ms": float(np.median(alone)) * 1e3,
+              "plans_completed": len(plans), "plan_median_ms": float(np.median(plans)) * 1e3 if plans else None,
+              "truncated": truncated, **summarize(beside)}
+    result["slowdown"] = result["median_ms"] / result["alone_median_ms"]
     return result
 
 
@@ -509,6 +741,10 @@ def plan(bench: Bench, sections: set[str], modes: list[str], chunk_steps: list[i
     add(f"vae_decode_{bench.args.dtype}", "vae", lambda: vae_decode_step(bench), lambda: eager_need)
     if 1 in chunk_steps:
         add("chunk_eager_1step", "chunk", lambda: chunk_step(bench, None, 1), lambda: eager_need)
+        if WHOLE_CLIP_FIELD in {f.name for f in dataclasses.fields(PolicyConfig)}:
+            # the reference's cost: all 41 pixel frames encoded up front, not only the 17 that condition
+            add("chunk_eager_1step_whole_clip", "chunk",
+                lambda: chunk_step(bench, None, 1, **{WHOLE_CLIP_FIELD: True}), lambda: eager_need)
     # CUDA-only modes on a CPU run are recorded as skipped, with the reason
     for mode in modes:
         if mode != main_mode and mode in CUDA_ONLY_MODES and bench.device.type != "cuda":
@@ -525,6 +761,23 @@ def plan(bench: Bench, sections: set[str], modes: list[str], chunk_steps: list[i
         if main_mode is not None:
             add(f"chunk_{main_mode}_{s}step", "chunk", lambda s=s: chunk_step(bench, main_mode, s),
                 lambda: bench.compile_need_s(main_mode, 1))
+    # the fast-path encoder and the preprocessing
+    add("preprocess_policy", "encoder", lambda: preprocess_step(bench, "policy"), lambda: 0.0)
+    add("preprocess_cpu_reference", "encoder", lambda: preprocess_step(bench, "cpu_reference"), lambda: 0.0)
+    add("vae_encoder_eager", "encoder", lambda: encoder_step(bench, None), lambda: eager_need)
+    if main_mode is not None:
+        add(f"vae_encoder_{main_mode}", "encoder", lambda: encoder_step(bench, main_mode),
+            lambda: bench.compile_need_s(main_mode + "_encoder"))
+    add("vae_encoder_onnx", "encoder", lambda: encoder_onnx_step(bench), lambda: eager_need)
+    add("vae_encoder_tensorrt", "encoder", lambda: encoder_tensorrt_step(bench), lambda: bench.args.compile_reserve)
+    add("dit_tensorrt_b1", "dit", lambda: dit_tensorrt_step(bench), lambda: bench.args.compile_reserve)
+    # planning, and the policy beside it
+    plan_mode = main_mode
+    n = bench.args.plan_candidates
+    add(f"plan_best_of_{n}_{plan_mode or 'eager'}", "plan", lambda: plan_step(bench, plan_mode),
+        lambda: eager_need if plan_mode is None else bench.compile_need_s(plan_mode, n))
+    add(f"chunk_beside_planner_{plan_mode or 'eager'}", "plan", lambda: chunk_beside_planner_step(bench, plan_mode),
+        lambda: eager_need if plan_mode is None else bench.compile_need_s(plan_mode, 1))
     if main_mode is not None:
         add(f"dit_{main_mode}_b8", "dit", lambda: dit_step(bench, main_mode, 8),
             lambda: bench.compile_need_s(main_mode, 8))
@@ -587,7 +840,7 @@ def print_table(report: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="dit,vae,chunk", help="comma list of dit, vae, chunk")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     ap.add_argument("--model", choices=sorted(MODELS), default="2b",
                     help="2b: ModelConfig.cosmos_predict2_2b + VAEConfig.wan21; tiny: both .tiny() (tests)")
     ap.add_argument("--device", default="cuda", help="cuda or cpu")
@@ -605,6 +858,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "raises it)")
     ap.add_argument("--repeats", type=int, default=None,
                     help=f"timed calls per step (default: {DEFAULT_REPEATS})")
+    ap.add_argument("--plan-candidates", type=int, default=PLAN_CANDIDATES, help="best-of-N planning: N")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (compiled steps: at least 3)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_latency.json"))
     args = ap.parse_args(argv)
@@ -616,9 +870,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    unknown = sections - {"dit", "vae", "chunk"}
+    unknown = sections - set(SECTIONS)
     if unknown:
-        raise SystemExit(f"unknown sections {sorted(unknown)}; choose from dit, vae, chunk")
+        raise SystemExit(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     modes = [] if args.compile_modes.strip().lower() in ("", "none") else \
         [m.strip() for m in args.compile_modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in COMPILE_MODES]
@@ -663,8 +917,11 @@ def _run(args: argparse.Namespace, rec: Recorder, sections: set[str], modes: lis
     rec.report["config"] = {"model": bench.model_config.to_dict(), "vae": bench.vae_config.to_dict(),
                             "layout": bench.layout.to_dict(), "latent_shape": list(bench.layout.latent_shape),
                             "diffusion": bench.diffusion.to_dict()}
-    for name, section, fn, need in plan(bench, sections, modes, chunk_steps):
-        rec.run(name, section, fn, need())
+    try:
+        for name, section, fn, need in plan(bench, sections, modes, chunk_steps):
+            rec.run(name, section, fn, need())
+    finally:
+        shutil.rmtree(bench.work_dir, ignore_errors=True)
     rec.report["summary"] = summary(rec.report)
     rec.report["finished"] = True
     rec.write()

@@ -54,3 +54,32 @@ def test_past_the_deadline_every_step_is_skipped_and_written(bench_module, tmp_p
     assert report["steps"] and all(s["status"] == "skipped" and "deadline" in s["reason"]
                                    for s in report["steps"].values())
     assert report["summary"]["best_1step_chunk_ms"] is None and report["summary"]["meets_target"] is None
+
+
+
+def test_tiny_cpu_run_measures_the_fast_path_encoder_and_preprocessing(bench_module, tmp_path):
+    out = tmp_path / "encoder.json"
+    bench_module.main([*TINY_CPU, "--sections", "encoder", "--deadline", "600", "--out", str(out)])
+    steps = json.loads(out.read_text())["steps"]
+    for name in ("preprocess_policy", "preprocess_cpu_reference"):
+        assert steps[name]["status"] == "ok" and steps[name]["frame_shape"] == [480, 640, 3]
+    assert steps["preprocess_cpu_reference"]["max_pixel_diff_vs_cpu_reference"] == 0
+    for name in ("vae_encoder_eager", "vae_encoder_onnx"):
+        step = steps[name]
+        assert step["status"] == "ok", step
+        assert (step["frames"], step["prefix_frames"], step["latent_shape"]) == (17, 5, [1, 16, 5, 8, 8])
+        assert step["max_abs_diff_vs_eager_vae"] < 1e-4
+    assert steps["vae_encoder_tensorrt"]["status"] == "skipped" and "TensorRT" in steps["vae_encoder_tensorrt"]["reason"]
+
+
+@pytest.mark.slow
+def test_tiny_cpu_run_measures_planning_and_the_chunk_beside_it(bench_module, tmp_path):
+    out = tmp_path / "plan.json"
+    bench_module.main([*TINY_CPU, "--sections", "plan", "--plan-candidates", "2", "--deadline", "900",
+                       "--out", str(out)])
+    steps = json.loads(out.read_text())["steps"]
+    plan = steps["plan_best_of_2_eager"]
+    assert plan["status"] == "ok" and plan["num_candidates"] == 2 and plan["scored"] == [2]
+    beside = steps["chunk_beside_planner_eager"]
+    assert beside["status"] == "ok", beside
+    assert beside["alone_median_ms"] > 0 and beside["median_ms"] > 0 and beside["planner_mode"] == "eager"
