@@ -94,10 +94,13 @@ def _add_demos(sim_commands) -> None:
 
 
 def register(subparsers) -> None:
-    sim = subparsers.add_parser("sim", help="MuJoCo ALOHA simulation: scripted demos, evaluation")
+    sim = subparsers.add_parser("sim", help="MuJoCo ALOHA simulation: scripted demos, evaluation, planning scores")
     sim_commands = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND")
     sim.set_defaults(func=lambda args: sim.print_help() or 2)
     _add_demos(sim_commands)
     from cosmos_policy_core.cli.sim_eval import add_eval_parser  # `sim eval` lives in its own module
 
     add_eval_parser(sim_commands)
+    from cosmos_policy_core.cli.sim_planning import add_planning_parsers  # score-planning, compare
+
+    add_planning_parsers(sim_commands)

@@ -16,16 +16,22 @@ def _eval(args) -> int:
     cfg = EvalConfig(task=args.task, episodes=args.episodes, seed=args.seed, num_steps=args.steps,
                      execution=args.execution, execute_steps=args.execute_steps, latency_steps=args.latency_steps,
                      ensemble_decay=args.ensemble_decay, max_steps=args.max_steps,
-                     planner_candidates=args.planner_candidates, hold_steps=args.hold_steps,
+                     planner_candidates=args.planner_candidates, planning_checkpoint=args.planning_checkpoint,
+                     value_mode=args.value_mode, hold_steps=args.hold_steps,
                      jpeg_quality=args.jpeg_quality, engine=args.engine, device=args.device,
                      dtype=None if args.dtype == "auto" else args.dtype, export_dir=args.export_dir)
     report = evaluate_checkpoint(args.checkpoint, cfg, gif_path=args.video, progress=not args.no_progress,
-                                 workers=args.workers)
+                                 workers=args.workers, record_dir=args.record_rollouts)
     lo, hi = report.ci95
     c = report.config
     print(f"deployment: {c['execution']}, a chunk every {c['execute_steps']} steps"
           + (f", ensemble decay {c['ensemble_decay']:g}" if c["ensemble_decay"] is not None else "")
           + f", {c['num_steps']} denoising steps")
+    if c["planner_candidates"] > 1:
+        print(f"planning: best of {c['planner_candidates']} at every query by {c['value_mode']} of "
+              f"{c['planning_checkpoint'] or 'the policy network'}"
+              + (" (each chosen chunk joins the ensemble; the value scores the chunk played alone)"
+                 if c["execution"] == "temporal_ensemble" else ""))
     print(f"{report.task}: {report.successes}/{report.episodes} successes, rate {report.success_rate:.1%} "
           f"(95% Wilson CI {lo:.1%}-{hi:.1%}); max rewards {[e.max_reward for e in report.per_episode]}")
     if report.held_successes is not None:
@@ -38,8 +44,13 @@ def _eval(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report.to_json_dict(), indent=2))
+    if report.rollouts is not None:
+        r = report.rollouts
+        print(f"rollouts: {r['written']} episodes ({r['successes']} successes) written to {r['dir']}"
+              + (f", {r['skipped']} skipped (see its report.json)" if r["skipped"] else ""))
     if args.video:
-        print(f"rollout GIF (real cameras above, predicted t+50 frames below): {args.video}")
+        print(f"rollout GIF (real cameras, predicted t+50 frames below, the value of each chunk under them): "
+              f"{args.video}")
     return 0
 
 
@@ -70,7 +81,14 @@ def add_eval_parser(sim_commands) -> None:
                              "weight exp(-k i), i = 0 for the oldest (ACT: 0.01); implies --execution "
                              "temporal_ensemble unless given")
     parser.add_argument("--max-steps", type=int, help="control steps per episode (default: the task length)")
-    parser.add_argument("--planner-candidates", type=int, default=0, help="best-of-N planning with N > 1")
+    parser.add_argument("--planner-candidates", type=int, default=0,
+                        help="best-of-N planning with N > 1, at every query (also under temporal ensembling)")
+    parser.add_argument("--planning-checkpoint",
+                        help="the planning fine-tune (`train --config planning`) whose world model and value score "
+                             "the candidates (default: the policy network)")
+    parser.add_argument("--value-mode", choices=("V(s')", "V(s,a,s')", "Q(s,a)"),
+                        help="the value the planner asks for (default: the role the scoring checkpoint was "
+                             "trained for: V(s') for a planning fine-tune)")
     parser.add_argument("--hold-steps", type=int, default=0,
                         help="also count a stricter success: the maximum reward held this many consecutive control "
                              "steps (episodes then run on past their first success)")
@@ -87,8 +105,13 @@ def add_eval_parser(sim_commands) -> None:
     parser.add_argument("--dtype", choices=("auto", *PRECISION_NAMES), default="auto",
                         help="network precision (auto: bf16 on a GPU, fp32 on a CPU; onnx / tensorrt: as exported)")
     parser.add_argument("--json", help="write the report (episodes, successes, success_rate, ci95, max rewards; "
-                                        "held_* with --hold-steps)")
-    parser.add_argument("--video", help="GIF of episode 0 with the predicted future frames")
+                                        "held_* with --hold-steps; per_episode: every seed's result and chunk "
+                                        "values, which `sim compare` pairs across runs)")
+    parser.add_argument("--video", help="GIF of episode 0 with the predicted future frames and the value over time")
+    parser.add_argument("--record-rollouts", metavar="DIR",
+                        help="write every episode (successes and failures) to this new directory as a dataset "
+                             "(ALOHA HDF5, JPEG frames at the render size, attrs success / task / seed): the "
+                             "rollouts of `train --config planning --rollouts`")
     parser.add_argument("--workers", type=int, default=1,
                         help="episodes in parallel processes (one sim + policy each, cores split between them)")
     parser.add_argument("--no-progress", action="store_true")

@@ -17,7 +17,11 @@ def _train(args) -> int:
     from cosmos_policy_core.train.config import TrainConfig
     from cosmos_policy_core.train.loop import Trainer, init_distributed
 
-    config = TrainConfig.load(args.config)
+    if args.config == "planning":
+        _planning_defaults(args)
+        config = TrainConfig.for_planning(args.init, args.steps)
+    else:
+        config = TrainConfig.load(args.config)
     changes = {}
     if args.steps is not None:
         changes["max_steps"] = args.steps
@@ -55,6 +59,25 @@ def _train(args) -> int:
 
         dist.destroy_process_group()
     return 0
+
+
+def _planning_defaults(args) -> None:
+    """`--config planning` fine-tunes the policy of --init into the planner's world model + value: it must keep
+    the policy's VAE and task embeddings (the planner feeds it the policy's latents), so they default to
+    --init's."""
+    from cosmos_policy_core.checkpoint import TEXT_FILE, VAE_FILE
+
+    if not args.init:
+        raise ConfigError("--config planning fine-tunes a policy checkpoint: pass it as --init DIR (and the policy's "
+                          "rollouts as --rollouts DIR)")
+    init = Path(args.init)
+    if not args.rollouts:
+        raise ConfigError("--config planning learns the world model and value from the policy's rollouts: pass "
+                          "--rollouts DIR (record them with `cosmos-aloha sim eval --record-rollouts DIR`)")
+    if args.vae is None and (init / VAE_FILE).is_file():
+        args.vae = str(init)
+    if args.text_embeddings is None and (init / TEXT_FILE).is_file():
+        args.text_embeddings = str(init / TEXT_FILE)
 
 
 def _training_data(data: str, ctx) -> str:
@@ -109,7 +132,10 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True,
                    help="directory of ALOHA HDF5 demo episodes (+ optional stats.json), or a LeRobot dataset "
                         "directory (converted once into a cache, see docs/recording.md)")
-    p.add_argument("--config", required=True, help="preset tiny | small | 2b, or a JSON file (TrainConfig.to_dict)")
+    p.add_argument("--config", required=True,
+                   help="preset tiny | small | 2b, or a JSON file (TrainConfig.to_dict); planning: the planning "
+                        "fine-tune of the --init checkpoint's own config (world model + V(s') value on --rollouts, "
+                        "10%% demos; its VAE and task embeddings unless given)")
     p.add_argument("--out", default="runs/train", help="run directory (checkpoints, metrics, loss.png, model/)")
     p.add_argument("--steps", type=int, help="total optimizer steps (overrides the config)")
     p.add_argument("--batch", type=int, help="samples per process per step (overrides the config)")

@@ -238,7 +238,7 @@ class EpisodeFile:
         img = cv2.imdecode(np.asarray(row[:n] if n else row), cv2.IMREAD_COLOR)
         if img is None:
             raise DataError(f"{self.path}: camera {camera} frame {step} is not a decodable JPEG")
-        return img[..., ::-1]
+        return np.ascontiguousarray(img[..., ::-1])   # BGR -> RGB without a negative-stride view torch refuses
 
     def frames(self, camera: str, steps: slice | None = None) -> np.ndarray:
         """(T', H, W, 3) uint8 RGB frames of `camera` at `steps` (all by default)."""

@@ -300,5 +300,41 @@ class BestOfNPlanner:
         )
 
 
+def planning_value_mode(checkpoint) -> str:
+    """The value mode (a VALUE_MODES key) a checkpoint directory's network was trained for.
+
+    Its recorded training config names the value role: `value_v_s` for a planning fine-tune (V(s')),
+    `value_v_sas` for the base recipe (V(s,a,s')). A directory that records no training (a converted
+    release) is taken as the reference's planning model: V(s'). Asking a network for a value role it never
+    trained conditions it on frames it has not learned to read, and its values then rank nothing.
+    """
+    import json
+    from pathlib import Path
+
+    from cosmos_policy_core.checkpoint import CONFIG_FILE
+    from cosmos_policy_core.errors import CheckpointError
+
+    path = Path(checkpoint) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent} has no {CONFIG_FILE}; pass a checkpoint directory") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} cannot be read as JSON ({e})") from e
+    metadata = config.get("metadata") if isinstance(config, dict) else None
+    train = (metadata or {}).get("train_config") if isinstance(metadata, dict) else None
+    if not isinstance(train, dict):
+        return "V(s')"
+    role = (train.get("samples") or {}).get("value_role", "value_v_sas")
+    modes = {r: m for m, r in VALUE_MODES.items()}
+    if role not in modes:
+        raise CheckpointError(f"{path}: unknown value role {role!r} in metadata.train_config.samples")
+    shares = ((metadata.get("data") or {}).get("role_shares") or {})
+    if shares.get(role) == 0:
+        log.warning("%s never trained its value role %s (no value samples): its values will not rank candidates; "
+                    "fine-tune a planning checkpoint on rollouts (docs/training.md)", path.parent, role)
+    return modes[role]
+
+
 __all__ = ["BestOfNPlanner", "PlannerConfig", "PlanResult", "CandidateScore", "aggregate_values", "ensemble_steps",
-           "next_state_prior", "AGGREGATIONS"]
+           "next_state_prior", "planning_value_mode", "AGGREGATIONS"]

@@ -118,6 +118,37 @@ def _now() -> float:
     return time.perf_counter()
 
 
+def check_planning_checkpoint(policy_ckpt, planning_ckpt, policy_path, planning_path) -> None:
+    """Raise CheckpointError unless the planning checkpoint reads what the policy writes.
+
+    The planning network continues the policy's latents: it must share the layout, the VAE (latent space),
+    the statistics (normalized proprio and actions) and the task embeddings. A planning fine-tune with
+    `--init POLICY` on the policy's data shares all four.
+    """
+    from cosmos_policy_core.errors import CheckpointError
+
+    fix = f"fine-tune it from this policy: `cosmos-aloha train --config planning --init {policy_path} ...`"
+    if planning_ckpt.layout != policy_ckpt.layout:
+        raise CheckpointError(f"planning checkpoint {planning_path} has another latent layout than the policy "
+                              f"{policy_path} ({planning_ckpt.layout.name}, {planning_ckpt.layout.image_size} px vs "
+                              f"{policy_ckpt.layout.name}, {policy_ckpt.layout.image_size} px); {fix}")
+    if planning_ckpt.vae_state is not None and policy_ckpt.vae_state is not None:
+        same = planning_ckpt.vae_config == policy_ckpt.vae_config and planning_ckpt.vae_state.keys() == \
+            policy_ckpt.vae_state.keys() and all(torch.equal(v, policy_ckpt.vae_state[k])
+                                                 for k, v in planning_ckpt.vae_state.items())
+        if not same:
+            raise CheckpointError(f"planning checkpoint {planning_path} was trained on another VAE than the policy "
+                                  f"{policy_path}: its world model and value read a different latent space; {fix}")
+    if planning_ckpt.stats is not None and planning_ckpt.stats.to_json_dict() != policy_ckpt.stats.to_json_dict():
+        raise CheckpointError(f"planning checkpoint {planning_path} normalizes proprio and actions with other "
+                              f"statistics than the policy {policy_path}; {fix}")
+    for task, emb in planning_ckpt.text_embeddings.items():
+        mine = policy_ckpt.text_embeddings.get(task)
+        if mine is not None and (mine.shape != emb.shape or not torch.equal(mine.float(), emb.float())):
+            raise CheckpointError(f"planning checkpoint {planning_path} embeds the task {task!r} differently from "
+                                  f"the policy {policy_path}; {fix}")
+
+
 class CosmosPolicy:
     """The policy, world model and value function of one Cosmos Policy checkpoint.
 
@@ -191,7 +222,8 @@ class CosmosPolicy:
         denoiser, vae_encoder = load_engines(spec, ckpt, checkpoint_dir=path)
         planning = None
         if planning_checkpoint is not None:
-            planning_ckpt = load_checkpoint_dir(planning_checkpoint, load_vae=False)
+            planning_ckpt = load_checkpoint_dir(planning_checkpoint)
+            check_planning_checkpoint(ckpt, planning_ckpt, path, planning_checkpoint)
             planning_spec = spec if spec.engine in ("torch", "compile") else resolve_engine(
                 "torch", device=spec.device, dtype=spec.vae_dtype)
             planning, _ = load_engines(planning_spec, planning_ckpt, name="planning")
@@ -533,4 +565,4 @@ class CosmosPolicy:
 
 
 __all__ = ["Observation", "ActionChunk", "PolicyConfig", "policy_config_for", "ConditioningCache", "CosmosPolicy",
-           "Inference", "VALUE_MODES", "TIMING_KEYS"]
+           "Inference", "VALUE_MODES", "TIMING_KEYS", "check_planning_checkpoint"]

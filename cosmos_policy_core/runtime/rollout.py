@@ -1,6 +1,7 @@
 """Closed-loop evaluation in MuJoCo: CosmosPolicy (optionally best-of-N planning) through the ROS executor's ChunkExecutor.
 
-Owns the simulated 25 Hz loop on a simulated clock, success counting with a Wilson 95 % interval, the JSON report and a rollout GIF with predicted future frames.
+Owns the simulated 25 Hz loop on a simulated clock, success counting with a Wilson 95 % interval, the JSON report, a
+rollout GIF with predicted future frames and the value over time, and recording the rollouts as a dataset.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cosmos_policy_core.checkpoint import ENSEMBLE_QUERY_STEPS, EXECUTION_MODES, DeploySettings
+from cosmos_policy_core.data.episode import Episode
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.runtime.execution import ChunkExecutor, ExecutorConfig, TimedChunk
@@ -61,6 +63,12 @@ class EvalConfig:
     max_steps: int | None = None        # control steps per episode (None: the task's 25 Hz demo length)
     render_size: int = 224              # camera render size; the policy resizes to its own image_size
     planner_candidates: int = 0         # > 1: best-of-N planning with world model + value
+    # The fine-tuned world model + value checkpoint the planner scores with (None: the policy's own network)
+    # and the value it asks for (None: the role that checkpoint was trained for, `planning_value_mode`).
+    # Planning runs at every query: under temporal ensembling each query's chosen chunk joins the ensemble,
+    # so V(s') scores the future of a chunk the robot only partly follows.
+    planning_checkpoint: str | None = None
+    value_mode: str | None = None
     stop_on_success: bool = True
     # > 0: also count a held success, the maximum reward at the end of this many consecutive control steps
     # (gym-aloha's success is the maximum at any one 50 Hz physics step). Episodes then run on past their
@@ -84,6 +92,9 @@ class EvalConfig:
             raise ConfigError(f"hold_steps must be >= 0, got {self.hold_steps}")
         if self.jpeg_quality is not None:
             check_quality(self.jpeg_quality)
+        if self.planning_checkpoint is not None and self.planner_candidates <= 1:
+            raise ConfigError("a planning checkpoint is used by the planner only: pass planner_candidates > 1 "
+                              "(--planner-candidates N) with it")
         if self.execution is not None and self.execution not in EXECUTION_MODES:
             raise ConfigError(f"execution must be one of {EXECUTION_MODES}, got {self.execution!r}")
         if self.execute_steps is not None and not 1 <= self.execute_steps <= 50:
@@ -150,6 +161,8 @@ class EvalReport:
     held_successes: int | None = None
     held_success_rate: float | None = None
     held_ci95: tuple[float, float] | None = None
+    # With a record directory: where the rollouts went and how many were written / skipped.
+    rollouts: dict | None = None
 
     def to_json_dict(self) -> dict:
         out = asdict(self)
@@ -160,10 +173,15 @@ class EvalReport:
 
 
 class GifRecorder:
-    """Frames of one rollout: real cameras (top row) beside the latest chunk's predicted future frames (bottom)."""
+    """Frames of one rollout: real cameras (top row) beside the latest chunk's predicted future frames (bottom),
+    and under them a strip plotting the predicted value of every chunk so far (0 at the bottom, 1 at the top)."""
 
-    def __init__(self, tile: int = 112, every: int = 2):
+    STRIP_HEIGHT = 40
+
+    def __init__(self, tile: int = 112, every: int = 2, horizon: int | None = None):
         self.tile, self.every, self.frames = tile, every, []
+        self.horizon = horizon           # control steps the strip's width stands for (run_episode sets it)
+        self.values: list[tuple[int, float]] = []   # (step of the query, predicted value)
 
     def _tile(self, img: np.ndarray | None) -> np.ndarray:
         from PIL import Image
@@ -172,13 +190,40 @@ class GifRecorder:
             return np.zeros((self.tile, self.tile, 3), np.uint8)
         return np.asarray(Image.fromarray(img).resize((self.tile, self.tile), Image.BILINEAR))
 
-    def add(self, step: int, images: dict, predicted: dict | None) -> None:
+    def value_strip(self, step: int, width: int) -> np.ndarray:
+        """(STRIP_HEIGHT, width, 3) uint8 plot of the values up to `step`: a step line, value 0.5 dotted."""
+        from PIL import Image, ImageDraw
+
+        h = self.STRIP_HEIGHT
+        strip = Image.new("RGB", (width, h), (24, 24, 24))
+        draw = ImageDraw.Draw(strip)
+        horizon = max(self.horizon or step + 1, 1)
+
+        def xy(t: int, v: float) -> tuple[float, float]:
+            return (width - 1) * min(t, horizon) / horizon, (h - 3) * (1.0 - min(max(v, 0.0), 1.0)) + 1
+
+        for x in range(0, width, 4):
+            draw.point((x, xy(0, 0.5)[1]), fill=(90, 90, 90))
+        points = []
+        shown = [(t, v) for t, v in self.values if t <= step]
+        for i, (t, v) in enumerate(shown):
+            end = shown[i + 1][0] if i + 1 < len(shown) else step
+            points += [xy(t, v), xy(end, v)]
+        if len(points) >= 2:
+            draw.line(points, fill=(80, 200, 120), width=2)
+        draw.line([xy(step, 0.0), xy(step, 1.0)], fill=(200, 200, 200))
+        return np.asarray(strip)
+
+    def add(self, step: int, images: dict, predicted: dict | None, value: float | None = None) -> None:
+        """Record the frame of control step `step`; `value` is the chunk's value when a chunk was queried at it."""
+        if value is not None:
+            self.values.append((step, float(value)))
         if step % self.every:
             return
         top = np.concatenate([self._tile(images.get(c)) for c in aloha.CAMERAS], axis=1)
         bottom = np.concatenate([self._tile(None if predicted is None else predicted.get(c)) for c in aloha.CAMERAS],
                                 axis=1)
-        self.frames.append(np.concatenate([top, bottom], axis=0))
+        self.frames.append(np.concatenate([top, bottom, self.value_strip(step, top.shape[1])], axis=0))
 
     def save(self, path: str | Path, fps: int = CONTROL_HZ) -> Path | None:
         from PIL import Image
@@ -193,12 +238,34 @@ class GifRecorder:
         return path
 
 
+class RolloutRecorder:
+    """One episode as it was executed, in the dataset format (data/episode.py): at every control step the
+    observed joints and camera frames (at the render size) and the command the executor sent."""
+
+    def __init__(self) -> None:
+        self.qpos: list[np.ndarray] = []
+        self.action: list[np.ndarray] = []
+        self.images: dict[str, list[np.ndarray]] = {}
+
+    def add(self, obs: dict, command: np.ndarray) -> None:
+        self.qpos.append(np.asarray(obs["qpos"], np.float32).copy())
+        self.action.append(np.asarray(command, np.float32).copy())
+        for cam, image in obs["images"].items():
+            self.images.setdefault(cam, []).append(np.asarray(image, np.uint8).copy())
+
+    def episode(self, task: str, success: bool, attrs: dict) -> Episode:
+        return Episode(qpos=np.stack(self.qpos), action=np.stack(self.action),
+                       images={cam: np.stack(frames) for cam, frames in self.images.items()},
+                       fps=float(CONTROL_HZ), task=task, success=bool(success), sim=True, attrs=dict(attrs))
+
+
 def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, index: int, planner=None,
-                gif: GifRecorder | None = None) -> EpisodeResult:
+                gif: GifRecorder | None = None, recorder: RolloutRecorder | None = None) -> EpisodeResult:
     """One seeded episode: query a chunk every `execute_steps`, play it through the executor at 25 Hz.
 
     With `latency_steps` L, each chunk reaches the executor L steps after its observation (stamped with
-    the observation's time), as a published chunk reaches the ROS executor node.
+    the observation's time), as a published chunk reaches the ROS executor node. With a planner, every query
+    is a best-of-N plan. `recorder` receives every step's observation and command.
     """
     from cosmos_policy_core.runtime.policy import Observation
     from cosmos_policy_core.sim.tasks import MAX_REWARD, get_task
@@ -208,6 +275,8 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
     seed = cfg.seed + index
     task = get_task(cfg.task)
     max_steps = cfg.max_steps or task.episode_len_25hz
+    if gif is not None and gif.horizon is None:
+        gif.horizon = max_steps
     executor = ChunkExecutor(executor_config)
     obs = env.reset(seed=seed)
     start = time.perf_counter()
@@ -219,6 +288,7 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
     for step in range(max_steps):
         now_ns = step * STEP_NS
         executor.observe(obs["qpos"], now_ns)
+        queried = None
         if step % cfg.execute_steps == 0:
             images = obs["images"] if cfg.jpeg_quality is None else {
                 cam: jpeg_round_trip(image, cfg.jpeg_quality) for cam, image in obs["images"].items()}
@@ -232,6 +302,7 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
                                    return_future_images=gif is not None)
             queries += 1
             values.append(float(chunk.value))
+            queried = values[-1]
             predicted = chunk.future_images
             # Stamped with its observation's time; the simulated clock stops while the model thinks and
             # the chunk arrives latency_steps later.
@@ -243,7 +314,9 @@ def run_episode(policy, env, executor_config: ExecutorConfig, cfg: EvalConfig, i
         tick = executor.tick(now_ns)
         command = tick.command if tick.command is not None else obs["qpos"]
         if gif is not None:
-            gif.add(step, obs["images"], predicted)
+            gif.add(step, obs["images"], predicted, queried)
+        if recorder is not None:
+            recorder.add(obs, command)
         obs, reward = env.step(command)
         reward_steps[int(reward)] += 1
         run = run + 1 if reward >= MAX_REWARD else 0
@@ -264,14 +337,16 @@ def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
 
     steps = {} if cfg.num_steps is None else {"num_steps": cfg.num_steps}
     policy = CosmosPolicy.from_checkpoint(checkpoint, engine=cfg.engine, device=cfg.device, dtype=cfg.dtype,
-                                          export_dir=cfg.export_dir, config=policy_config_for(checkpoint, **steps))
+                                          export_dir=cfg.export_dir, config=policy_config_for(checkpoint, **steps),
+                                          planning_checkpoint=cfg.planning_checkpoint)
     planner = None
     if cfg.planner_candidates > 1:
-        from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig
+        from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig, planning_value_mode
 
+        value_mode = cfg.value_mode or planning_value_mode(cfg.planning_checkpoint or checkpoint)
         planner = BestOfNPlanner(policy, PlannerConfig(num_candidates=cfg.planner_candidates,
                                                        action_steps=cfg.num_steps or policy.config.num_steps,
-                                                       return_future_images=future_images))
+                                                       value_mode=value_mode, return_future_images=future_images))
     return policy, planner
 
 
@@ -292,21 +367,71 @@ def _worker_init(checkpoint: str, cfg: EvalConfig, threads: int, future_images: 
     policy, planner = _load(Path(checkpoint), cfg, future_images)
     env = AlohaSimEnv(cfg.task, cfg.render_size, cfg.render_size, control_hz=CONTROL_HZ)
     env.__enter__()  # closed when the worker process exits
-    _WORKER.update(policy=policy, planner=planner, env=env, cfg=cfg)
+    _WORKER.update(policy=policy, planner=planner, env=env, cfg=cfg, checkpoint=checkpoint)
 
 
-def _worker_episode(index: int, gif_path: str | None) -> EpisodeResult:
+def _worker_episode(index: int, gif_path: str | None, record: bool) -> tuple[EpisodeResult, Episode | None]:
     w = _WORKER
     gif = GifRecorder() if gif_path is not None else None
-    result = run_episode(w["policy"], w["env"], _executor_config(w["cfg"]), w["cfg"], index, w["planner"], gif)
+    recorder = RolloutRecorder() if record else None
+    result = run_episode(w["policy"], w["env"], _executor_config(w["cfg"]), w["cfg"], index, w["planner"], gif,
+                         recorder)
     if gif is not None:
         gif.save(gif_path)
-    return result
+    return result, _recorded(recorder, result, w["cfg"], w["checkpoint"])
+
+
+def _recorded(recorder: RolloutRecorder | None, result: EpisodeResult, cfg: EvalConfig,
+              checkpoint: str) -> Episode | None:
+    """The recorded episode with what produced it in its attributes (None without a recorder)."""
+    from cosmos_policy_core.sim.tasks import get_task
+
+    if recorder is None:
+        return None
+    attrs = {"source": "cosmos-aloha sim eval", "seed": result.seed, "max_reward": result.max_reward,
+             "checkpoint": checkpoint, "planner_candidates": cfg.planner_candidates,
+             "planning_checkpoint": cfg.planning_checkpoint or "", "execution": cfg.execution or ""}
+    return recorder.episode(get_task(cfg.task).description, result.success, attrs)
+
+
+class _RolloutSink:
+    """Hands recorded episodes to a DatasetWriter in episode order (episode i as episode_i.hdf5), however the
+    worker processes finish; nothing appears in the directory until `commit`."""
+
+    def __init__(self, out: Path, checkpoint: Path, planning_checkpoint: str | None) -> None:
+        from cosmos_policy_core.data.episode import episode_paths
+        from cosmos_policy_core.data.writer import DatasetWriter
+
+        if out.exists() and out.is_dir() and episode_paths(out):
+            raise ConfigError(f"--record-rollouts {out} already holds episodes; record into a new directory "
+                              "(`train --rollouts DIR` reads the episodes of every directory below DIR)")
+        inputs = [checkpoint] + ([Path(planning_checkpoint)] if planning_checkpoint else [])
+        self.writer = DatasetWriter(out, inputs=inputs, fps=float(CONTROL_HZ), compress=True)
+        self.waiting: dict[int, tuple[EpisodeResult, Episode]] = {}
+        self.next = 0
+
+    def put(self, result: EpisodeResult, episode: Episode) -> None:
+        from cosmos_policy_core.data.writer import ConvertedEpisode
+
+        self.waiting[result.index] = (result, episode)
+        while self.next in self.waiting:
+            r, ep = self.waiting.pop(self.next)
+            self.writer.add(ConvertedEpisode(ep, source=f"sim eval episode {r.index} (seed {r.seed})",
+                                             source_steps=len(ep)))
+            self.next += 1
+
+    def commit(self) -> dict:
+        report = self.writer.commit()
+        return {"dir": str(self.writer.out), "written": len(report.episodes), "skipped": len(report.skipped),
+                "successes": sum(e.success for e in report.episodes)}
 
 
 def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: str | Path | None = None,
-                        progress: bool = True, workers: int = 1) -> EvalReport:
+                        progress: bool = True, workers: int = 1, record_dir: str | Path | None = None) -> EvalReport:
     """Closed-loop success rate of a checkpoint directory in the joint-space MuJoCo sim.
+
+    `record_dir`: every episode, success or failure, is written there as a dataset (JPEG frames at the render
+    size, attrs success, task and seed) through a DatasetWriter, so an interrupted run leaves it as it was.
 
     `workers` > 1 runs episodes in that many processes, each with its own sim and policy and
     cpu_count // workers torch threads: several processes that each keep the default thread count
@@ -324,35 +449,52 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
         raise ConfigError(f"workers must be >= 1, got {workers}")
     checkpoint = Path(checkpoint)
     cfg = cfg.resolved(DeploySettings.from_checkpoint(checkpoint))
+    if cfg.planner_candidates > 1 and cfg.value_mode is None:
+        from cosmos_policy_core.runtime.planner import planning_value_mode
+
+        cfg = replace(cfg, value_mode=planning_value_mode(cfg.planning_checkpoint or checkpoint))
+    sink = None if record_dir is None else _RolloutSink(Path(record_dir), checkpoint, cfg.planning_checkpoint)
     start = time.perf_counter()
     results: list[EpisodeResult] = []
     bar = tqdm(total=cfg.episodes, desc=f"sim eval {cfg.task}", unit="ep", disable=not progress)
 
-    def record(result: EpisodeResult) -> None:
+    def record(done: tuple[EpisodeResult, Episode | None]) -> None:
+        result, episode = done
+        if sink is not None:
+            sink.put(result, episode)
         results.append(result)
         k = sum(r.success for r in results)
         bar.update(1)
         bar.set_postfix(success=f"{k}/{len(results)}", reward=result.max_reward)
 
     workers = min(workers, cfg.episodes)
-    if workers == 1:
-        policy, planner = _load(checkpoint, cfg, gif_path is not None)
-        executor_config = _executor_config(cfg)
-        with AlohaSimEnv(cfg.task, cfg.render_size, cfg.render_size, control_hz=CONTROL_HZ) as env:
-            for i in range(cfg.episodes):
-                gif = GifRecorder() if (gif_path is not None and i == 0) else None
-                record(run_episode(policy, env, executor_config, cfg, i, planner, gif))
-                if gif is not None:
-                    gif.save(gif_path)
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        gif = None if gif_path is None else str(gif_path)
-        ctx = mp.get_context("spawn")  # no fork of a process holding torch threads or a GL context
-        with ctx.Pool(workers, initializer=_worker_init, initargs=(str(checkpoint), cfg, threads, gif is not None)) as pool:
-            jobs = [pool.apply_async(_worker_episode, (i, gif if i == 0 else None), callback=record)
-                    for i in range(cfg.episodes)]
-            for job in jobs:
-                job.get()  # re-raises a worker's exception here
+    try:
+        if workers == 1:
+            policy, planner = _load(checkpoint, cfg, gif_path is not None)
+            executor_config = _executor_config(cfg)
+            with AlohaSimEnv(cfg.task, cfg.render_size, cfg.render_size, control_hz=CONTROL_HZ) as env:
+                for i in range(cfg.episodes):
+                    gif = GifRecorder() if (gif_path is not None and i == 0) else None
+                    recorder = RolloutRecorder() if sink is not None else None
+                    result = run_episode(policy, env, executor_config, cfg, i, planner, gif, recorder)
+                    record((result, _recorded(recorder, result, cfg, str(checkpoint))))
+                    if gif is not None:
+                        gif.save(gif_path)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            gif = None if gif_path is None else str(gif_path)
+            ctx = mp.get_context("spawn")  # no fork of a process holding torch threads or a GL context
+            with ctx.Pool(workers, initializer=_worker_init,
+                          initargs=(str(checkpoint), cfg, threads, gif is not None)) as pool:
+                jobs = [pool.apply_async(_worker_episode, (i, gif if i == 0 else None, sink is not None),
+                                         callback=record)
+                        for i in range(cfg.episodes)]
+                for job in jobs:
+                    job.get()  # re-raises a worker's exception here
+        rollouts = None if sink is None else sink.commit()
+    finally:
+        if sink is not None:
+            sink.writer.abort()   # after a commit: nothing; after an error or Ctrl-C: the directory as it was
     bar.close()
     results.sort(key=lambda r: r.index)
     k = sum(r.success for r in results)
@@ -363,8 +505,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
         held = dict(held_successes=h, held_success_rate=h / len(results), held_ci95=wilson_interval(h, len(results)))
     return EvalReport(task=cfg.task, checkpoint=str(checkpoint), episodes=len(results), successes=k,
                       success_rate=k / len(results), ci95=wilson_interval(k, len(results)), per_episode=results,
-                      config=config, seconds=round(time.perf_counter() - start, 1), **held)
+                      config=config, seconds=round(time.perf_counter() - start, 1), rollouts=rollouts, **held)
 
 
-__all__ = ["wilson_interval", "EvalConfig", "EpisodeResult", "EvalReport", "GifRecorder", "run_episode",
-           "evaluate_checkpoint"]
+__all__ = ["wilson_interval", "EvalConfig", "EpisodeResult", "EvalReport", "GifRecorder", "RolloutRecorder",
+           "run_episode", "evaluate_checkpoint"]

@@ -106,6 +106,50 @@ class TrainConfig:
                    schedule=LRSchedule.two_cycle(5, 50), checkpoint_every=10, log_every=1, eval_every=0,
                    text_length=8, eval_samples=2, eval_sampling_steps=1)
 
+    def planning(self, steps: int | None = None) -> "TrainConfig":
+        """The planning fine-tune of a model trained with this config (reference §4.2, planning model).
+
+        Same network, VAE, images and text; samples as the reference's planning run: 10 % demos (policy
+        samples), the rollouts half successes and half failures, each a world-model or a V(s') value sample
+        (value_v_s: only s' conditions the value, and only the value frame is trained). `steps` (default:
+        this config's) sets the run's length; the LR warms up over its first tenth, as the reference's
+        1,500 of 15,000, and decays to 0.3 by its end.
+        """
+        steps = steps or self.max_steps
+        samples = replace(self.samples, demo_prob=0.1, success_prob=0.5, world_model_prob=0.5,
+                          treat_demos_as_success_rollouts=False, value_role="value_v_s", first_steps_prob=0.0)
+        # A latent-cache directory of the policy run holds demo latents only; rollouts need their own entries.
+        cache = None if self.latent_cache is None or self.augment is not None else "memory"
+        return replace(self, samples=samples, max_steps=steps,
+                       schedule=LRSchedule.two_cycle(max(1, steps // 10), steps), action_loss_weight=1.0,
+                       latent_cache=cache,
+                       checkpoint_every=min(self.checkpoint_every, steps), eval_every=min(self.eval_every, steps))
+
+    @classmethod
+    def for_planning(cls, policy_checkpoint: str | Path, steps: int | None = None) -> "TrainConfig":
+        """`planning()` of the config a checkpoint directory was trained with (its metadata.train_config)."""
+        from cosmos_policy_core.checkpoint import CONFIG_FILE
+
+        path = Path(policy_checkpoint) / CONFIG_FILE
+        try:
+            config = json.loads(path.read_text())
+            recorded = config.get("metadata", {}).get("train_config")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise ConfigError(f"--config planning reads the training config of --init {policy_checkpoint}, but "
+                              f"{path} cannot be read ({e})") from e
+        if not isinstance(recorded, Mapping):
+            raise ConfigError(f"{path} records no training config (metadata.train_config), so the planning "
+                              "fine-tune cannot copy its network: write a JSON config (TrainConfig.planning() of the "
+                              "policy's config) and pass it as --config")
+        # The network's own sections are what the weights fit (a recorded train config may name retired options).
+        own = {k: config[k] for k in ("model", "vae", "diffusion") if isinstance(config.get(k), Mapping)}
+        recorded = {**recorded, **own}
+        try:
+            base = cls.from_dict(recorded)
+        except ConfigError as e:
+            raise ConfigError(f"{path} metadata.train_config: {e}") from e
+        return base.planning(steps)
+
     @classmethod
     def preset(cls, name: str) -> "TrainConfig":
         table = {"tiny": cls.tiny, "small": cls.small, "2b": cls.cosmos_2b}

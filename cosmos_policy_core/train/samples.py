@@ -293,8 +293,14 @@ class SampleBuilder:
 
     # -- construction -------------------------------------------------------------------------
     def key(self, spec: SampleSpec) -> tuple:
-        """(episode name, step): what identifies the sample's pixel clip (the latent-cache key)."""
-        return (self.episodes[spec.source][spec.episode].name, spec.step)
+        """(episode name, step): what identifies the sample's pixel clip (the latent-cache key).
+
+        A rollout's name is its file path: rollout directories number their episodes from 0 as demo
+        directories do, and an `episode_3` of each must not share a cached latent."""
+        ep = self.episodes[spec.source][spec.episode]
+        if spec.source != "demo" and not any(ep is d for d in self.demos):
+            return (f"rollout:{getattr(ep, 'path', ep.name)}", spec.step)
+        return (ep.name, spec.step)
 
     def build(self, spec: SampleSpec, images: bool = True) -> TrainingSample:
         """The sample of `spec`; `images=False` skips reading the frames (its latent is cached)."""
@@ -321,7 +327,7 @@ class SampleBuilder:
             value=float(self._values[spec.source][spec.episode][fut]),
             role=spec.role,
             task=ep.task,
-            key=(ep.name, spec.step),
+            key=self.key(spec),
         )
 
     def role_counts(self) -> dict[str, float]:
