@@ -19,11 +19,12 @@ NODE = textwrap.dedent('''
         def __init__(self):
             super().__init__("probe")
             self.create_timer(0.2, self._tick)
+            self.unfinished_work = False
 
         def _tick(self):
             if MODE == "error":
                 raise RuntimeError("a real fault in a callback")
-            if MODE == "sigterm":
+            if MODE in ("sigterm", "twice", "unfinished"):
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             # What CI saw: SIGINT lands while rclpy converts a received message (take_message); its
@@ -36,6 +37,13 @@ NODE = textwrap.dedent('''
                 raise RuntimeError("Unable to convert call argument '0' to Python object")
 
         def close(self):
+            if MODE == "twice":   # Ctrl-C reaches the group and ros2 launch forwards its own: a second signal
+                os.kill(os.getpid(), signal.SIGINT)
+                sum(range(100000))
+            if MODE == "unfinished":   # a model call that outlives the stop, in a thread that cannot be stopped
+                import threading, time
+                threading.Thread(target=lambda: time.sleep(60), daemon=True).start()
+                self.unfinished_work = True
             print("closed", flush=True)
 
     sys.exit(run_node(Probe, []))
@@ -46,7 +54,7 @@ def run_probe(mode: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", NODE, mode], env=env, capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("mode", ["interrupted_take", "sigterm"])
+@pytest.mark.parametrize("mode", ["interrupted_take", "sigterm", "twice", "unfinished"])
 def test_a_stop_signal_ends_the_node_quietly(ros_env, mode):
     for _ in range(3):  # the race with rclpy's context shutdown differs run to run
         result = run_probe(mode, ros_env)

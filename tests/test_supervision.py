@@ -88,6 +88,16 @@ def test_a_heartbeat_that_predates_a_transition_does_not_undo_it():
     assert sup.next_transition(4.0) == ("policy", "activate")
 
 
+def test_a_long_transition_is_no_silence():
+    """A model's configure blocks the node's heartbeat for its whole duration: not a hang."""
+    sup = GraphSupervisor(["policy"], heartbeat_timeout_s=5.0)
+    sup.heartbeat("policy", "unconfigured", "1", 0.0)
+    assert sup.next_transition(0.0) == ("policy", "configure")
+    assert sup.check(30.0) == []
+    sup.transition_result("policy", "configure", ok=True, now_s=30.0)
+    assert sup.check(30.1) == [] and sup.watch["policy"].responsive
+
+
 def test_supervisor_needs_distinct_names():
     with pytest.raises(ConfigError, match="distinct"):
         GraphSupervisor(["policy", "policy"])

@@ -77,6 +77,7 @@ class GraphMonitor(Node):
         self.max_reward = 0
         self.executor_status: dict[str, str] = {}
         self.statuses: dict[str, dict] = {}   # every diagnostics status by name, the last one received
+        self.events: list[dict] = []           # each status whose level or message changed, in order
         self.create_subscription(Bool, topics.SIM_SUCCESS.name, self._on_success, profile(topics.SIM_SUCCESS))
         self.create_subscription(Int32, topics.SIM_REWARD.name, self._on_reward, profile(topics.SIM_REWARD))
         self.create_subscription(DiagnosticArray, topics.DIAGNOSTICS.name, self._on_diagnostics,
@@ -101,11 +102,14 @@ class GraphMonitor(Node):
         self.max_reward = max(self.max_reward, int(msg.data))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        now = time.monotonic()
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
-            self.statuses[status.name] = {"level": int.from_bytes(status.level, "little")
-                                          if isinstance(status.level, bytes) else int(status.level),
-                                          "message": status.message, "values": values}
+            level = int.from_bytes(status.level, "little") if isinstance(status.level, bytes) else int(status.level)
+            previous = self.statuses.get(status.name)
+            if previous is None or (previous["level"], previous["message"]) != (level, status.message):
+                self.events.append({"t": now, "name": status.name, "level": level, "message": status.message})
+            self.statuses[status.name] = {"level": level, "message": status.message, "values": values}
             if status.name == "cosmos_aloha/executor":
                 self.executor_status = {**values, "message": status.message}
 
@@ -120,6 +124,7 @@ class GraphMonitor(Node):
             "sim_max_reward": self.max_reward,
             "executor": self.executor_status,
             "diagnostics": self.statuses,
+            "events": self.events,
         }
 
 

@@ -4,6 +4,7 @@ A subclass says how to load its model, run one job and publish; this module owns
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -50,6 +51,8 @@ COMMON_PARAMETERS = (
                                          "difference); latency mode: until the first latency is measured"),
     Param("trigger_margin_steps", 2, "latency mode: slack steps on top of the measured latency"),
     Param("step_hz", aloha.CONTROL_HZ, "chunk step rate (the executor's control_hz)"),
+    Param("nice", 10, "CPU niceness added to the whole process (0 = unchanged): on a shared CPU the model calls "
+                      "yield to the sensors, the driver and the executor, which must keep their rate"),
 )
 
 
@@ -125,6 +128,8 @@ class InferenceNode(ManagedNode):
         self.unfinished_work = False   # node_runtime.run_node: a model call outlived close()
         super().__init__(name, parameters)
         self._step_ns = int(round(1e9 / float(self.p.step_hz)))
+        if int(self.p.nice) > 0:
+            os.nice(int(self.p.nice))
 
     # -- subclass hooks ---------------------------------------------------------------------------------
     def load(self) -> CosmosPolicy:

@@ -126,6 +126,7 @@ class GraphSupervisor:
         w = self.watch[node]
         w.settled_at_s = now_s
         if ok:
+            w.heartbeat_s = now_s   # it answered: alive, though its heartbeats waited behind the transition
             w.state, w.failures = GOAL_STATE[transition], 0
             if w.state == "active":
                 w.ever_up = True
@@ -149,7 +150,8 @@ class GraphSupervisor:
             if w.heartbeat_s is None:
                 if now_s - self._start_s > self.heartbeat_timeout_s and node not in self._waiting_reported:
                     self._waiting_reported.add(node)
-                    events.append(Event("warn", node, f"no heartbeat yet after {now_s - self._start_s:.0f} s"))
+                    events.append(Event("warn", node, f"not seen yet after {now_s - self._start_s:.0f} s "
+                                                      "(still starting, or not started)"))
                 continue
             if w.responsive and now_s - w.heartbeat_s > self.heartbeat_timeout_s:
                 w.responsive = False
