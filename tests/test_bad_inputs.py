@@ -183,6 +183,14 @@ CASES = {
         lambda c: ["dataset", "from-hdf5", str(c.hdf5(lambda f: f["action"].__setitem__((0, 3), np.nan))),
                    "--out", str(c.root / "ds")],
         2, ["SKIPPED", "episode_0.hdf5", "NaN or Inf"], "out"),
+    "HDF5 with float frames": (
+        lambda c: ["dataset", "from-hdf5", str(c.hdf5(lambda f: _replace_dataset(
+            f, "observations/images/cam_high", np.zeros((20, 12, 16, 3), np.float32)))), "--out", str(c.root / "ds")],
+        2, ["SKIPPED", "camera cam_high holds float32 values, expected uint8"], "out"),
+    "HDF5 with a rate that is not a number": (
+        lambda c: ["dataset", "from-hdf5", str(c.hdf5(lambda f: f.attrs.__setitem__("fps", "fast"))),
+                   "--out", str(c.root / "ds")],
+        2, ["SKIPPED", "attrs['fps'] is 'fast'"], "out"),
     "truncated HDF5": (
         lambda c: ["dataset", "from-hdf5", str(_truncated_hdf5(c)), "--out", str(c.root / "ds")],
         2, ["SKIPPED", "episode_0.hdf5", "truncated or corrupt"], "out"),

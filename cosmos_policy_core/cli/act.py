@@ -34,8 +34,10 @@ def read_proprio(path: str) -> np.ndarray:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise DataError(f"proprio file {path} does not exist") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is not valid JSON ({e})") from e
+    except IsADirectoryError:
+        raise DataError(f"proprio file {path} is a directory") from None
     if isinstance(data, dict):
         for key in ("proprio", "qpos"):
             if key in data:

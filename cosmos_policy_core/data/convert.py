@@ -263,7 +263,10 @@ def episode_from_hdf5(path: str | Path, fps: float = 25.0, src_fps: float | None
     source = EpisodeFile(path, cameras=CAMERAS)
     steps = len(source)
     source_fps = float(src_fps) if src_fps is not None else source.fps
-    keep = resample.subsample_indices(steps, source_fps, fps)
+    try:
+        keep = resample.subsample_indices(steps, source_fps, fps)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from exc
     if len(keep) < 2:
         raise DataError(f"{path}: {steps} steps at {source_fps:g} Hz is too short for a {fps:g} Hz episode")
     episode = source.read(cameras=CAMERAS, steps=slice(0, steps, int(keep[1] - keep[0])))

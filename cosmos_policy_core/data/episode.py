@@ -184,6 +184,9 @@ class EpisodeFile:
             if group[cam].ndim not in (2, 4) or (group[cam].ndim == 4 and group[cam].shape[3] != 3):
                 raise DataError(f"{self.path}: camera {cam} has shape {group[cam].shape}, expected (T, H, W, 3) "
                                 "frames or (T, N) JPEG bytes")
+            if group[cam].dtype != np.uint8:
+                raise DataError(f"{self.path}: camera {cam} holds {group[cam].dtype} values, expected uint8 (RGB "
+                                "0..255 frames or JPEG bytes)")
         self._jpeg_lengths = f["compress_len"][()] if "compress_len" in f else None
         if any(self._jpeg.values()):
             if self._jpeg_lengths is None:
@@ -194,7 +197,14 @@ class EpisodeFile:
         if not (np.isfinite(self.qpos).all() and np.isfinite(self.action).all()):
             raise DataError(f"{self.path}: qpos/action contain NaN or Inf")
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        self.fps = float(attrs.pop("fps", ALOHA_HDF5_FPS))
+        fps = attrs.pop("fps", ALOHA_HDF5_FPS)
+        try:
+            self.fps = float(fps)
+        except (TypeError, ValueError):
+            self.fps = float("nan")
+        if not self.fps > 0:
+            shown = repr(fps) if isinstance(fps, str) else fps
+            raise DataError(f"{self.path}: attrs['fps'] is {shown}, expected the recording rate in steps per second")
         self.task = str(attrs.pop("task_description", ""))
         self.success = bool(attrs.pop("success", True))
         self.sim = bool(attrs.pop("sim", False))

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from cosmos_policy_core import atomic
 from cosmos_policy_core.checkpoint import CONFIG_FILE, VAE_FILE, load_checkpoint_dir
 from cosmos_policy_core.data.episode import load_episode_dir
 from cosmos_policy_core.errors import CheckpointError, ConfigError
@@ -29,28 +30,39 @@ VAE_CONFIG_FILE = "vae_config.json"
 # --- loading / saving ------------------------------------------------------------------------------
 def save_vae_dir(path: str | Path, vae: WanVAE, metadata: dict | None = None) -> Path:
     """A VAE directory: vae_config.json (config + metadata) and vae.safetensors."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in vae.state_dict().items()}
-    save_file(state, str(path / VAE_FILE), metadata={"format": "pt"})
-    (path / VAE_CONFIG_FILE).write_text(json.dumps({"vae": vae.config.to_dict(), "metadata": metadata or {}},
-                                                   indent=2))
+    # Each file replaced whole, the config last: `load_vae` looks for it, so a killed save is never half-read.
+    atomic.write_bytes(path / VAE_FILE, save(state, metadata={"format": "pt"}))
+    atomic.write_text(path / VAE_CONFIG_FILE, json.dumps({"vae": vae.config.to_dict(), "metadata": metadata or {}},
+                                                         indent=2))
     return path
 
 
 def load_vae(path: str | Path) -> WanVAE:
     """A VAE from a `train-vae` directory, from one of our checkpoint directories, or from a Wan2.1 tokenizer.pth."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if path.is_file():
         return WanVAE.from_checkpoint(path)
     if (path / VAE_CONFIG_FILE).is_file():
-        config = VAEConfig.from_dict(json.loads((path / VAE_CONFIG_FILE).read_text())["vae"])
+        try:
+            config = VAEConfig.from_dict(json.loads((path / VAE_CONFIG_FILE).read_text())["vae"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError,
+                ConfigError) as e:
+            raise CheckpointError(f"{path / VAE_CONFIG_FILE} is not a valid VAE config ({type(e).__name__}: {e}); "
+                                  "train the VAE again or pass another --vae") from e
         vae = WanVAE(config)
-        vae.load_reference_state_dict(load_file(str(path / VAE_FILE)))
+        try:
+            state = load_file(str(path / VAE_FILE))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path / VAE_FILE} is missing, truncated or corrupt ({e})") from e
+        vae.load_reference_state_dict(state)
         return vae.eval()
     if (path / CONFIG_FILE).is_file():
         ckpt = load_checkpoint_dir(path)
