@@ -279,8 +279,9 @@ class DatasetStats:
         stats = cls(**values)
         problems = stats.problems()
         if problems:
-            raise CheckpointError(f"{source}: " + "; ".join(problems) + "; these statistics cannot normalize "
-                                  "(recompute them from the episodes, or use the checkpoint's own stats.json)")
+            raise CheckpointError(f"{source}: " + "; ".join(problems) + "; these statistics cannot normalize: the "
+                                  "file is damaged (convert the dataset again to recompute it, or restore the "
+                                  "checkpoint from its source)")
         return stats
 
 
