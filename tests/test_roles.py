@@ -1,6 +1,7 @@
 """The graph split over two hosts (cosmos_aloha.roles, graph role arguments) and the observation clock-skew rule."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ from cosmos_aloha import graph, roles
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.runtime.sync import ObservationSynchronizer, SyncConfig
 
-CKPT = Path(__file__).resolve().parents[1] / "models" / "aloha_sim_transfer_cube_small"
+REPO = Path(__file__).resolve().parents[1]
+CKPT = REPO / "models" / "aloha_sim_transfer_cube_small"
 MS = 1_000_000
 
 
@@ -119,13 +121,46 @@ def test_observations_stamped_ahead_of_this_hosts_clock_are_refused_as_clock_ske
     assert "stale" in sync.why_not(3040 * MS) and "clock" in sync.why_not(3040 * MS)
     # Within the tolerance a newer set may be slightly ahead (clocks a few ms apart): still used.
     assert sync.latest(1040 * MS - 30 * MS).stamp_ns == 1040 * MS
-    # The newest set ahead beyond the tolerance, an older one not: the older one is taken.
-    sync.add("cam", 2000 * MS, "late frame")
-    sync.add("joint_states", 2000 * MS, "late joints")
-    assert sync.latest(1200 * MS).stamp_ns == 1040 * MS
+    # The newest set ahead beyond the tolerance: nothing is used, not even an older set that looks recent here
+    # (by the sensors' clock it is 960 ms old).
+    sync.add("cam", 2000 * MS, "newest frame")
+    sync.add("joint_states", 2000 * MS, "newest joints")
+    assert sync.latest(1200 * MS) is None and "clock skew" in sync.why_not(1200 * MS)
     no_limit = _sync(max_future_ms=-1)
     no_limit.add("cam", 5000 * MS, "f")
     no_limit.add("joint_states", 5000 * MS, "j")
     assert no_limit.latest(0).stamp_ns == 5000 * MS
     with pytest.raises(ConfigError, match="max_future_ns"):
         SyncConfig(("a", "b"), "a", max_future_ns=-1)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("launch_ros") is None,
+                    reason="ROS 2 `launch`/`launch_ros` not installed (../shared/ros2-cli)")
+def test_launch_file_sets_the_roles_environment_before_its_nodes():
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+
+    spec = importlib.util.spec_from_file_location("bringup_launch", REPO / "launch" / "bringup.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    context = LaunchContext()
+    context.launch_configurations.update(role="gpu", peers="10.0.0.1", checkpoint=str(CKPT))
+    for entity in description.entities:
+        if isinstance(entity, DeclareLaunchArgument):
+            entity.visit(context)
+    opaque = next(e for e in description.entities if isinstance(e, OpaqueFunction))
+    actions = opaque.execute(context)
+    kinds = [type(a).__name__ for a in actions]
+    first_node = kinds.index("Node")
+    for action in actions[:first_node]:
+        if isinstance(action, SetEnvironmentVariable):
+            action.visit(context)
+    env = {k: context.environment.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_STATIC_PEERS",
+                                                   "FASTDDS_DEFAULT_PROFILES_FILE")}
+    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SUBNET" and env["ROS_STATIC_PEERS"] == "10.0.0.1"
+    assert env["FASTDDS_DEFAULT_PROFILES_FILE"].endswith(roles.TWO_HOSTS_PROFILE)
+    nodes = [a for a in actions if type(a).__name__ == "Node"]
+    for node in nodes:
+        node._perform_substitutions(context)
+    assert [n.node_name.rsplit("/", 1)[-1] for n in nodes] == ["policy", "lifecycle_manager"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ import pytest
 from two_hosts import TwoHosts, chunk_latency_ms, link_bytes_per_s, outage_report, run_split_graph, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
+CLI = "import sys; from cosmos_policy_core.cli import main; sys.exit(main())"
 CKPT = REPO / "models" / "aloha_sim_transfer_cube_small"
 RAW_BYTES_PER_S = 3 * 480 * 640 * 3 * 25          # three rgb8 cameras at 25 Hz: 69 MB/s
 
@@ -42,22 +45,12 @@ def _max_step():
     return np.asarray(safety.max_velocity) / safety.control_hz
 
 
-def _env(ros_env: dict) -> dict:
-    return {**ros_env, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-
-
 @pytest.fixture(scope="module")
 def replay_run(namespaces_ok, tmp_path_factory):
     """One observed run: replayed chunks from the GPU side, compressed images probed there, an outage, a skewed clock."""
-    import random
-
-    from cosmos_aloha.graph import environment
-
-    env = {**os.environ, **environment(), "ROS_DOMAIN_ID": str(random.randint(20, 200)),
-           "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", "PYTHONUNBUFFERED": "1", "MUJOCO_GL": "egl"}
     out = tmp_path_factory.mktemp("two_hosts_replay")
     with TwoHosts() as hosts:
-        run = run_split_graph(hosts, out, env, robot_args=["--temporal-ensemble", "false"],
+        run = run_split_graph(hosts, out, _fresh_env(), robot_args=["--temporal-ensemble", "false"],
                               gpu_args=["--arg", "replay:=true"], probe_images="compressed",
                               steady_s=8.0, outage_s=2.0, after_s=8.0, skew_offset_s=2.0)
     (out / "run.json").write_text(json.dumps({k: v for k, v in run.items() if not k.endswith("_log")}))
@@ -113,3 +106,62 @@ def test_a_chunk_stamped_ahead_by_a_skewed_clock_is_refused_with_a_diagnostic(re
     # None of them played: no step beyond the limit after the skewed chunks either.
     report = outage_report(obs, ph["link_down_ns"], ph["link_up_ns"], _max_step())
     assert report["max_step_over_limit"] <= 1.0 + 1e-6
+
+
+def _scene(seed: int = 0) -> list[str]:
+    """The demo's scene (`cosmos-aloha demo`: 224x224 sim, the shipped checkpoint's deploy settings)."""
+    return ["--seed", str(seed), "--image-height", "224", "--image-width", "224", "--checkpoint", str(CKPT)]
+
+
+def _fresh_env() -> dict:
+    import random
+
+    from cosmos_aloha.graph import environment
+
+    return {**os.environ, **environment(), "ROS_DOMAIN_ID": str(random.randint(20, 200)),
+            "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", "PYTHONUNBUFFERED": "1", "MUJOCO_GL": "egl"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CKPT / "config.json").is_file(), reason="the shipped checkpoint is not in models/")
+def test_the_shipped_policy_solves_the_demo_scene_across_hosts_on_jpeg(namespaces_ok, tmp_path):
+    with TwoHosts() as hosts:
+        run = run_split_graph(hosts, tmp_path, _fresh_env(), robot_args=_scene(),
+                              gpu_args=[*_scene(), "--arg", "predicted_images:=false"], steady_s=40.0, outage_s=0.0)
+    obs, ph = run["observer"], run["phases"]
+    latency = chunk_latency_ms(obs, ph["steady_ns"], ph["end_ns"])
+    assert len(latency) >= 10, run["gpu_log"][-3000:]
+    assert link_bytes_per_s(obs, ph["steady_ns"], ph["end_ns"]) < 3 * 224 * 224 * 3 * 25 / 5
+    assert obs["sim"]["success"], (obs["sim"], np.percentile(latency, [50, 99]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CKPT / "config.json").is_file(), reason="the shipped checkpoint is not in models/")
+def test_a_policy_host_whose_clock_is_behind_refuses_the_observations_and_says_why(namespaces_ok, tmp_path):
+    """The GPU side's clock 2 s behind the robot's (its ROS time from an offset /clock): every observation looks
+    2 s in the future there; the policy publishes nothing, its status says clock skew, the robot holds."""
+    from two_hosts import GPU, ROBOT, side_environment, wait_for_line
+
+    env = _fresh_env()
+    with TwoHosts() as hosts:
+        robot = hosts.start(ROBOT, [sys.executable, "-c", CLI, "bringup", "--role", "robot", "--peers",
+                                    hosts.peer(ROBOT), *_scene()], env, tmp_path / "robot.log")
+        gpu_env = side_environment(env, hosts, GPU)
+        hosts.start(GPU, [sys.executable, str(REPO / "tests" / "offset_clock.py"), "--offset-s", "-2",
+                          "--seconds", "600"], gpu_env, tmp_path / "clock.log")
+        policy = hosts.start(GPU, [sys.executable, "-m", "cosmos_aloha.policy_node", "--ros-args", "-p",
+                                   f"checkpoint:={CKPT}", "-p", "image_transport:=compressed", "-p",
+                                   "use_sim_time:=true", "-p", "return_future_images:=false"],
+                             gpu_env, tmp_path / "policy.log")
+        observer = hosts.start(ROBOT, [sys.executable, "-m", "cosmos_aloha.link_monitor", "--seconds", "1000",
+                                       "--json", str(tmp_path / "observer.json")],
+                               side_environment(env, hosts, ROBOT), tmp_path / "observer.log")
+        wait_for_line(tmp_path / "policy.log", "active:", 300, policy)
+        time.sleep(12.0)
+        for process in (observer, policy, robot):
+            hosts.stop(process)
+    obs = json.loads((tmp_path / "observer.json").read_text())
+    status = obs["status"]["policy"]
+    assert "clock skew" in status["last_message"] and "ahead of this host's clock" in status["last_message"], status
+    assert obs["chunks"]["count"] == 0
+    assert "state play" not in (tmp_path / "robot.log").read_text()

@@ -110,12 +110,14 @@ class ObservationSynchronizer:
         if any(not self._stamps[s] for s in cfg.streams):
             return None
         ref = self._stamps[cfg.reference]
+        if now_ns is not None and cfg.max_future_ns is not None and ref[-1] - now_ns > cfg.max_future_ns:
+            # The newest stamp ahead of our clock: the clocks disagree, and no item's age can be trusted (an
+            # older one that looks recent here is stale by the sensors' clock).
+            return None
         for r in range(len(ref) - 1, -1, -1):
             ref_stamp = ref[r]
             if now_ns is not None and cfg.max_age_ns is not None and now_ns - ref_stamp > cfg.max_age_ns:
                 return None              # older reference items are older still
-            if now_ns is not None and cfg.max_future_ns is not None and ref_stamp - now_ns > cfg.max_future_ns:
-                continue                 # stamped ahead of our clock: an older item may not be
             chosen = {cfg.reference: r}
             for s in cfg.streams:
                 if s != cfg.reference:
