@@ -51,7 +51,7 @@ COMMON_PARAMETERS = (
                                          "difference); latency mode: until the first latency is measured"),
     Param("trigger_margin_steps", 2, "latency mode: slack steps on top of the measured latency"),
     Param("step_hz", aloha.CONTROL_HZ, "chunk step rate (the executor's control_hz)"),
-    Param("nice", 10, "CPU niceness added to the whole process (0 = unchanged): on a shared CPU the model calls "
+    Param("nice", 5, "CPU niceness added to the whole process (0 = unchanged): on a shared CPU the model calls "
                       "yield to the sensors, the driver and the executor, which must keep their rate"),
 )
 

@@ -67,11 +67,12 @@ class _StopSignals:
 
     def __init__(self):
         self.received: int | None = None
+        self.tearing_down = False
 
     def __call__(self, signum, frame):
         first = self.received is None
         self.received = signum
-        if first:
+        if first and not self.tearing_down:
             raise KeyboardInterrupt
 
 
@@ -86,12 +87,23 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
     rclpy.init(args=sys.argv if argv is None else argv)
-    node = None
-    code = 0
+    holder: list[Node] = []
     try:
-        node = make_node()
+        _spin(make_node, holder, stop)
+    except KeyboardInterrupt:
+        pass   # the first stop signal landed between the spin and the teardown (which has run)
+    if holder and getattr(holder[0], "unfinished_work", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+def _spin(make_node: Callable[[], Node], holder: list[Node], stop: _StopSignals) -> None:
+    try:
+        holder.append(make_node())
         executor = SingleThreadedExecutor()
-        executor.add_node(node)
+        executor.add_node(holder[0])
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -101,14 +113,12 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
         if rclpy.ok() and stop.received is None:
             raise
     finally:
-        if node is not None:
-            close = getattr(node, "close", None)
+        # rclpy's own handler may end the spin (context shut down) before Python runs ours: a signal
+        # arriving from here on must not interrupt the teardown.
+        stop.tearing_down = True
+        if holder:
+            close = getattr(holder[0], "close", None)
             if close is not None:
                 close()
-            node.destroy_node()
+            holder[0].destroy_node()
         rclpy.try_shutdown()
-    if node is not None and getattr(node, "unfinished_work", False):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
