@@ -97,9 +97,9 @@ class VAETrainConfig:
     # Pixels weigh 1 + foreground_weight * |x - the mean image of that camera at that point of an episode| (mean
     # over the episodes' frames in the same `foreground_bucket`-step bucket; mean over RGB, [-1, 1] units) in the
     # reconstruction loss: what differs from the typical frame at that time (the object, wherever it lies)
-    # outweighs the static table (a mean over all steps would weigh the moving arms as much). On the 64² sim
-    # demos it did not make the small VAE keep the 3-pixel cube: 2 % of the top frame's loss at W = 200 is not
-    # enough (docs/training.md, "The small VAE does not give the cube back"). 0: every pixel weighs the same.
+    # outweighs the static table (a mean over all steps would weigh the moving arms as much). A 3-pixel object
+    # stays a few % of the loss even so; reset scenes (`object_scenes`) are what keeps it. 0: every pixel weighs
+    # the same.
     foreground_weight: float = 0.0
     foreground_bucket: int = 20
     # `object_scenes` > 0: render that many reset scenes of the sim task `object_task` (only the object's pose
@@ -246,7 +246,7 @@ class ObjectScenes:
     In these scenes a pixel that differs from the scenes' mean image belongs to the object, so weighting the
     loss by 1 + weight * |x - mean| puts it on the object alone. On the 64² transfer-cube demos the weighting
     of `foreground_weight` (about the demos' per-step mean images, where the arms differ too) left the 3-pixel
-    cube 1-2 % of the loss and the VAE dropped it; these clips made it keep it (docs/training.md).
+    cube 1-2 % of the loss and the VAE dropped it; these clips make it keep it (docs/training.md §4).
 
     `images`: (scenes, cameras, 3, S, S) in [-1, 1], cameras in the layout's order (the last one the
     third-person camera, where the object is smallest).
