@@ -402,3 +402,19 @@ def test_rollout_latents_are_cached_apart_from_demos_of_the_same_name(tmp_path):
                             SampleConfig(treat_demos_as_success_rollouts=False))
     keys = {builder.key(SampleSpec(src, "world_model", 0, 5)) for src in ("demo", "success_rollout", "failure_rollout")}
     assert len(keys) == 3 and ("episode_0", 5) in keys
+
+
+def test_the_documented_planning_commands_parse():
+    import shlex
+
+    from cosmos_policy_core.cli import build_parser
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    section = text[text.index("## 8. Planning"):]
+    block = section[section.index("```bash"):section.index("```", section.index("```bash") + 7)]
+    commands = [c for c in block.replace("\\\n", " ").splitlines() if c.startswith("cosmos-aloha ")]
+    assert len(commands) == 7
+    parser = build_parser()
+    for command in commands:
+        args = parser.parse_args(shlex.split(command)[1:])
+        assert callable(args.func), command
