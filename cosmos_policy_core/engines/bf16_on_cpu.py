@@ -41,11 +41,17 @@ def emulate_bf16(model):
     from onnx import TensorProto, helper, shape_inference
 
     BF16, F32 = TensorProto.BFLOAT16, TensorProto.FLOAT
-    model = shape_inference.infer_shapes(model)
+    # Types of every intermediate tensor, inferred on a copy without the weights' bytes (a 2B graph's exceed the
+    # 2 GB protobuf limit shape inference serializes through).
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for t in skeleton.graph.initializer:
+        t.ClearField("raw_data")
+    inferred = shape_inference.infer_shapes(skeleton).graph
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in (*g.value_info, *g.input, *g.output)}
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *g.input, *g.output)}
     types.update({t.name: t.data_type for t in g.initializer})
 
     for i, init in enumerate(g.initializer):

@@ -4,7 +4,10 @@ The CPU twin of the TensorRT engines: the same exported graphs, with their fp32 
 """
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DENOISER_INPUTS = ("x_sigma", "sigma", "gt", "mask", "crossattn")
 _FLOAT_TYPES = {1: "fp32", 10: "fp16", 16: "bf16"}   # onnx.TensorProto FLOAT, FLOAT16, BFLOAT16
+_PROTOBUF_LIMIT = 2**31 - 1
 
 
 def graph_precision(model) -> str:
@@ -50,6 +54,8 @@ def _session(path: Path, providers: list[str] | None, precision: str | None = No
     chosen = chosen or ["CPUExecutionProvider"]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # The process's thread budget is torch's (torch.set_num_threads), for every engine alike.
+    options.intra_op_num_threads = torch.get_num_threads()
     model = onnx.load(str(path), load_external_data=False)   # types and shapes only: a 2B graph's weights are GBs
     found = graph_precision(model)
     if precision is not None and found != precision:
@@ -61,8 +67,14 @@ def _session(path: Path, providers: list[str] | None, precision: str | None = No
         if has_bf16(model):
             # ONNX Runtime's CPU kernels have almost no bfloat16 implementations.
             log.info("%s: bf16 graph on the CPU provider, running float32 kernels with bf16 rounding", path.name)
-            return ort.InferenceSession(emulate_bf16(onnx.load(str(path))).SerializeToString(), sess_options=options,
-                                        providers=chosen)
+            emulated = emulate_bf16(onnx.load(str(path)))
+            if emulated.ByteSize() < _PROTOBUF_LIMIT:
+                return ort.InferenceSession(emulated.SerializeToString(), sess_options=options, providers=chosen)
+            # A 2B graph's float32 weights exceed protobuf's 2 GB: written beside a temporary graph file instead.
+            tmp = Path(tempfile.mkdtemp(prefix="cosmos_bf16_"))
+            atexit.register(shutil.rmtree, tmp, True)
+            onnx.save_model(emulated, str(tmp / path.name), save_as_external_data=True, location="weights.bin")
+            return ort.InferenceSession(str(tmp / path.name), sess_options=options, providers=chosen)
     return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
 
 
