@@ -169,8 +169,9 @@ def test_ros2_launch_runs_the_graph_with_planner_and_stops_on_ctrl_c(ros2, insta
         assert topics["cosmos/action_chunk"]["count"] >= 3, topics["cosmos/action_chunk"]
         predicted = [topics[f"cosmos/predicted/{c}"]["count"] for c in ("cam_high", "cam_left_wrist", "cam_right_wrist")]
         assert min(predicted) >= 1, predicted
+        # The planner reports (its warm-up plan may still run on a CPU: then it says "configuring").
         planner = summary["diagnostics"].get("cosmos_aloha/planner")
-        assert planner is not None and planner["values"]["pid"], summary["diagnostics"].keys()
+        assert planner is not None and planner["values"]["lifecycle_state"], summary["diagnostics"].keys()
         manager = summary["diagnostics"]["cosmos_aloha/lifecycle_manager"]["values"]
         assert manager["aloha_sim"].startswith("active") and manager["policy"].startswith("active"), manager
 

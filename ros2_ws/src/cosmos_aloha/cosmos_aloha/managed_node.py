@@ -6,6 +6,8 @@ order and watches the heartbeats; a node started by itself (`ros2 run`) brings i
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -18,6 +20,7 @@ from cosmos_aloha.parameters import MANAGED_PARAMETERS, Param
 from cosmos_aloha.qos import profile
 
 HEARTBEAT_PREFIX = "cosmos_aloha/"   # status name: cosmos_aloha/<node name>
+TRANSITION_STATES = ("configuring", "activating", "deactivating", "cleaningup", "shuttingdown", "errorprocessing")
 STATE_KEY, PID_KEY = "lifecycle_state", "pid"
 
 
@@ -39,6 +42,10 @@ class ManagedNode(LifecycleNode):
         # learns the node, and its pid, at once.
         self._first_heartbeat = self.create_timer(0.0, self._publish_first_heartbeat)
         self._autostart_timer = self.create_timer(0.0, self._autostart) if self.p.autostart else None
+        # A transition (a model's load and warm-up) blocks the timers for as long as it runs; meanwhile a
+        # thread says what the node is doing, so observers see "configuring" instead of silence.
+        self._last_beat = time.monotonic()
+        threading.Thread(target=self._beat_during_transitions, name="heartbeat", daemon=True).start()
 
     @property
     def lifecycle_state(self) -> str:
@@ -67,8 +74,22 @@ class ManagedNode(LifecycleNode):
         state = self.lifecycle_state
         return (DiagnosticStatus.OK if state == "active" else DiagnosticStatus.WARN), state, {}
 
+    def _beat_during_transitions(self) -> None:
+        period = 1.0 / float(self.p.diagnostics_hz)
+        while self.context.ok():
+            time.sleep(period)
+            state = self.lifecycle_state
+            if state in TRANSITION_STATES and time.monotonic() - self._last_beat >= period:
+                try:
+                    self._publish_status(DiagnosticStatus.WARN, state, {})
+                except Exception:   # the node is being destroyed: nothing left to report to
+                    return
+
     def publish_diagnostics(self) -> None:
-        level, message, values = self.diagnostic_status()
+        self._publish_status(*self.diagnostic_status())
+
+    def _publish_status(self, level: int, message: str, values: dict[str, str]) -> None:
+        self._last_beat = time.monotonic()
         values = {**values, STATE_KEY: self.lifecycle_state, PID_KEY: str(os.getpid())}
         status = DiagnosticStatus(level=level, name=heartbeat_name(self.get_name()), hardware_id=self.get_name(),
                                   message=message, values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
