@@ -282,6 +282,21 @@ def test_sim_eval_records_every_episode_as_a_dataset(policy_dir, tmp_path, capsy
                  str(rollouts), "--no-progress"]) == 2
 
 
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_rollout_that_cannot_be_written_stops_the_eval_and_leaves_no_directory(policy_dir, tmp_path, monkeypatch,
+                                                                                 workers):
+    from cosmos_policy_core.runtime.rollout import evaluate_checkpoint
+
+    def full_disk(self, result, episode):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_RolloutSink, "put", full_disk)
+    cfg = EvalConfig(episodes=2, num_steps=1, max_steps=2, execute_steps=2)
+    with pytest.raises(OSError, match="No space left"):   # with workers, raised here instead of hanging the pool
+        evaluate_checkpoint(policy_dir, cfg, progress=False, workers=workers, record_dir=tmp_path / "rollouts")
+    assert not (tmp_path / "rollouts").exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
 def test_sim_eval_loads_the_planning_checkpoint_with_its_value_role(policy_dir, tmp_path):
     from cosmos_policy_core.runtime.rollout import _load
 

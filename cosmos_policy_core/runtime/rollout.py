@@ -458,10 +458,15 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
     results: list[EpisodeResult] = []
     bar = tqdm(total=cfg.episodes, desc=f"sim eval {cfg.task}", unit="ep", disable=not progress)
 
+    failures: list[BaseException] = []
+
     def record(done: tuple[EpisodeResult, Episode | None]) -> None:
         result, episode = done
         if sink is not None:
-            sink.put(result, episode)
+            try:
+                sink.put(result, episode)
+            except BaseException as e:  # raised in the pool's result thread it would leave job.get() waiting
+                failures.append(e)
         results.append(result)
         k = sum(r.success for r in results)
         bar.update(1)
@@ -478,6 +483,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
                     recorder = RolloutRecorder() if sink is not None else None
                     result = run_episode(policy, env, executor_config, cfg, i, planner, gif, recorder)
                     record((result, _recorded(recorder, result, cfg, str(checkpoint))))
+                    if failures:
+                        raise failures[0]
                     if gif is not None:
                         gif.save(gif_path)
         else:
@@ -491,6 +498,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
                         for i in range(cfg.episodes)]
                 for job in jobs:
                     job.get()  # re-raises a worker's exception here
+        if failures:
+            raise failures[0]
         rollouts = None if sink is None else sink.commit()
     finally:
         if sink is not None:
