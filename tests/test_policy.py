@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cosmos_policy_core.errors import ConfigError, ShapeError
-from cosmos_policy_core.runtime.images import center_crop_resize, center_crop_size, client_resize, prepare_images
+from cosmos_policy_core.runtime.images import center_crop_size, client_resize, prepare_images
 from cosmos_policy_core.layout import build_pixel_clip, clip_to_vae_input, condition_mask, conditioning_frames
 from cosmos_policy_core.runtime.policy import TIMING_KEYS, CosmosPolicy, PolicyConfig
 from cosmos_policy_core.testing import DEFAULT_TASKS, build_random_checkpoint, random_observation
@@ -102,21 +102,6 @@ def test_image_pipeline_sizes_and_crop():
     assert out.shape == (2, 224, 224, 3) and out.dtype == np.uint8
 
 
-def test_center_crop_matches_float_resize_within_one_level():
-    import torch.nn.functional as F
-
-    rng = np.random.default_rng(1)
-    imgs = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-    got = center_crop_resize(imgs)
-    crop = torch.from_numpy(imgs).permute(0, 3, 1, 2)[:, :, 6:218, 6:218].float()
-    ref = F.interpolate(crop, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
-    ref = ref.round().clamp(0, 255).permute(0, 2, 3, 1).numpy()
-    assert np.abs(got.astype(np.int32) - ref.astype(np.int32)).max() <= 1
-    # a constant image stays constant: the crop is centered and the kernel normalized
-    flat = np.full((1, 224, 224, 3), 77, np.uint8)
-    assert (center_crop_resize(flat) == 77).all()
-
-
 def test_image_shape_errors():
     with pytest.raises(ShapeError, match="uint8"):
         prepare_images([np.zeros((10, 10, 3), np.float32)], 224)
@@ -167,28 +152,79 @@ def test_conditioning_latents_ignore_later_pixels(policy, cond):
     noisy = base.clone()
     start = lay.pixel_frame(lay.index("action"))
     noisy[:, start:] = torch.randint(0, 256, noisy[:, start:].shape, dtype=torch.uint8)
-    a, b = policy.encode_clip(base), policy.encode_clip(noisy)
-    torch.testing.assert_close(a[:, :, :5], b[:, :, :5])
-    torch.testing.assert_close(a, cond.clean_1_C_T_H_W)
+    a, b = policy.encode_clip(base).latents, policy.encode_clip(noisy).latents
+    assert a.shape[2] == lay.num_latent_frames
+    assert torch.equal(a[:, :, :5], b[:, :, :5])
+    assert torch.equal(a[:, :, :5], cond.clean_1_C_T_H_W[:, :, :5])
     assert (a[:, :, 5:] - b[:, :, 5:]).abs().max() > 1e-3
+
+
+def test_only_the_conditioning_frames_are_encoded_and_nothing_changes(policy, obs):
+    """17 of the 41 pixel frames: the latents, actions, value and decoded frames of the whole-clip encode, bit for bit."""
+    lay = policy.layout
+    whole = policy.with_config(vae_encode_whole_clip=True)
+    cond, cond_whole = policy.encode_observation(obs), whole.encode_observation(obs)
+    assert (cond.clean_frames, cond.encoding.num_frames, cond_whole.clean_frames) == (5, 5, None)
+    assert torch.equal(cond.gt_1_C_T_H_W[:, :, :5], cond_whole.gt_1_C_T_H_W[:, :, :5])
+    assert not cond.gt_1_C_T_H_W[:, :, 5:].any()  # never encoded: no role reads them from the observation
+    # Today's full encode: one causal pass over the whole clip.
+    clip = build_pixel_clip(lay, {k: torch.from_numpy(v) for k, v in cond.images.items()})
+    one_pass = policy.vae.encode(clip_to_vae_input(clip), chunk_frames=None)
+    assert torch.equal(cond.clean_1_C_T_H_W[:, :, :5], one_pass[:, :, :5])
+    assert torch.equal(cond_whole.clean_1_C_T_H_W, one_pass)
+
+    a = policy.act(cond, seed=3, num_steps=3, return_future_images=False)
+    b = whole.act(cond_whole, seed=3, num_steps=3, return_future_images=False)
+    assert np.array_equal(a.actions, b.actions) and a.value == b.value
+    assert np.array_equal(a.future_proprio, b.future_proprio)
+    # The planner's roles condition on the action sample: the same there too.
+    action, action_whole = policy.sample_actions(cond, [4], 1), whole.sample_actions(cond_whole, [4], 1)
+    assert torch.equal(action, action_whole)
+    future = policy.predict_future(cond, action, [4], 2)
+    assert torch.equal(future, whole.predict_future(cond_whole, action_whole, [4], 2))
+    assert torch.equal(policy.value(cond, future, [4], 1), whole.value(cond_whole, future, [4], 1))
+
+    # The decode needs the clean latents of the action and future-proprio slots (frames 5, 6): encoded then,
+    # from where the stream stopped, and no further.
+    images = policy.decode_future_images(cond, action)[0]
+    assert cond.encoding.num_frames == lay.index("future_proprio") + 1
+    assert torch.equal(cond.encoding.latents, one_pass[:, :, :7])
+    expected = whole.decode_future_images(cond_whole, action_whole)[0]
+    assert all(np.array_equal(images[cam], expected[cam]) for cam in expected)
+
+
+def test_preprocessing_as_torch_ops_gives_the_same_chunk(policy, obs, cond):
+    """The device pipeline (run here on the CPU): the same images, latents and actions bit for bit."""
+    assert policy.config.crop_area is not None  # the centre crop is part of what is compared
+    on_device = policy.with_config(preprocess_on_device=True)
+    cond_device = on_device.encode_observation(obs)
+    for cam, image in cond.images.items():
+        assert np.array_equal(cond_device.images[cam], image)
+    assert torch.equal(cond_device.gt_1_C_T_H_W, cond.gt_1_C_T_H_W)
+    a = policy.act(cond, seed=5, num_steps=2, return_future_images=False)
+    b = on_device.act(cond_device, seed=5, num_steps=2, return_future_images=False)
+    assert np.array_equal(a.actions, b.actions)
 
 
 def test_black_prefix_is_encoded_once_and_gives_the_same_latents(policy, cond):
     lay = policy.layout
     clip = build_pixel_clip(lay, {k: torch.from_numpy(v) for k, v in cond.images.items()})
-    full = policy.with_config(vae_prefix_cache=False).encode_clip(clip)
-    assert policy._constant_prefix_frames() == 5  # blank + the proprio slot's 4 frames
-    first = policy.encode_clip(clip)
+    full = policy.with_config(vae_prefix_cache=False).encode_clip(clip).latents
+    first = policy.encode_clip(clip).latents
     stream = policy._prefix[1]
-    again = policy.encode_clip(clip)
+    assert policy._prefix[2].shape[2] == 2  # blank + the proprio slot (pixel frames 0-4)
+    again = policy.encode_clip(clip).latents
     assert policy._prefix[1] is stream  # the prefix state is reused, not re-encoded
-    torch.testing.assert_close(first, full, atol=1e-5, rtol=0)
-    torch.testing.assert_close(again, first)
+    assert torch.equal(first, full) and torch.equal(again, first)
     # A clip whose prefix is not black (not the inference layout) takes the full encode.
     lit = clip.clone()
     lit[:, 1:5] = 200
-    torch.testing.assert_close(policy.encode_clip(lit), policy.vae.encode(clip_to_vae_input(lit), chunk_frames=None))
-    assert (policy.encode_clip(lit) - first).abs().max() > 1e-3
+    lit_latents = policy.encode_clip(lit).latents
+    assert torch.equal(lit_latents, policy.vae.encode(clip_to_vae_input(lit), chunk_frames=None))
+    assert (lit_latents - first).abs().max() > 1e-3
+    # Chunked encoder calls (less memory) give the same latents up to float rounding.
+    torch.testing.assert_close(policy.with_config(vae_chunk_frames=8).encode_clip(clip).latents, first,
+                               atol=1e-5, rtol=0)
 
 
 def test_value_modes(policy, cond):

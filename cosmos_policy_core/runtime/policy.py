@@ -16,12 +16,14 @@ import torch
 from cosmos_policy_core.checkpoint import DeploySettings
 from cosmos_policy_core.diffusion import DiffusionConfig, initial_noise, sample
 from cosmos_policy_core.engines.base import Denoiser
+from cosmos_policy_core.engines.encoder import constant_prefix_frames
 from cosmos_policy_core.errors import ConfigError, ShapeError
 from cosmos_policy_core.layout import (
     DECODE_RESTORE_SLOTS, TRAIN_CROP_AREA, LatentLayout, build_pixel_clip, clip_to_vae_input, condition_mask,
     conditioning_frames, extract_action_chunk, extract_proprio, extract_value, inject_proprio, restore_frames,
 )
-from cosmos_policy_core.runtime.images import prepare_images
+from cosmos_policy_core.nn.wan_vae import EncoderStream
+from cosmos_policy_core.runtime.images import prepare_images, prepare_images_tensor
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +70,18 @@ class PolicyConfig:
     # Clamp normalized actions to [-1, 1] before unnormalizing, so a chunk never leaves the range of
     # the demonstrations. The reference does not clip; a trained model stays inside anyway.
     clip_actions: bool = True
-    vae_chunk_frames: int | None = None  # None: one causal pass over the clip (same latents as chunks)
+    vae_chunk_frames: int | None = None  # pixel frames per encoder call; None: one pass (same latents)
     vae_decode_chunk: int | None = None  # latent frames per decoder call; None: one pass (same images)
     # Encode the clip's black prefix (blank + proprio slots, 5 of ALOHA's 41 frames) once and resume the
-    # causal encoder from its state on every call: the same latents (up to float rounding), less work.
+    # causal encoder from its state on every call: the same latents, less work.
     vae_prefix_cache: bool = True
+    # Encode the whole clip up front (the reference's cost) instead of only the frames the roles condition on
+    # (ALOHA: 17 of 41 pixel frames); the rest is encoded when a decode of predicted frames needs it. The VAE
+    # is causal, so the conditioning latents and the actions are the same either way.
+    vae_encode_whole_clip: bool = False
+    # Resize / crop the camera frames as torch ops on the policy's device instead of with PIL on the CPU: the
+    # same images bit for bit. None: on the device when it is a GPU.
+    preprocess_on_device: bool | None = None
     sample_batch: int = 64         # most rows per network call (larger batches are split)
 
     def __post_init__(self) -> None:
@@ -99,8 +108,9 @@ class ConditioningCache:
 
     clean: the VAE latent of the 41-frame clip before any injection (what the decoder needs in the
     injected slots); gt: clean with the normalized proprio injected (the conditioning latent).
-    clean_frames: how many leading latent frames of `clean` are encoded (a fast-path encoder encodes only
-    the conditioning frames; the rest are zeros until `decode_future_images` needs them).
+    clean_frames: how many leading latent frames of `clean` (and `gt`) are encoded: only those the roles
+    condition on unless `vae_encode_whole_clip`; the rest are zeros, which no role reads (the world model and
+    the value take those frames from an earlier sample), and `encoding` encodes them when a decode needs them.
     """
 
     clean_1_C_T_H_W: torch.Tensor
@@ -112,6 +122,47 @@ class ConditioningCache:
     timestamp: float
     timings: dict[str, float]
     clean_frames: int | None = None    # None: all of them
+    encoding: "ClipEncoding | None" = field(default=None, repr=False, compare=False)
+
+
+class ClipEncoding:
+    """The clean VAE latents of one pixel clip, encoded only as far as they have been needed.
+
+    The VAE is causal: latent frame k depends on the pixel frames up to its own only, so the frames the roles
+    condition on are final before the rest of the clip is seen. `through(k)` encodes on to latent frame k,
+    resuming the encoder stream where it stopped (after a fast-path encoder, which keeps no stream, the VAE
+    encodes the missing frames from the cached black prefix).
+    """
+
+    def __init__(self, policy: "CosmosPolicy", clip_B_T_H_W_3: torch.Tensor, latents_B_C_T_H_W: torch.Tensor,
+                 stream: EncoderStream | None) -> None:
+        self._policy = policy
+        self._clip = clip_B_T_H_W_3
+        self._latents = latents_B_C_T_H_W
+        self._stream = stream
+
+    @property
+    def num_frames(self) -> int:
+        """Latent frames encoded so far."""
+        return self._latents.shape[2]
+
+    @property
+    def latents(self) -> torch.Tensor:
+        """(B, C, num_frames, H, W) float32: the frames encoded so far."""
+        return self._latents
+
+    @torch.no_grad()
+    def through(self, last: int) -> torch.Tensor:
+        """(B, C, last + 1, H, W) float32: latent frames 0..last, encoding those not encoded yet."""
+        n = self.num_frames
+        if last >= n:
+            if self._stream is None:
+                latents, self._stream = self._policy._encode_eager(self._clip, last + 1)
+                more = latents[:, :, n:]
+            else:
+                more = self._policy._push(self._stream, self._clip, n, last + 1)
+            self._latents = torch.cat([self._latents, more], dim=2)
+        return self._latents[:, :, :last + 1]
 
 
 def _now() -> float:
@@ -203,7 +254,7 @@ class CosmosPolicy:
     ) -> "CosmosPolicy":
         """Load our checkpoint directory (config.json + safetensors + stats + text embeddings).
 
-        config: None = the options its training implies (`policy_config_for`); pass
+        config: None = the options of its deploy settings (`policy_config_for`); pass
         `policy_config_for(path, num_steps=...)` to change some and keep those.
 
         engine, device ("auto" = cuda when available), dtype, export_dir and compile_mode are resolved by
@@ -308,6 +359,11 @@ class CosmosPolicy:
     # --- conditioning ------------------------------------------------------------------------------
     def preprocess_images(self, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """camera source name -> the (S, S, 3) uint8 image the model sees (reference test-time pipeline)."""
+        return {name: image.cpu().numpy() for name, image in self._preprocess(images).items()}
+
+    def _preprocess(self, images: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """camera source name -> (S, S, 3) uint8 tensor: with PIL on the CPU, or the same integer arithmetic as
+        torch ops on the policy's device (`preprocess_on_device`)."""
         lay = self.layout
         frames, names = [], []
         for slot, source in zip(lay.cameras, lay.camera_sources):
@@ -318,8 +374,14 @@ class CosmosPolicy:
             else:
                 raise ShapeError(f"observation lacks camera {source!r}; it has {sorted(images)}")
             names.append(source)
+        on_device = self.config.preprocess_on_device
+        if on_device is None:
+            on_device = self.device.type == "cuda"
+        if on_device:
+            processed = prepare_images_tensor(frames, lay.image_size, names, self.config.crop_area, self.device)
+            return dict(zip(names, processed.permute(0, 2, 3, 1)))
         processed = prepare_images(frames, lay.image_size, names, self.config.crop_area)
-        return dict(zip(names, processed))
+        return {name: torch.from_numpy(image) for name, image in zip(names, processed)}
 
     def normalize_proprio(self, proprio) -> torch.Tensor:
         p = np.asarray(proprio, dtype=np.float64).reshape(-1)
@@ -331,51 +393,76 @@ class CosmosPolicy:
         return torch.from_numpy(self.stats.normalize_proprio(p)).float().reshape(1, -1)
 
     @torch.no_grad()
-    def encode_clip(self, clip_B_T_H_W_3: torch.Tensor) -> torch.Tensor:
-        """uint8 pixel clip -> normalized latent (B, C, T', H', W') float32 on the policy's device.
+    def encode_clip(self, clip_B_T_H_W_3: torch.Tensor, latent_frames: int | None = None) -> "ClipEncoding":
+        """Encode a uint8 pixel clip's first `latent_frames` latent frames (None: all) on the policy's device.
 
-        With a fast-path encoder (engine compile / onnx / tensorrt) only the conditioning frames are encoded;
-        the later latent frames are zeros (`ConditioningCache.clean_frames` says how many are real).
+        The returned `ClipEncoding` encodes later frames when asked. With a fast-path encoder (engine
+        compile / onnx / tensorrt) the conditioning frames come from its graph, any later ones from the VAE.
         """
-        if self._vae_encoder is not None:
-            video = clip_to_vae_input(clip_B_T_H_W_3.to(self.device))
-            head = self._vae_encoder(video).float().to(self.device)
-            C, T, H, W = self.layout.latent_shape
-            rest = head.new_zeros(head.shape[0], C, T - head.shape[2], H, W)
-            return torch.cat([head, rest], dim=2)
-        video = clip_to_vae_input(clip_B_T_H_W_3.to(self.device), dtype=self.vae_dtype)
-        n = self._constant_prefix_frames()
-        if not (self.config.vae_prefix_cache and self.config.vae_chunk_frames is None and n
-                and not clip_B_T_H_W_3[:, :n].any()):
-            return self.vae.encode(video, chunk_frames=self.config.vae_chunk_frames).float()
-        key = (tuple(video.shape[:2]), tuple(video.shape[3:]), video.dtype, video.device)
+        lay = self.layout
+        total = 1 + (clip_B_T_H_W_3.shape[1] - 1) // lay.duplicates_per_image
+        wanted = total if latent_frames is None else latent_frames
+        if not 0 < wanted <= total:
+            raise ShapeError(f"cannot encode {wanted} latent frames of a clip of {clip_B_T_H_W_3.shape[1]} pixel frames")
+        if self._vae_encoder is None:
+            latents, stream = self._encode_eager(clip_B_T_H_W_3, wanted)
+            return ClipEncoding(self, clip_B_T_H_W_3, latents, stream)
+        conditioning = max(conditioning_frames(lay, "policy")) + 1
+        video = clip_to_vae_input(clip_B_T_H_W_3[:, :self._pixel_end(conditioning)].to(self.device))
+        head = self._vae_encoder(video).float().to(self.device)
+        encoding = ClipEncoding(self, clip_B_T_H_W_3, head[:, :, :wanted], None)
+        encoding.through(wanted - 1)
+        return encoding
+
+    def _pixel_end(self, latent_frames: int) -> int:
+        """How many pixel frames the first `latent_frames` latent frames are encoded from (1 + 4 (n - 1))."""
+        return 1 + self.layout.duplicates_per_image * (latent_frames - 1)
+
+    def _push(self, stream: EncoderStream, clip_B_T_H_W_3: torch.Tensor, first: int, end: int) -> torch.Tensor:
+        """Latent frames [first, end) of the clip from an encoder stream that has seen the frames before them."""
+        pixels = clip_B_T_H_W_3[:, self._pixel_end(first) if first else 0:self._pixel_end(end)]
+        video = clip_to_vae_input(pixels.to(self.device), dtype=self.vae_dtype)
+        return stream.push_chunks(video, self.config.vae_chunk_frames).float()
+
+    def _encode_eager(self, clip_B_T_H_W_3: torch.Tensor, latent_frames: int) -> tuple[torch.Tensor, EncoderStream]:
+        """The clip's first `latent_frames` latent frames with the VAE's encoder stream, and the stream to go on."""
+        prefix_pixels = constant_prefix_frames(self.layout)
+        prefix = 1 + (prefix_pixels - 1) // self.layout.duplicates_per_image if prefix_pixels else 0
+        if not (self.config.vae_prefix_cache and 0 < prefix < latent_frames
+                and not clip_B_T_H_W_3[:, :prefix_pixels].any()):
+            stream = self.vae.encoder_stream()
+            return self._push(stream, clip_B_T_H_W_3, 0, latent_frames), stream
+        key = (clip_B_T_H_W_3.shape[0], tuple(clip_B_T_H_W_3.shape[2:]), self.vae_dtype, self.device)
         if self._prefix is None or self._prefix[0] != key:
             stream = self.vae.encoder_stream()
-            self._prefix = (key, stream, stream.push(video[:, :, :n]))
-        _, stream, prefix_latents = self._prefix
-        rest = stream.fork().push(video[:, :, n:])
-        return torch.cat([prefix_latents, rest], dim=2).float()
-
-    def _constant_prefix_frames(self) -> int:
-        """Pixel frames before the first camera slot (black at inference), as 1 + 4k; 0 if there are none."""
-        first_camera = min(self.layout.index(c) for c in self.layout.cameras)
-        return 1 + 4 * (first_camera - 1) if first_camera >= 2 else 0
+            self._prefix = (key, stream, self._push(stream, clip_B_T_H_W_3, 0, prefix))
+        _, prefix_stream, prefix_latents = self._prefix
+        stream = prefix_stream.fork()
+        rest = self._push(stream, clip_B_T_H_W_3, prefix, latent_frames)
+        return torch.cat([prefix_latents, rest], dim=2), stream
 
     @torch.no_grad()
     def encode_observation(self, obs: Observation) -> ConditioningCache:
-        """Preprocess + one causal VAE encode of the whole clip (reference §2.2): the shared conditioning."""
+        """Preprocess + the causal VAE encode of the clip's conditioning frames (reference §2.2): the shared conditioning."""
         t0 = self._tick()
+        lay = self.layout
         text = self.text_embedding(obs.task).to(self.device)
-        images = self.preprocess_images(obs.images)
+        images = self._preprocess(obs.images)
         proprio = self.normalize_proprio(obs.proprio).to(self.device)
-        clip = build_pixel_clip(self.layout, {k: torch.from_numpy(v) for k, v in images.items()})
+        clip = build_pixel_clip(lay, images)
         t1 = self._tick()
-        clean = self.encode_clip(clip)
-        gt = inject_proprio(clean, proprio, self.layout.index("proprio"))
+        wanted = None if self.config.vae_encode_whole_clip else max(conditioning_frames(lay, "policy")) + 1
+        encoding = self.encode_clip(clip, wanted)
+        head = encoding.latents
+        C, T, H, W = lay.latent_shape
+        clean = torch.cat([head, head.new_zeros(head.shape[0], C, T - head.shape[2], H, W)], dim=2)
+        gt = inject_proprio(clean, proprio, lay.index("proprio"))
         t2 = self._tick()
-        encoded = None if self._vae_encoder is None else max(conditioning_frames(self.layout, "policy")) + 1
+        images = {name: image.cpu().numpy() for name, image in images.items()}
         return ConditioningCache(clean, gt, proprio, text, images, obs.task, float(obs.timestamp),
-                                 {"preprocess": t1 - t0, "vae_encode": t2 - t1}, clean_frames=encoded)
+                                 {"preprocess": t1 - t0, "vae_encode": t2 - t1},
+                                 clean_frames=None if encoding.num_frames == T else encoding.num_frames,
+                                 encoding=encoding)
 
     # --- sampling per role -------------------------------------------------------------------------
     def _denoiser_for(self, model: str) -> Denoiser:
@@ -490,10 +577,10 @@ class CosmosPolicy:
         restore = [lay.index(s) for s in DECODE_RESTORE_SLOTS]
         clean = cond.clean_1_C_T_H_W
         if cond.clean_frames is not None and cond.clean_frames <= max(restore):
-            # The restored slots after the conditioning frames were not encoded on the fast path.
-            clip = build_pixel_clip(lay, {k: torch.from_numpy(v) for k, v in cond.images.items()})
-            video = clip_to_vae_input(clip.to(self.device), dtype=self.vae_dtype)
-            clean = self.vae.encode(video, chunk_frames=self.config.vae_chunk_frames).float()
+            # Restored slots after the conditioning frames (ALOHA: action, future proprio): encoded now, and
+            # only up to the last of them (pixel frame 24 of 41).
+            head = cond.encoding.through(max(restore))
+            clean = torch.cat([head, clean[:, :, head.shape[2]:]], dim=2)
         clean = clean.expand(B, *clean.shape[1:])
         z = restore_frames(latent_B_C_T_H_W.to(self.device, torch.float32), clean, restore)
         future_idx = [lay.index(f"future_{c}") for c in lay.cameras]
@@ -564,5 +651,23 @@ class CosmosPolicy:
         return twin
 
 
-__all__ = ["Observation", "ActionChunk", "PolicyConfig", "policy_config_for", "ConditioningCache", "CosmosPolicy",
-           "Inference", "VALUE_MODES", "TIMING_KEYS", "check_planning_checkpoint"]
+@dataclass
+class Inference:
+    """One policy call: the chunk, and what decodes its predicted frames later (after the chunk is out)."""
+
+    policy: CosmosPolicy
+    cond: ConditioningCache
+    latent_1_C_T_H_W: torch.Tensor
+    chunk: ActionChunk
+
+    def future_images(self) -> dict[str, np.ndarray]:
+        """Camera source name -> predicted (S, S, 3) uint8 frame at t + chunk; decoded once, kept on the chunk."""
+        if self.chunk.future_images is None:
+            t0 = self.policy._tick()
+            self.chunk.future_images = self.policy.decode_future_images(self.cond, self.latent_1_C_T_H_W)[0]
+            self.chunk.timings["decode"] = self.policy._tick() - t0
+        return self.chunk.future_images
+
+
+__all__ = ["Observation", "ActionChunk", "PolicyConfig", "policy_config_for", "ConditioningCache", "ClipEncoding",
+           "CosmosPolicy", "Inference", "VALUE_MODES", "TIMING_KEYS", "check_planning_checkpoint"]
