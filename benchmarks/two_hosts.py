@@ -134,8 +134,8 @@ def main() -> int:
                 result["link"].append(r)
                 print(f"link {transport}: {r['bytes_per_s'] / 1e6:.2f} MB/s, image latency p50 "
                       f"{r['image_latency_ms_p50']:.1f} ms p99 {r['image_latency_ms_p99']:.1f} ms, frames "
-                      f"{r['frames_received_min']}/{r['frames_published']} at {r['sensor_hz']:.1f} Hz; outage: first "
-                      f"chunk {r['outage']['first_chunk_after_s']} s, motion {r['outage']['motion_resumed_after_s']} s "
+                      f"{r['frames_received_min']}/{r['frames_published']} at {r['sensor_hz']:.1f} Hz; outage: first fresh "
+                      f"chunk {r['outage']['first_fresh_chunk_after_s']} s, motion {r['outage']['motion_resumed_after_s']} s "
                       f"after link-up, hold {r['outage']['longest_hold_ticks']} ticks, max step "
                       f"{r['outage']['max_step_over_limit']:.2f} of the limit", flush=True)
         for seed in args.seeds:

@@ -237,6 +237,7 @@ def run_split_graph(hosts: TwoHosts, out: Path, base_env: dict, *, robot_args: l
                 phases.setdefault("exit_codes", []).append(hosts.stop(process))
     import json
 
+    (out / "phases.json").write_text(json.dumps(phases))
     result = {"phases": phases, "observer": json.loads((out / "observer.json").read_text()),
               "robot_log": robot_log.read_text(errors="replace"),
               "gpu_log": "" if one_host else gpu_log.read_text(errors="replace")}
@@ -276,8 +277,13 @@ def outage_report(observer: dict, down_ns: int, up_ns: int, max_step) -> dict:
     steps = np.abs(np.diff(q, axis=0))
     ratio = (steps / np.asarray(max_step)[None, :]).max(axis=1)
     chunks = np.asarray(observer["chunks"]["receive_ns"], dtype=np.int64)
+    stamps = np.asarray(observer["chunks"]["stamp_ns"], dtype=np.int64)
     after = chunks[chunks > up_ns]
     first_chunk_after_s = float((after[0] - up_ns) / 1e9) if after.size else None
+    # A chunk held in a writer's queue during the outage arrives first; a fresh one is computed from an
+    # observation made after the link came back.
+    fresh = chunks[stamps > up_ns]
+    first_fresh_chunk_after_s = float((fresh[0] - up_ns) / 1e9) if fresh.size else None
     # The hold: consecutive identical commands between the outage and the first chunk after it.
     window_end = after[0] + int(0.5e9) if after.size else t[-1]
     inside = (t[1:] >= down_ns) & (t[1:] <= window_end)
@@ -296,5 +302,6 @@ def outage_report(observer: dict, down_ns: int, up_ns: int, max_step) -> dict:
     return {"commands": int(t.size), "max_step_over_limit": float(ratio.max()) if ratio.size else None,
             "longest_hold_ticks": int(longest), "chunks_before": int((chunks < down_ns).sum()),
             "chunks_during": int(((chunks >= down_ns) & (chunks <= up_ns)).sum()), "chunks_after": int(after.size),
-            "first_chunk_after_s": first_chunk_after_s, "motion_resumed_after_s": resumed_s,
+            "first_chunk_after_s": first_chunk_after_s, "first_fresh_chunk_after_s": first_fresh_chunk_after_s,
+            "motion_resumed_after_s": resumed_s,
             "moving_after_recovery": moving_after, "command_gap_ms_max": float(gaps.max()) if gaps.size else None}
