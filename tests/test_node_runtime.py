@@ -46,7 +46,11 @@ NODE = textwrap.dedent('''
                 self.unfinished_work = True
             print("closed", flush=True)
 
-    sys.exit(run_node(Probe, []))
+    code = run_node(Probe, [])
+    # Python puts a handler function back to the default at finalization, where a late second SIGINT (the
+    # forwarded one) would kill the process (-2); once the node is gone, stop signals are ignored instead.
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    sys.exit(code)
 ''')
 
 

@@ -92,6 +92,11 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
         _spin(make_node, holder, stop)
     except KeyboardInterrupt:
         pass   # the first stop signal landed between the spin and the teardown (which has run)
+    # The node is gone; a stop signal still on its way (Ctrl-C reaches the group and ros2 launch forwards
+    # another) must not kill the process while Python finalizes, which puts our handler back to the
+    # default one (exit -2). Ignored signals stay ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     if holder and getattr(holder[0], "unfinished_work", False):
         sys.stdout.flush()
         sys.stderr.flush()
