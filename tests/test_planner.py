@@ -136,3 +136,138 @@ def test_depth_two_reinjects_predicted_proprio(policy, cond):
                         value_samples=1, value_max_steps=1, search_depth=2)
     result = BestOfNPlanner(policy, cfg).plan(cond)
     assert all(len(c.values_by_depth) == 2 and c.value == c.values_by_depth[-1] for c in result.candidates)
+
+
+# --- the plan budget: which plan fits the deadline ----------------------------------------------------------
+class _Recording(Denoiser):
+    """Wraps a denoiser and records the rows of every network evaluation."""
+
+    def __init__(self, inner: Denoiser, name: str, log: list) -> None:
+        self.inner, self.device, self.name, self.log = inner, inner.device, name, log
+
+    def predict_x0(self, x_sigma, *args):
+        self.log.append((self.name, x_sigma.shape[0]))
+        return self.inner.predict_x0(x_sigma, *args)
+
+
+@pytest.mark.parametrize("changes", [{}, {"batch_candidates": 2}, {"value_mode": "Q(s,a)"}, {"search_depth": 2},
+                                     {"action_steps": 3, "value_samples": 3}])
+def test_network_calls_are_the_calls_the_planner_makes(policy, cond, changes):
+    from cosmos_policy_core.diffusion import sampling_sigmas
+    from cosmos_policy_core.runtime.plan_budget import network_calls
+
+    log: list = []
+    pol = _with_denoiser(policy.with_config(sample_batch=4), _Recording(policy.denoiser, "policy", log),
+                         _Recording(policy.denoiser, "planning", log))
+    config = PlannerConfig(**{**SMALL, **changes})
+    BestOfNPlanner(pol, config).plan(cond)
+    calls = network_calls(config, lambda steps: len(sampling_sigmas(steps, policy.diffusion)), sample_batch=4)
+    assert log == [(model, rows) for model, rows, evaluations in calls for _ in range(evaluations)]
+    assert max(rows for _, rows in log) <= 4  # rows above sample_batch are split
+
+
+def _fake_costs():
+    from cosmos_policy_core.runtime.plan_budget import PlanCosts
+
+    # 10 ms per row and network evaluation (linear: 64 rows = 640 ms), encode 100 ms, decode 50 ms per frame set.
+    linear = {1: 0.01, 64: 0.64}
+    return PlanCosts(encode_s=0.1, eval_s={"policy": linear, "planning": linear}, decode_s=0.05)
+
+
+# Predicted seconds of the ladder from the reference deployment (8 candidates x 10 steps, world model [1, 3, 5],
+# value [1, 2, 3, 4, 5], frames), by hand: row-evaluations x 10 ms + 100 ms encode (+ 3 decodes x 50 ms).
+#   requested: actions 8 rows x 10 + world model 8 x (1+3+5) + value 24 x (1+1+3+4+5) = 488 -> 5.13 s
+#   no frames 4.98; value 3 [1,3,5]: 80 + 72 + 24 x 9 = 368 -> 3.78; value 2 [1,5]: 296 -> 3.06;
+#   value 1: 176 -> 1.86; world model 2 [1,5]: 80 + 8 x 6 + 16 = 144 -> 1.54; world model 1: 96 -> 1.06;
+#   steps 5: 56 -> 0.66; steps 3: 40 -> 0.50; steps 2 (= 1 evaluation): 24 -> 0.34; steps 1: 0.34;
+#   then 3 row-evaluations per candidate: 7 -> 0.31, 6 -> 0.28, 5 -> 0.25, 4 -> 0.22, 3 -> 0.19, 2 -> 0.16.
+CHOICES = [
+    (10.0, dict(num_candidates=8, action_steps=10, world_model_samples=3, value_samples=5, return_future_images=True),
+     5.13),
+    (5.0, dict(num_candidates=8, action_steps=10, world_model_samples=3, value_samples=5), 4.98),
+    (2.0, dict(num_candidates=8, action_steps=10, world_model_samples=3, value_samples=1), 1.86),
+    (1.0, dict(num_candidates=8, action_steps=5, world_model_samples=1, value_samples=1), 0.66),
+    (0.3, dict(num_candidates=6, action_steps=1, world_model_samples=1, value_samples=1), 0.28),
+    (0.17, dict(num_candidates=2, action_steps=1, world_model_samples=1, value_samples=1), 0.16),
+]
+
+
+@pytest.mark.parametrize("budget_s,expected,predicted_s", CHOICES)
+def test_chooser_cuts_in_the_documented_order(budget_s, expected, predicted_s):
+    from cosmos_policy_core.runtime.plan_budget import choose_plan
+
+    requested = PlannerConfig(return_future_images=True)
+    chosen, predicted = choose_plan(_fake_costs(), requested, budget_s)
+    expected = {"return_future_images": False, **expected}
+    assert {k: getattr(chosen, k) for k in expected} == expected
+    assert predicted == pytest.approx(predicted_s) and predicted <= budget_s
+    # the unchanged settings stay as requested
+    assert (chosen.aggregation, chosen.world_model_max_steps, chosen.batch_candidates) == ("majority_mean", 5, 8)
+
+
+def test_nothing_fits_below_the_smallest_plan():
+    from cosmos_policy_core.runtime.plan_budget import choose_plan
+
+    chosen, predicted = choose_plan(_fake_costs(), PlannerConfig(), 0.15)
+    assert chosen is None and predicted == pytest.approx(0.16)
+    # a slower machine (measured slowdown 2) gets a smaller plan for the same budget
+    chosen, predicted = choose_plan(_fake_costs(), PlannerConfig(), 1.02, slowdown=2.0)
+    assert (chosen.num_candidates, chosen.action_steps) == (8, 3) and predicted == pytest.approx(1.0)
+
+
+def test_budget_adapts_pauses_probes_and_resumes():
+    from cosmos_policy_core.runtime.plan_budget import PlanBudget
+
+    now = [0.0]
+    budget = PlanBudget(_fake_costs(), PlannerConfig(), deadline_s=1.3, headroom=0.8, probe_every_s=30.0,
+                        clock=lambda: now[0])
+    assert budget.budget_s == pytest.approx(1.04) and budget.chosen.action_steps == 5 and not budget.paused
+    status = budget.status()
+    assert status["planning"] == "on" and status["plan_candidates"] == "8" and status["plan_action_steps"] == "5"
+    # plans take twice the prediction (the CPU is shared): a smaller plan
+    assert budget.record(budget.chosen, 2 * 0.66)
+    assert budget.slowdown == pytest.approx(2.0) and budget.chosen.action_steps == 3
+    # much slower: even 2 candidates x 1 step (0.16 s predicted, x 10) cannot fit -> paused, and it says so
+    for _ in range(3):
+        budget.record(budget.chosen or budget.smallest, 10 * budget.costs.plan_seconds(budget.chosen or budget.smallest))
+    assert budget.paused and budget.status()["planning"] == "paused"
+    assert "smallest plan (2 candidates x 1 step, world model 1, value 1, no frames)" in budget.describe()
+    # paused: one probe with the smallest plan, then nothing until probe_every_s has passed
+    assert budget.next_config() == budget.smallest
+    assert budget.next_config() is None
+    now[0] = 31.0
+    probe = budget.next_config()
+    assert probe == budget.smallest
+    # the machine is free again: the probes measure it and planning resumes
+    for _ in range(5):
+        budget.record(probe, budget.costs.plan_seconds(probe))
+    assert not budget.paused and budget.chosen.action_steps == 5
+    # a plan cut off by its deadline counts 1.5 times as slow as when it was cut off
+    budget.record(budget.chosen, budget.costs.plan_seconds(budget.chosen), timed_out=True)
+    assert max(budget._ratios) == pytest.approx(1.5)
+
+
+def test_measured_costs_of_a_tiny_checkpoint_choose_a_plan_that_runs(policy):
+    from cosmos_policy_core.runtime.plan_budget import PlanBudget, choose_plan, measure_plan_costs
+
+    obs = random_observation(policy.layout, stats=policy.stats, height=96, width=128)
+    requested = PlannerConfig(**{**SMALL, "return_future_images": True})
+    costs = measure_plan_costs(policy, obs, requested)
+    # rows measured: 1, 2 and the largest call (3 candidates x 2 world-model samples = 6 value rows), both models
+    assert set(costs.eval_s["policy"]) == {1, 2, 4, 6} and costs.eval_s["planning"] == costs.eval_s["policy"]
+    assert costs.encode_s > 0 and costs.decode_s > 0 and all(t > 0 for t in costs.eval_s["policy"].values())
+    full, smallest = costs.plan_seconds(requested), costs.plan_seconds(PlanBudget(costs, requested, 1.0).smallest)
+    assert full > smallest > costs.encode_s
+    assert choose_plan(costs, requested, 10 * full)[0] == requested
+    chosen, predicted = choose_plan(costs, requested, 1.01 * smallest)
+    assert chosen.action_steps == 1 and chosen.value_samples == 1 and predicted <= 1.01 * smallest
+    assert choose_plan(costs, requested, 0.5 * smallest)[0] is None
+    # the chosen plan runs, and its measured time is the slowdown
+    budget = PlanBudget(costs, requested, deadline_s=full / 0.8 * 0.9)
+    config = budget.next_config()
+    assert config != requested and config.num_candidates >= 2
+    result = BestOfNPlanner(policy, config).plan(obs)
+    assert result.chunk is not None
+    budget.record(config, result.timings["total"], result.timed_out)
+    ratio = result.timings["total"] / costs.plan_seconds(config) * (1.5 if result.timed_out else 1.0)
+    assert budget.slowdown == pytest.approx(ratio)

@@ -50,9 +50,12 @@ def test_planner_publishes_plans_within_the_deadline_and_drops_late_ones(ros_env
         assert "plans_dropped" not in planner
         tight_diag = probe.diagnostics["cosmos_aloha/planner_tight"]
         assert "plans_published" not in tight_diag
+        # the configuration each chose from its measured costs, on /diagnostics
+        assert (planner["planning"], planner["plan_candidates"], planner["plan_action_steps"]) == ("on", "2", "1")
+        assert tight_diag["planning"] == "paused" and "smallest plan" in tight_diag["plan"]
         assert tight_chunks == []                    # a late plan is dropped, never published
     finally:
         out_tight, out = stop_node(tight), stop_node(generous)
     assert "Traceback" not in out + out_tight, (out + out_tight)[-4000:]
-    assert "plan dropped (deadline 20 ms)" in out_tight
+    assert "plan dropped (deadline 20 ms)" in out_tight and "planning paused" in out_tight
     assert "plan 1: candidate" in out and "of 2/2 scored" in out

@@ -4,7 +4,10 @@ Publishes cosmos/plan/action_chunk and its predictions only for plans ready with
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus
 from std_msgs.msg import Float32
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker
@@ -18,6 +21,7 @@ from cosmos_aloha.node_runtime import run_node
 from cosmos_aloha.parameters import Param
 from cosmos_aloha.qos import profile
 from cosmos_policy_core.errors import ConfigError
+from cosmos_policy_core.runtime.plan_budget import PlanBudget, measure_plan_costs
 from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig
 from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation
 
@@ -36,9 +40,11 @@ PARAMETERS = (
     Param("aggregation", _REF.aggregation, "majority_mean, mean, lcb or vote"),
     Param("search_depth", _REF.search_depth, "> 1 plans on predicted states (needs a world model)"),
     Param("batch_candidates", _REF.batch_candidates, "candidates per network batch"),
-    Param("deadline_s", 1.0, "a plan is published only if ready within this of its observation: the search gets "
-                             "what is left after the observation's age and a decode reserve (1.5 x the warm-up "
-                             "decode), returns the best candidate scored by then, and a plan still late is dropped"),
+    Param("deadline_s", 1.0, "a plan is published only if ready within this of its observation. At configure the "
+                             "planner measures its costs and plans with the largest configuration (the settings "
+                             "above are the most) predicted to take 80 % of it, re-measured on every plan; it pauses "
+                             "(diagnostics say why) when not even 2 candidates x 1 step fit. The search gets what is "
+                             "left after the observation's age and a decode reserve; a plan still late is dropped"),
 )
 
 
@@ -55,6 +61,7 @@ class PlannerNode(InferenceNode):
     def __init__(self):
         self._pubs: dict = {}
         self.planner: BestOfNPlanner | None = None
+        self.budget: PlanBudget | None = None
         self._decode_reserve_s = 0.0
         super().__init__("planner", PARAMETERS)
 
@@ -89,19 +96,29 @@ class PlannerNode(InferenceNode):
         self.planner = None
 
     def warm_up(self, observation: Observation) -> dict[str, float]:
-        result = self.planner.plan(observation, base_seed=int(self.p.seed), deadline=None)
-        # The library checks its deadline between network calls and decodes the winner's frames
-        # after it; the node keeps the decode's time (x1.5) out of the search budget.
-        self._decode_reserve_s = 1.5 * result.timings.get("decode", 0.0)
-        total, deadline = result.timings.get("total", 0.0), float(self.p.deadline_s)
-        if total > deadline:
-            self.get_logger().warning(
-                f"the warm-up plan took {total:.2f} s, deadline_s is {deadline:g} s: most plans will be dropped. "
-                "Fewer candidates / ensemble samples / action_steps, return_future_images:=false or a faster engine help")
-        return dict(result.timings)
+        # The costs of a plan on this machine choose the plan that fits deadline_s (runtime/plan_budget.py).
+        costs = measure_plan_costs(self.policy, observation, self.planner.config)
+        self.budget = PlanBudget(costs, self.planner.config, float(self.p.deadline_s))
+        self._use_plan()
+        if self.budget.paused:
+            self.get_logger().warning(f"planning {self.budget.describe()}; a faster engine or device helps")
+        else:
+            self.get_logger().info(f"planning with {self.budget.describe()}")
+        return {"encode": costs.encode_s, "decode": costs.decode_s, "plan_predicted": self.budget.predicted_s}
+
+    def _use_plan(self) -> None:
+        config = self.budget.chosen or self.budget.smallest
+        self.planner.config = config
+        # The library checks its deadline between network calls and decodes the winner's frames after it;
+        # the node keeps the decode's predicted time (x1.5) out of the search budget.
+        costs = self.budget.costs
+        decode_s = costs.plan_seconds(config) - costs.plan_seconds(replace(config, return_future_images=False))
+        self._decode_reserve_s = 1.5 * decode_s
 
     def infer(self, job: Job) -> int | None:
         deadline_s = float(self.p.deadline_s)
+        if self.budget.next_config() is None:   # paused; now and then it lets the smallest plan measure again
+            return self._drop(job, f"planning {self.budget.describe()}")
         age_s = (self.now_ns() - job.stamp_ns) / 1e9
         budget_s = deadline_s - age_s - self._decode_reserve_s
         if budget_s <= 0:
@@ -109,6 +126,10 @@ class PlannerNode(InferenceNode):
                                    f"(+{self._decode_reserve_s * 1e3:.0f} ms decode reserve)")
         result = self.planner.plan(job.observation, base_seed=int(self.p.seed), deadline=budget_s)
         ready_s = (self.now_ns() - job.stamp_ns) / 1e9
+        if self.budget.record(self.planner.config, result.timings["total"], result.timed_out):
+            self.get_logger().info(f"planning {self.budget.describe()} (measured {self.budget.slowdown:.2f} x the "
+                                   "predicted time)")
+            self._use_plan()
         self.last_timings = {"wait": (job.picked_ns - job.stamp_ns) / 1e9, **result.timings}
         self.counters["candidates_scored"] += result.num_scored
         if result.chunk is None:
@@ -130,6 +151,18 @@ class PlannerNode(InferenceNode):
             f"after the observation (deadline {deadline_s * 1e3:.0f}; "
             + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in self.last_timings.items()) + " ms)")
         return job.stamp_ns
+
+    def diagnostic_values(self) -> dict[str, str]:
+        values = super().diagnostic_values()
+        if self.budget is not None:
+            values.update(self.budget.status())
+        return values
+
+    def diagnostic_status(self) -> tuple[int, str, dict[str, str]]:
+        level, message, values = super().diagnostic_status()
+        if level == DiagnosticStatus.OK and self.budget is not None and self.budget.paused:
+            return DiagnosticStatus.WARN, "planning paused: no plan fits deadline_s", values
+        return level, message, values
 
     def _drop(self, job: Job, why: str) -> None:
         self.counters["plans_dropped"] += 1
