@@ -271,3 +271,56 @@ def test_measured_costs_of_a_tiny_checkpoint_choose_a_plan_that_runs(policy):
     budget.record(config, result.timings["total"], result.timed_out)
     ratio = result.timings["total"] / costs.plan_seconds(config) * (1.5 if result.timed_out else 1.0)
     assert budget.slowdown == pytest.approx(ratio)
+
+
+# --- policy and planner in one process, the policy first ----------------------------------------------------
+class _Slow(Denoiser):
+    """Counts evaluations; each also sleeps `seconds` (a network call long enough to observe)."""
+
+    def __init__(self, inner: Denoiser, seconds: float) -> None:
+        self.inner, self.device, self.seconds, self.calls = inner, inner.device, seconds, 0
+
+    def predict_x0(self, *args):
+        import time
+
+        time.sleep(self.seconds)
+        self.calls += 1
+        return self.inner.predict_x0(*args)
+
+
+def test_policy_first_planner_waits_while_the_policy_computes(policy, cond):
+    import threading
+    import time
+
+    from cosmos_policy_core.runtime.planner import PolicyFirst
+
+    slow = _Slow(policy.denoiser, 0.02)
+    shared = _with_denoiser(policy, slow)           # one set of weights for policy and planner
+    first = PolicyFirst("cpu")
+    planner = BestOfNPlanner(shared, PlannerConfig(**SMALL), policy_first=first)
+    results = {}
+    with first.policy_turn():
+        worker = threading.Thread(target=lambda: results.update(plan=planner.plan(cond)))
+        worker.start()
+        time.sleep(0.5)
+        assert slow.calls == 0                      # the planner starts no evaluation during the policy's turn
+        shared.sample_actions(cond, [0], 1)         # while the policy's own evaluations run
+        assert slow.calls == 1
+    worker.join(120)
+    assert results["plan"].num_scored == 3 and first.planner_waited_s >= 0.4
+    alone = BestOfNPlanner(policy, PlannerConfig(**SMALL)).plan(cond)
+    assert results["plan"].best_index == alone.best_index
+    np.testing.assert_array_equal(results["plan"].chunk.actions, alone.chunk.actions)
+
+    # A turn that starts mid-plan: at most the evaluation in flight runs beside it.
+    worker = threading.Thread(target=lambda: results.update(plan=planner.plan(cond)))
+    slow.calls = 0
+    worker.start()
+    while slow.calls < 2 and worker.is_alive():
+        time.sleep(0.005)
+    with first.policy_turn():
+        before = slow.calls
+        time.sleep(0.3)
+        assert slow.calls <= before + 1
+    worker.join(120)
+    assert results["plan"].num_scored == 3

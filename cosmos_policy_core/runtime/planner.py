@@ -4,15 +4,18 @@ Candidates run in batches on one device off one cached encode; a deadline return
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
+from cosmos_policy_core.engines.base import Denoiser
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.runtime.policy import VALUE_MODES, ActionChunk, ConditioningCache, CosmosPolicy, Observation
 
@@ -147,6 +150,81 @@ def next_state_prior(policy: CosmosPolicy, future_latent_B_C_T_H_W: torch.Tensor
     return prior, policy.normalized_future_proprio(future_latent_B_C_T_H_W).float()
 
 
+class PolicyFirst:
+    """A policy and a planner sharing one device and one copy of the weights in one process, the policy's chunk first.
+
+    The policy computes its chunk inside `policy_turn()`. A planner built with this (`BestOfNPlanner(...,
+    policy_first=...)`) waits before each of its network evaluations while a turn runs, so at most the one
+    evaluation in flight overlaps a chunk; on a GPU the two queue their kernels on their own CUDA streams, the
+    policy's with the highest priority, so the scheduler runs a chunk's kernels ahead of queued planner kernels.
+    `planner_waited_s` sums the planner's waits. For eager torch engines: a compiled engine with CUDA graphs
+    replays static buffers and needs its own compiled instance per thread.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        device = torch.device(device)
+        self._idle = threading.Condition()
+        self._turns = 0
+        self.planner_waited_s = 0.0
+        self.policy_stream = self.planner_stream = None
+        if device.type == "cuda":
+            least, greatest = torch.cuda.Stream.priority_range()
+            self.policy_stream = torch.cuda.Stream(device, priority=greatest)
+            self.planner_stream = torch.cuda.Stream(device, priority=least)
+
+    @contextlib.contextmanager
+    def policy_turn(self) -> Iterator[None]:
+        """Around the policy's chunk (encode, sample, decode): the planner starts no network evaluation meanwhile."""
+        with self._idle:
+            self._turns += 1
+        try:
+            with self._stream(self.policy_stream):
+                yield
+        finally:
+            with self._idle:
+                self._turns -= 1
+                if not self._turns:
+                    self._idle.notify_all()
+
+    @contextlib.contextmanager
+    def planner_work(self) -> Iterator[None]:
+        """Around a plan: its kernels go to the low-priority stream."""
+        with self._stream(self.planner_stream):
+            yield
+
+    def wait_for_policy(self) -> None:
+        """The planner, before each network evaluation: returns once no policy turn runs."""
+        with self._idle:
+            if not self._turns:
+                return
+            t0 = time.perf_counter()
+            self._idle.wait_for(lambda: not self._turns)
+            self.planner_waited_s += time.perf_counter() - t0
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _stream(stream) -> Iterator[None]:
+        if stream is None:
+            yield
+            return
+        stream.wait_stream(torch.cuda.current_stream(stream.device))   # inputs queued before the switch
+        with torch.cuda.stream(stream):
+            yield
+        torch.cuda.current_stream(stream.device).wait_stream(stream)   # and outputs seen after it
+
+
+class _PolicyFirstDenoiser(Denoiser):
+    """The planner's view of a denoiser shared with the policy: each evaluation waits for the policy's turn."""
+
+    def __init__(self, inner: Denoiser, policy_first: PolicyFirst) -> None:
+        self.inner, self.policy_first = inner, policy_first
+        self.name, self.device = inner.name, inner.device
+
+    def predict_x0(self, *args) -> torch.Tensor:
+        self.policy_first.wait_for_policy()
+        return self.inner.predict_x0(*args)
+
+
 class BestOfNPlanner:
     """Scores N action candidates (seeds base..base+N-1) and returns the best chunk.
 
@@ -157,9 +235,15 @@ class BestOfNPlanner:
     """
 
     def __init__(self, policy: CosmosPolicy, config: PlannerConfig = PlannerConfig(),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, policy_first: PolicyFirst | None = None) -> None:
+        if policy_first is not None:   # the same networks, reached through evaluations that yield to the policy
+            policy = policy.with_config()
+            policy.denoiser = _PolicyFirstDenoiser(policy.denoiser, policy_first)
+            if policy.planning_denoiser is not None:
+                policy.planning_denoiser = _PolicyFirstDenoiser(policy.planning_denoiser, policy_first)
         self.policy = policy
         self.config = config
+        self.policy_first = policy_first
         self._clock = clock
 
     # --- one batched ensemble stage ----------------------------------------------------------------
@@ -238,6 +322,13 @@ class BestOfNPlanner:
         calls: once it has passed, the best fully scored candidate so far is returned with
         `timed_out=True` and `num_scored`; it never raises for a missed deadline.
         """
+        if self.policy_first is None:
+            return self._plan(obs, base_seed, deadline, num_candidates)
+        with self.policy_first.planner_work():
+            return self._plan(obs, base_seed, deadline, num_candidates)
+
+    def _plan(self, obs: Observation | ConditioningCache, base_seed: int, deadline: float | None,
+              num_candidates: int | None) -> PlanResult:
         cfg, pol = self.config, self.policy
         start = self._clock()
         deadline = cfg.deadline if deadline is None else deadline
@@ -256,6 +347,8 @@ class BestOfNPlanner:
             if isinstance(obs, ConditioningCache):
                 cond = obs
             else:
+                if self.policy_first is not None:
+                    self.policy_first.wait_for_policy()
                 t0 = self._clock()
                 cond = pol.encode_observation(obs)
                 timings["encode"] = self._clock() - t0
@@ -336,5 +429,5 @@ def planning_value_mode(checkpoint) -> str:
     return modes[role]
 
 
-__all__ = ["BestOfNPlanner", "PlannerConfig", "PlanResult", "CandidateScore", "aggregate_values", "ensemble_steps",
-           "next_state_prior", "planning_value_mode", "AGGREGATIONS"]
+__all__ = ["BestOfNPlanner", "PlannerConfig", "PolicyFirst", "PlanResult", "CandidateScore", "aggregate_values",
+           "ensemble_steps", "next_state_prior", "planning_value_mode", "AGGREGATIONS"]
