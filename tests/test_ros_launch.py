@@ -112,12 +112,13 @@ class Launch:
         return time.monotonic() - start
 
 
-def assert_clean_stop(launch: Launch, nodes: list[str], seconds: float) -> None:
+def assert_clean_stop(launch: Launch, nodes: list[str], seconds: float, killed: tuple[int, ...] = ()) -> None:
     text = launch.text
     assert launch.proc.returncode == 0, text[-4000:]
     for node in nodes:
         assert re.search(rf"\[INFO\] \[{node}-\d+\]: process has finished cleanly", text), (node, text[-4000:])
-    assert "process has died" not in text and "failed to terminate" not in text, text[-4000:]
+    died = [int(pid) for pid in re.findall(r"process has died \[pid (\d+)", text)]
+    assert set(died) <= set(killed) and "failed to terminate" not in text, text[-4000:]
     assert "Traceback" not in text and "terminate called" not in text, text[-6000:]
     assert seconds < graph.STOP_GRACE_S, f"stopping took {seconds:.1f} s, launch's grace period is {graph.STOP_GRACE_S}"
 
@@ -186,10 +187,11 @@ def test_ros2_launch_runs_the_graph_with_planner_and_stops_on_ctrl_c(ros2, insta
     assert_sensor_rates(topics, launch.text)   # 25 Hz, unless the sim's own tick shows a starved CPU (skips)
 
 
-def test_sigint_to_the_launch_process_alone_stops_every_node_mid_inference_on_a_busy_cpu(
+def test_a_killed_policy_respawns_and_sigint_to_launch_alone_stops_every_node_on_a_busy_cpu(
         ros2, install, ros_env, tmp_path):
-    """`kill -INT <launch pid>` with two busy processes besides: launch forwards the SIGINT; the policy,
-    in the middle of a model call, ends within the grace period and exits 0 (no abort, no traceback)."""
+    """First the policy is killed (-9): launch restarts it after the back-off and the lifecycle manager brings
+    it back. Then `kill -INT <launch pid>` with two busy processes besides: launch forwards the SIGINT; the
+    policy, in the middle of a model call, ends within the grace period and exits 0 (no abort, no traceback)."""
     from cosmos_policy_core.testing import build_random_checkpoint
 
     ckpt = build_random_checkpoint(tmp_path / "ckpt", image_size=64, tasks=("transfer the cube",))
@@ -200,6 +202,11 @@ def test_sigint_to_the_launch_process_alone_stops_every_node_mid_inference_on_a_
     stopped = False
     try:
         assert launch.wait_for(r"\[policy-\d+\].*chunk 3: observation -> chunk", 300), launch.text[-4000:]
+        first = int(re.search(r"\[policy-\d+\]: process started with pid \[(\d+)\]", launch.text).group(1))
+        os.kill(first, signal.SIGKILL)
+        assert launch.wait_for(r"cosmos_aloha: policy exited \(code -9\); restarting it in \d+ s", 60), launch.text[-4000:]
+        assert launch.wait_for(rf"policy: restarted \(pid {first} -> \d+", 240), launch.text[-4000:]
+        assert launch.wait_for(r"\[policy-\d+\].*policy\]: chunk 1: observation -> chunk", 240), launch.text[-4000:]
         seconds = launch.stop(group=False)
         stopped = True
     finally:
@@ -208,7 +215,7 @@ def test_sigint_to_the_launch_process_alone_stops_every_node_mid_inference_on_a_
             hog.wait()
         if not stopped:
             launch.stop(group=True)
-    assert_clean_stop(launch, ["aloha_sim", "policy", "executor", "lifecycle_manager"], seconds)
+    assert_clean_stop(launch, ["aloha_sim", "policy", "executor", "lifecycle_manager"], seconds, killed=(first,))
     print(f"SIGINT to the launch process alone, 2 busy processes besides: every node exited 0, launch done in "
           f"{seconds:.1f} s")
 
