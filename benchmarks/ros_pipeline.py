@@ -27,7 +27,7 @@ CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 RATE_HZ = 25.0
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = REPO / "models" / "aloha_sim_transfer_cube_small"
-POLICY_TIMING_TOPIC = "/policy/chunk_timing"   # the policy node's ~/chunk_timing (node name "policy")
+POLICY_TIMING_TOPIC = "policy/chunk_timing"   # the policy node's ~/chunk_timing (node name "policy")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -62,13 +62,14 @@ def role_pub(args) -> int:
     from rclpy.node import Node
     from sensor_msgs.msg import Image, JointState
 
+    from cosmos_aloha import topics
     from cosmos_aloha.conversions import image_to_msg, joints_to_msg
 
     rclpy.init()
     node = Node("bench_pub")
     qos = _qos(args.reliability, args.depth)
-    pubs = {c: node.create_publisher(Image, f"/{c}/image_raw", qos) for c in CAMERAS}
-    joint_pub = node.create_publisher(JointState, "/joint_states", qos)
+    pubs = {c: node.create_publisher(Image, topics.image(c).name, qos) for c in CAMERAS}
+    joint_pub = node.create_publisher(JointState, topics.JOINT_STATES.name, qos)
     base = base_pattern(args.height, args.width)
     home = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
     state = {"index": 0, "fill_ms": []}
@@ -124,6 +125,7 @@ def role_sub(args) -> int:
     from rclpy.node import Node
     from sensor_msgs.msg import Image, JointState
 
+    from cosmos_aloha import topics
     from cosmos_aloha.conversions import msg_to_image, stamp_to_ns
 
     rclpy.init()
@@ -147,9 +149,9 @@ def role_sub(args) -> int:
         return callback
 
     for cam in CAMERAS:
-        node.create_subscription(Image, f"/{cam}/image_raw", on_image(cam), qos)
+        node.create_subscription(Image, topics.image(cam).name, on_image(cam), qos)
     node.create_subscription(
-        JointState, "/joint_states",
+        JointState, topics.JOINT_STATES.name,
         lambda m: joints.append((node.get_clock().now().nanoseconds - stamp_to_ns(m.header.stamp)) / 1e6), qos)
 
     def on_diag(msg: DiagnosticArray) -> None:
@@ -157,7 +159,7 @@ def role_sub(args) -> int:
             if status.name == "cosmos_aloha/executor":
                 jitter.append({kv.key: kv.value for kv in status.values})
 
-    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS.name, on_diag, 10)
     spin_until_signal(node)  # the summary below is what the orchestrator waits for
     summary = {"images": {}, "joint_states": len(joints), "executor_diagnostics": jitter}
     for cam, rows in received.items():
@@ -187,8 +189,8 @@ def role_chunks(args) -> int:
     from rclpy.node import Node
     from trajectory_msgs.msg import JointTrajectory
 
-    from cosmos_aloha.chunks import CHUNK_TOPIC
     from cosmos_aloha.conversions import stamp_to_ns
+    from cosmos_aloha.topics import ACTION_CHUNK
     from cosmos_aloha.node_runtime import apply_realtime_priority
     from cosmos_aloha.qos import COMMAND_QOS
 
@@ -208,7 +210,7 @@ def role_chunks(args) -> int:
         for status in msg.status:
             timings[stamp_to_ns(msg.header.stamp)] = {kv.key: float(kv.value) for kv in status.values}
 
-    node.create_subscription(JointTrajectory, CHUNK_TOPIC, on_chunk, COMMAND_QOS)
+    node.create_subscription(JointTrajectory, ACTION_CHUNK.name, on_chunk, COMMAND_QOS)
     node.create_subscription(DiagnosticArray, POLICY_TIMING_TOPIC, on_timing, COMMAND_QOS)
     spin_until_signal(node, lambda: bool(first["ns"]) and
                       node.get_clock().now().nanoseconds - first["ns"] > args.seconds * 1e9)

@@ -12,6 +12,7 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import JointState
 
+from cosmos_aloha import topics
 from cosmos_aloha.conversions import msg_to_joints, stamp_to_ns
 from cosmos_aloha.qos import SENSOR_QOS
 from cosmos_policy_core.robot.arm_layout import SIDES, ArmState, arm_state_from_joint_state
@@ -23,7 +24,7 @@ ROLES = ("leader", "follower")
 class RosArmStateReader:
     """`read(role, side)` returns the next /<role>_<side>/joint_states; `read_qpos()` the next /joint_states."""
 
-    def __init__(self, timeout_s: float = 5.0, joint_states_topic: str = "/joint_states"):
+    def __init__(self, timeout_s: float = 5.0, joint_states_topic: str = topics.JOINT_STATES.name):
         self.timeout_s = timeout_s
         self._context = Context()
         rclpy.init(context=self._context)
@@ -32,7 +33,8 @@ class RosArmStateReader:
         self._executor.add_node(self._node)
         self._latest: dict[str, JointState] = {}
         self._seen: dict[str, int] = {}
-        self._topics = {f"{role}_{side}": f"/{role}_{side}/joint_states" for role in ROLES for side in SIDES}
+        self._topics = {f"{role}_{side}": topics.arm_joint_states(f"{role}_{side}").name
+                        for role in ROLES for side in SIDES}
         self._topics["qpos"] = joint_states_topic
         for key, topic in self._topics.items():
             self._node.create_subscription(JointState, topic, lambda m, k=key: self._store(k, m), SENSOR_QOS)
