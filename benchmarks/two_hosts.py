@@ -25,6 +25,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 CKPT = REPO / "models" / "aloha_sim_transfer_cube_small"
+THREADS: dict[str, str] = {}   # --torch-threads: OMP_NUM_THREADS for every process of the runs
 
 
 def _harness():
@@ -38,7 +39,7 @@ def _harness():
 def _env() -> dict:
     from cosmos_aloha.graph import environment
 
-    return {**os.environ, **environment(), "ROS_DOMAIN_ID": str(random.randint(20, 200)),
+    return {**os.environ, **environment(), **THREADS, "ROS_DOMAIN_ID": str(random.randint(20, 200)),
             "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp", "PYTHONUNBUFFERED": "1",
             "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
 
@@ -114,15 +115,21 @@ def main() -> int:
     ap.add_argument("--image-size", type=int, default=224, help="policy runs: sim camera size (the demo's)")
     ap.add_argument("--one-host", action="store_true", help="also the policy runs with the whole graph on one side")
     ap.add_argument("--work", default=None, help="keep each run's logs and JSON here (default: a temporary directory)")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="OMP_NUM_THREADS for every process (0: torch's default); 1 on an oversubscribed machine, "
+                         "where spinning OpenMP threads slow the policy many times over")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     h = _harness()
+    if args.torch_threads > 0:
+        THREADS["OMP_NUM_THREADS"] = str(args.torch_threads)
     why = h.unavailable()
     if why:
         print(f"two_hosts: {why}", file=sys.stderr)
         return 2
     started = time.time()
     result = {"machine": f"{platform.node()}, {os.cpu_count()} CPUs", "load_before": os.getloadavg(),
+              "torch_threads": args.torch_threads or "default",
               "link": [], "policy": []}
     with tempfile.TemporaryDirectory(prefix="two_hosts_") as tmp:
         tmp = args.work or tmp
