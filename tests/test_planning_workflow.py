@@ -367,7 +367,13 @@ def test_planning_fine_tune_from_a_trained_policy_then_score(policy_dir, tmp_pat
     policy = tmp_path / "p" / "model"
     assert main(["train", "--data", str(demos), "--config", "planning", "--init", str(policy), "--out",
                  str(tmp_path / "plan"), "--no-progress"]) == 2        # no --rollouts: refused
-    assert main(["train", "--data", str(demos), "--rollouts", str(rollouts), "--config", "planning", "--init",
+    # Demos beyond the policy's statistics: the planning model still normalizes as the policy does.
+    wider = tmp_path / "wider"
+    for i in range(2):
+        ep = _episode(i, 20, True, stats)
+        ep.qpos[-1, 0] = ep.action[-1, 0] = stats.proprio_max[0] + 0.5 * (stats.proprio_max[0] - stats.proprio_min[0])
+        write_episode_hdf5(wider / f"episode_{i}.hdf5", ep)
+    assert main(["train", "--data", str(wider), "--rollouts", str(rollouts), "--config", "planning", "--init",
                  str(policy), "--steps", "2", "--out", str(tmp_path / "plan"), "--no-progress"]) == 0
     capsys.readouterr()
     plan = load_checkpoint_dir(tmp_path / "plan" / "model")
@@ -376,6 +382,7 @@ def test_planning_fine_tune_from_a_trained_policy_then_score(policy_dir, tmp_pat
     assert not samples["treat_demos_as_success_rollouts"]
     assert plan.metadata["data"]["rollout_episodes"] == 2 and plan.metadata["step"] == 2
     assert plan.metadata["data"]["role_shares"]["value_v_s"] > 0.3
+    assert plan.stats.to_json_dict() == load_checkpoint_dir(policy).stats.to_json_dict()
 
     out = tmp_path / "scores.json"
     assert main(["sim", "score-planning", "--checkpoint", str(policy), "--planning-checkpoint",
@@ -401,10 +408,26 @@ def test_planning_config_is_the_reference_planning_recipe_on_the_policys_network
     assert (s.demo_prob, s.success_prob, s.world_model_prob, s.value_role) == (0.1, 0.5, 0.5, "value_v_s")
     assert not s.treat_demos_as_success_rollouts and s.first_steps_prob == 0
     assert cfg.max_steps == 1000 and cfg.schedule.warmup_steps[0] == 100 and cfg.schedule.cycle_lengths[0] == 1000
-    assert cfg.latent_cache == "memory" and cfg.action_loss_weight == 1.0
+    assert cfg.latent_cache == "memory" and cfg.action_loss_weight == 1.0 and cfg.keep_init_stats
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="records no training config"):
         TrainConfig.for_planning(policy_dir)
+
+
+def test_keep_init_stats_normalizes_as_the_init_checkpoint_whatever_the_demos(policy_dir, tmp_path):
+    from cosmos_policy_core.train.data import resolve_stats
+
+    layout = replace(LatentLayout.aloha(), image_size=64)
+    kept = load_checkpoint_dir(policy_dir).stats
+    ep = _episode(0, 20, True, kept)
+    ep.qpos[:, 1] = kept.proprio_max[1] + 1.0                     # far outside: the plain rule recomputes
+    demo = [EpisodeFile(write_episode_hdf5(tmp_path / "episode_0.hdf5", ep))]
+    recomputed, source = resolve_stats(None, demo, layout, policy_dir)
+    assert source.startswith("computed") and recomputed.to_json_dict() != kept.to_json_dict()
+    same, source = resolve_stats(None, demo, layout, policy_dir, keep_init=True)
+    assert same.to_json_dict() == kept.to_json_dict() and source == str(policy_dir / "stats.json")
+    with pytest.raises(ConfigError, match="--init"):
+        resolve_stats(None, demo, layout, None, keep_init=True)
 
 
 def test_rollout_latents_are_cached_apart_from_demos_of_the_same_name(tmp_path):

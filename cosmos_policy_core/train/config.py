@@ -55,6 +55,9 @@ class TrainConfig:
     # latent frames, so a small model can lower its loss by predicting the images and ignore where
     # the object is; > 1 makes the policy samples pay for that (the shipped sim policy used 3, then 10).
     action_loss_weight: float = 1.0
+    # Normalize with the --init checkpoint's statistics even where the demos pass them: a planning fine-tune
+    # continues the policy's latents, so it must read proprio and actions exactly as the policy writes them.
+    keep_init_stats: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -111,7 +114,8 @@ class TrainConfig:
 
         Same network, VAE, images and text; samples as the reference's planning run: 10 % demos (policy
         samples), the rollouts half successes and half failures, each a world-model or a V(s') value sample
-        (value_v_s: only s' conditions the value, and only the value frame is trained). `steps` (default:
+        (value_v_s: only s' conditions the value, and only the value frame is trained), normalized with the
+        policy's statistics (`keep_init_stats`). `steps` (default:
         this config's) sets the run's length; the LR warms up over its first tenth, as the reference's
         1,500 of 15,000, and decays to 0.3 by its end.
         """
@@ -122,7 +126,7 @@ class TrainConfig:
         cache = None if self.latent_cache is None or self.augment is not None else "memory"
         return replace(self, samples=samples, max_steps=steps,
                        schedule=LRSchedule.two_cycle(max(1, steps // 10), steps), action_loss_weight=1.0,
-                       latent_cache=cache,
+                       latent_cache=cache, keep_init_stats=True,
                        checkpoint_every=min(self.checkpoint_every, steps), eval_every=min(self.eval_every, steps))
 
     @classmethod

@@ -91,9 +91,21 @@ def stats_outside(stats: DatasetStats, demos: Sequence[EpisodeFrames], margin: f
 
 
 def resolve_stats(data_dir: str | Path | None, demos: Sequence[EpisodeFrames], layout: LatentLayout,
-                  init: str | Path | None = None) -> tuple[DatasetStats, str]:
+                  init: str | Path | None = None, keep_init: bool = False) -> tuple[DatasetStats, str]:
     """Normalization statistics and where they come from: the data directory's file (which must cover the demos),
-    else an --init checkpoint's (kept while the demos fit in them), else computed over the demos."""
+    else an --init checkpoint's (kept while the demos fit in them), else computed over the demos. `keep_init`:
+    the --init checkpoint's, whatever the demos (TrainConfig.keep_init_stats)."""
+    if keep_init:
+        init_stats = None if init is None else Path(init) / STATS_FILE
+        if init_stats is None or not init_stats.is_file():
+            raise ConfigError("keep_init_stats normalizes with the --init checkpoint's statistics: pass --init DIR, "
+                              f"a checkpoint directory with {STATS_FILE}")
+        kept = read_dataset_stats(init_stats, layout)
+        outside = stats_outside(kept, demos, INIT_STATS_MARGIN)
+        if outside:
+            log.info("the demos pass the --init statistics (%s); kept, as keep_init_stats asks",
+                     "; ".join(outside.values()))
+        return kept, str(init_stats)
     for name in STATS_FILES:
         path = None if data_dir is None else Path(data_dir) / name
         if path is not None and path.is_file():
@@ -161,7 +173,7 @@ class TrainingData:
             raise DataError(f"{data_dir or 'the given episodes'}: no successful demonstration episode to train the "
                             "policy on (every episode has attrs success=False)")
         rollouts = load_episode_dir(rollouts_dir) if rollouts_dir is not None else []
-        stats, source = resolve_stats(data_dir, train + val, layout, init)
+        stats, source = resolve_stats(data_dir, train + val, layout, init, keep_init=config.keep_init_stats)
         tasks = [e.task for e in episodes + rollouts]
         text = load_text_table(text_embeddings, tasks, config.text_length, config.model.crossattn_emb_channels)
         samples = SampleBuilder(layout, stats, train, rollouts, config.samples, config.seed)
