@@ -229,7 +229,8 @@ def test_budget_adapts_pauses_probes_and_resumes():
     assert budget.slowdown == pytest.approx(2.0) and budget.chosen.action_steps == 3
     # much slower: even 2 candidates x 1 step (0.16 s predicted, x 10) cannot fit -> paused, and it says so
     for _ in range(3):
-        budget.record(budget.chosen or budget.smallest, 10 * budget.costs.plan_seconds(budget.chosen or budget.smallest))
+        ran = budget.chosen or budget.smallest
+        budget.record(ran, 10 * budget.costs.plan_seconds(ran))
     assert budget.paused and budget.status()["planning"] == "paused"
     assert "smallest plan (2 candidates x 1 step, world model 1, value 1, no frames)" in budget.describe()
     # paused: one probe with the smallest plan, then nothing until probe_every_s has passed

@@ -160,7 +160,8 @@ def test_conditioning_latents_ignore_later_pixels(policy, cond):
 
 
 def test_only_the_conditioning_frames_are_encoded_and_nothing_changes(policy, obs):
-    """17 of the 41 pixel frames: the latents, actions, value and decoded frames of the whole-clip encode, bit for bit."""
+    """17 of the 41 pixel frames: the latents, actions, value and decoded frames of the whole-clip encode, bit
+    for bit."""
     lay = policy.layout
     whole = policy.with_config(vae_encode_whole_clip=True)
     cond, cond_whole = policy.encode_observation(obs), whole.encode_observation(obs)

@@ -403,7 +403,8 @@ class CosmosPolicy:
         total = 1 + (clip_B_T_H_W_3.shape[1] - 1) // lay.duplicates_per_image
         wanted = total if latent_frames is None else latent_frames
         if not 0 < wanted <= total:
-            raise ShapeError(f"cannot encode {wanted} latent frames of a clip of {clip_B_T_H_W_3.shape[1]} pixel frames")
+            raise ShapeError(f"cannot encode {wanted} latent frames of a clip of {clip_B_T_H_W_3.shape[1]} "
+                             "pixel frames")
         if self._vae_encoder is None:
             latents, stream = self._encode_eager(clip_B_T_H_W_3, wanted)
             return ClipEncoding(self, clip_B_T_H_W_3, latents, stream)
@@ -443,7 +444,8 @@ class CosmosPolicy:
 
     @torch.no_grad()
     def encode_observation(self, obs: Observation) -> ConditioningCache:
-        """Preprocess + the causal VAE encode of the clip's conditioning frames (reference §2.2): the shared conditioning."""
+        """Preprocess + the causal VAE encode of the clip's conditioning frames (reference §2.2): what every role
+        conditions on."""
         t0 = self._tick()
         lay = self.layout
         text = self.text_embedding(obs.task).to(self.device)
