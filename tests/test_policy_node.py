@@ -235,11 +235,11 @@ def test_composed_bringup_with_policy(ros_env, tmp_path, checkpoint_64):
     (the lifecycle manager starts the executor once the policy is warm)."""
     summary, log = run_monitored_bringup(
         ros_env, tmp_path, ["--sim", "--checkpoint", str(checkpoint_64), "--image-height", "224",
-                            "--image-width", "224"], seconds=45, skip=20)
+                            "--image-width", "224"], seconds=45, skip=5)
     assert "bringup: aloha_sim, policy, executor, lifecycle_manager" in log
     topics = summary["topics"]
     chunks = topics["cosmos/action_chunk"]
-    assert chunks["count"] >= 5, (chunks, log[-3000:])
+    assert chunks["count"] >= 3, (chunks, log[-3000:])   # whole chunks: one per ~2 s once the policy is warm
     assert chunks["latency_ms_p99"] < 2000.0, chunks           # within the executor's max_chunk_age_s
     for cam in CAMERAS:
         assert topics[f"cosmos/predicted/{cam}"]["shapes"] == [[64, 64]], cam
