@@ -1,6 +1,7 @@
 """The ROS 2 graph for real: composed sim bringup rates, and the executor's safety behaviour across processes."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -194,3 +195,25 @@ def test_executor_nan_rejection_source_loss_and_estop(ros_env, probe):
     assert executor.returncode == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     assert "E-STOP engaged" in log and "E-STOP cleared" in log
+
+
+def test_a_namespace_moves_the_whole_graph(ros_env, tmp_path):
+    """`--namespace left_cell`: sensors, chunks and commands flow under /left_cell; the root stays empty."""
+    seconds = 20
+    bringup = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from cosmos_policy_core.cli import main; sys.exit(main())", "bringup",
+         "--namespace", "left_cell", "--image-height", "96", "--image-width", "128", "--seconds", str(seconds)],
+        env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    monitors = {ns: subprocess.Popen(
+        [sys.executable, "-m", "cosmos_aloha.graph_monitor", "--seconds", str(seconds - 3), "--skip", "4",
+         "--namespace", ns, "--json", str(tmp_path / f"{ns or 'root'}.json")], env=ros_env)
+        for ns in ("left_cell", "")}
+    log, _ = bringup.communicate(timeout=seconds + 90)
+    for monitor in monitors.values():
+        assert monitor.wait(timeout=90) == 0
+    assert bringup.returncode == 0 and "Traceback" not in log, log[-3000:]
+    cell = json.loads((tmp_path / "left_cell.json").read_text())["topics"]
+    root = json.loads((tmp_path / "root.json").read_text())["topics"]
+    assert cell["cosmos/action_chunk"]["count"] >= 5, cell["cosmos/action_chunk"]
+    assert cell["cosmos/joint_command"]["count"] >= 50 and cell["joint_states"]["count"] >= 50
+    assert all(t["count"] == 0 for t in root.values()), {k: v["count"] for k, v in root.items() if v["count"]}
