@@ -83,6 +83,8 @@ def test_missing_node_modules_are_skipped_with_a_reason(ckpt):
     ({"namespace": "3cell"}, ["namespace:='3cell'"]),
     ({"namespace": "a//b"}, ["namespace:='a//b'"]),
     ({"temporal_ensemble": "sometimes"}, ["temporal_ensemble:='sometimes'"]),
+    ({"denoising_steps": "0"}, ["denoising_steps:='0'", "positive integer"]),
+    ({"denoising_steps": "ten"}, ["denoising_steps:='ten'"]),
 ])
 def test_bad_launch_arguments_name_the_argument_and_what_is_wrong(args, words):
     with pytest.raises(graph.GraphArgumentError) as info:
@@ -125,8 +127,10 @@ def test_launch_arguments_reach_node_parameters(ckpt):
                                               available=every_module).nodes}
     assert ensemble["policy"].parameters["execution"] == "temporal_ensemble"
     assert ensemble["executor"].parameters["temporal_ensemble"] is True
-    quiet = graph.plan({"checkpoint": ckpt, "predicted_images": "false"}, available=every_module).nodes
+    quiet = graph.plan({"checkpoint": ckpt, "predicted_images": "false", "denoising_steps": "1"},
+                       available=every_module).nodes
     assert next(n for n in quiet if n.name == "policy").parameters["return_future_images"] is False
+    assert next(n for n in quiet if n.name == "policy").parameters["num_steps"] == 1   # else the deploy section's
     assert "temporal_ensemble:=true" in graph.ros_arguments(ensemble["executor"])
     assert f"node_names:=[{', '.join(n for n in ensemble if n != MANAGER)}]" in graph.ros_arguments(ensemble[MANAGER])
     argv = graph.ros_arguments(nodes["aloha_sim"])

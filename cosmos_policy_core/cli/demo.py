@@ -52,7 +52,7 @@ def _run(args) -> int:
                  "with temporal ensembling" if args.temporal_ensemble == "true" else "in whole chunks"))
         # No viewer here: decoding the predicted frames would only space the chunks out on a CPU.
         arguments.update(checkpoint=str(checkpoint), replay="false", temporal_ensemble=args.temporal_ensemble,
-                         predicted_images="false")
+                         predicted_images="false", denoising_steps=str(args.denoising_steps or ""))
     else:
         rollout = scripted_rollout(args.task, args.seed)
         trajectory = work / "scripted_actions.npy"
@@ -106,6 +106,9 @@ def register(subparsers) -> None:
     parser.add_argument("--temporal-ensemble", default="auto", choices=("auto", "true", "false"),
                         help="executor averages the live chunks and the policy queries every few steps (auto: as "
                              "the checkpoint's deploy section says)")
+    parser.add_argument("--denoising-steps", type=int, default=1,
+                        help="denoising steps per chunk (default 1: on a CPU the checkpoint's 10 would make every "
+                             "chunk arrive many control steps late; 0 = the checkpoint's deploy section)")
     # The policy sees 224x224; rendering 480x640 in software GL costs more than 2 cores can spare.
     parser.add_argument("--image-height", type=int, default=224)
     parser.add_argument("--image-width", type=int, default=224)

@@ -113,6 +113,11 @@ def _via(check: Callable[[str, str], object]) -> Callable[[str, str], None]:
     return run
 
 
+def _optional_positive_int(name: str, value: str) -> None:
+    if value.strip():
+        _positive_int(name, value)
+
+
 def _quality(name: str, value: str) -> None:
     if value.strip() and (not value.strip().isdigit() or not 1 <= int(value) <= 100):
         raise GraphArgumentError(f"launch argument {name}:={value!r} must be an integer in 1..100 (or empty)")
@@ -147,6 +152,8 @@ LAUNCH_ARGUMENTS = (
     LaunchArgument("predicted_images", "true",
                    "the policy decodes and publishes its predicted frames (for rviz; on a CPU it costs more than the "
                    "chunk)", _boolean),
+    LaunchArgument("denoising_steps", "", "denoising steps per policy chunk; empty = the checkpoint's deploy "
+                   "section (1 keeps a chunk within a few control periods on a CPU)", _optional_positive_int),
     LaunchArgument("temporal_ensemble", "auto",
                    "auto: as the checkpoint's deploy section says; true: the executor averages every live chunk "
                    "(ACT's temporal ensembling) and the policy queries every few steps; false: whole chunks",
@@ -209,7 +216,8 @@ NODES = (
              "aloha_driver.yaml", managed=True),
     NodeSpec("policy", "cosmos_aloha.policy_node",
              lambda a: bool(a["checkpoint"]) and not is_true(a["teleop"]), "checkpoint given",
-             "policy.yaml", {"checkpoint": "checkpoint", "engine": "engine", "return_future_images": "predicted_images"},
+             "policy.yaml", {"checkpoint": "checkpoint", "engine": "engine", "return_future_images": "predicted_images",
+                             "num_steps": "denoising_steps"},
              managed=True, respawn=True),
     NodeSpec("planner", "cosmos_aloha.planner_node",
              lambda a: bool(a["checkpoint"]) and is_true(a["planner"]) and not is_true(a["teleop"]),
@@ -287,7 +295,7 @@ def module_available(module: str) -> bool:
 
 
 def _parameter_value(arg: str, value: str) -> object:
-    if arg in ("image_height", "image_width", "seed"):
+    if arg in ("image_height", "image_width", "seed", "denoising_steps"):
         return int(value)
     if arg == "predicted_images":
         return is_true(value)
