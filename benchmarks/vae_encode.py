@@ -77,7 +77,7 @@ def compare_policy_encode(checkpoint: Path | None, repeats: int, steps: int) -> 
         path = checkpoint or build_random_checkpoint(Path(tmp) / "tiny224", text_len=16)
         policy = CosmosPolicy.from_checkpoint(path)
     policies = {"truncated": policy, "whole_clip": policy.with_config(vae_encode_whole_clip=True)}
-    obs = random_observation(policy.layout, stats=policy.stats, seed=1)
+    obs = random_observation(policy.layout, stats=policy.stats, task=policy.known_tasks[0], seed=1)
     same_actions = True
     stages = ("vae_encode", "chunk", "chunk_with_decode")
     runs = {name: {f"{k}{unit}": [] for k in stages for unit in ("", "_cpu")} for name in policies}

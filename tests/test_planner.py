@@ -179,7 +179,7 @@ def _fake_costs():
 #   requested: actions 8 rows x 10 + world model 8 x (1+3+5) + value 24 x (1+1+3+4+5) = 488 -> 5.13 s
 #   no frames 4.98; value 3 [1,3,5]: 80 + 72 + 24 x 9 = 368 -> 3.78; value 2 [1,5]: 296 -> 3.06;
 #   value 1: 176 -> 1.86; world model 2 [1,5]: 80 + 8 x 6 + 16 = 144 -> 1.54; world model 1: 96 -> 1.06;
-#   steps 5: 56 -> 0.66; steps 3: 40 -> 0.50; steps 2 (= 1 evaluation): 24 -> 0.34; steps 1: 0.34;
+#   steps 5: 56 -> 0.66; steps 3: 40 -> 0.50; steps 1 (2 is the same sampler, skipped): 24 -> 0.34;
 #   then 3 row-evaluations per candidate: 7 -> 0.31, 6 -> 0.28, 5 -> 0.25, 4 -> 0.22, 3 -> 0.19, 2 -> 0.16.
 CHOICES = [
     (10.0, dict(num_candidates=8, action_steps=10, world_model_samples=3, value_samples=5, return_future_images=True),
