@@ -170,18 +170,18 @@ def measure_plan_costs(policy: CosmosPolicy, observation: Observation, config: P
                        clock: Callable[[], float] = time.perf_counter) -> PlanCosts:
     """Times, on this machine, what `config`'s plan and every cut of it are made of: an encode of `observation`,
     one network evaluation of each model at 1, 2, 4, ... rows up to the largest call of `config`, and the
-    decode of one predicted frame set. Each kind of call runs once untimed first (warm-up, kernel choice), then
-    twice, and the faster time counts (a busy moment of a shared machine is not the cost)."""
+    decode of one predicted frame set. Each runs twice and the faster time counts: the first run also warms
+    up (allocations, kernel choice), and a busy moment of a shared machine is not the cost."""
 
-    def timed(fn) -> float:
-        times = []
+    def timed(fn):
+        best, out = float("inf"), None
         for _ in range(2):
             _sync(policy)
             t0 = clock()
-            fn()
+            out = fn()
             _sync(policy)
-            times.append(clock() - t0)
-        return min(times)
+            best = min(best, clock() - t0)
+        return best, out
 
     sample_batch = policy.config.sample_batch
 
@@ -190,23 +190,23 @@ def measure_plan_costs(policy: CosmosPolicy, observation: Observation, config: P
 
     largest = max(rows for c in plan_ladder(config) for _, rows, _ in network_calls(c, evaluations, sample_batch))
     points = sorted({2 ** k for k in range(largest.bit_length()) if 2 ** k <= largest} | {largest})
-    policy.encode_observation(observation)
-    encode_s = timed(lambda: policy.encode_observation(observation))
-    cond = policy.encode_observation(observation)
+    encode_s, cond = timed(lambda: policy.encode_observation(observation))
     models = ("policy", "planning") if policy.planning_denoiser is not None else ("policy",)
     eval_s: dict[str, dict[int, float]] = {}
+    latent = None
     for model in models:
-        def evaluate(rows: int, model=model) -> None:
-            policy.sample_role(cond, "policy", cond.gt_1_C_T_H_W, list(range(rows)), 1, model=model)
+        def evaluate(rows: int, model=model) -> torch.Tensor:
+            return policy.sample_role(cond, "policy", cond.gt_1_C_T_H_W, list(range(rows)), 1, model=model)
 
-        evaluate(points[0])
-        measured = [timed(lambda rows=rows: evaluate(rows)) for rows in points]
+        measured = []
+        for rows in points:
+            seconds, out = timed(lambda rows=rows: evaluate(rows))
+            measured.append(seconds)
+            latent = out[:1] if latent is None else latent
         # More rows never cost less; a noisy measurement that says so would make a larger plan look cheaper.
         eval_s[model] = {rows: max(measured[:i + 1]) for i, rows in enumerate(points)}
     eval_s.setdefault("planning", eval_s["policy"])
-    latent = policy.sample_actions(cond, [0], 1)
-    policy.decode_future_images(cond, latent)
-    decode_s = timed(lambda: policy.decode_future_images(cond, latent))
+    decode_s, _ = timed(lambda: policy.decode_future_images(cond, latent))
     costs = PlanCosts(encode_s, eval_s, decode_s, policy.diffusion, sample_batch)
     log.info("plan costs: encode %.0f ms, decode %.0f ms, one evaluation %s", encode_s * 1e3, decode_s * 1e3,
              "; ".join(f"{m}: " + ", ".join(f"{r} rows {t * 1e3:.0f} ms" for r, t in table.items())
