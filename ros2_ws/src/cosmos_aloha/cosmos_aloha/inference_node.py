@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
@@ -53,6 +54,8 @@ COMMON_PARAMETERS = (
     Param("step_hz", aloha.CONTROL_HZ, "chunk step rate (the executor's control_hz)"),
     Param("nice", 5, "CPU niceness added to the whole process (0 = unchanged): on a shared CPU the model calls "
                       "yield to the sensors, the driver and the executor, which must keep their rate"),
+    Param("torch_threads", 0, "intra-op threads of the model's torch calls on a CPU (0 = torch's default, one per "
+                              "core); model processes that each take every core spin against each other"),
 )
 
 
@@ -130,6 +133,8 @@ class InferenceNode(ManagedNode):
         self._step_ns = int(round(1e9 / float(self.p.step_hz)))
         if int(self.p.nice) > 0:
             os.nice(int(self.p.nice))
+        if int(self.p.torch_threads) > 0:
+            torch.set_num_threads(int(self.p.torch_threads))
 
     # -- subclass hooks ---------------------------------------------------------------------------------
     def load(self) -> CosmosPolicy:

@@ -18,7 +18,7 @@ from cosmos_aloha.image_transport import ImagePublisher
 from cosmos_aloha.inference_node import COMMON_PARAMETERS, InferenceNode, Job, load_policy
 from cosmos_aloha.markers import value_marker
 from cosmos_aloha.node_runtime import run_node
-from cosmos_aloha.parameters import Param
+from cosmos_aloha.parameters import Param, replaced
 from cosmos_aloha.qos import profile
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.runtime.plan_budget import PlanBudget, measure_plan_costs
@@ -27,7 +27,9 @@ from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation
 
 _REF = PlannerConfig()
 PARAMETERS = (
-    *COMMON_PARAMETERS,
+    # One thread: the planner works in the policy's slack, and on a small CPU a planner taking every core
+    # made one network evaluation ~100x slower (benchmarks/RESULTS.md, "The planner node's budget").
+    *replaced(COMMON_PARAMETERS, torch_threads=1),
     Param("planning_checkpoint", "", "fine-tuned planning model for world model + value (\"\" = the policy network)"),
     Param("num_candidates", _REF.num_candidates, "N of best-of-N, batched; candidates use seeds seed .. seed + N - 1"),
     Param("action_steps", _REF.action_steps, "denoising steps of each action candidate"),
