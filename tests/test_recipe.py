@@ -102,6 +102,15 @@ def test_a_recipe_runs_every_step_resumes_after_a_failure_and_writes_the_deploye
     assert real_main(["recipe", str(recipe), "--out", str(work)]) == 0
     assert "4 of 4 steps finished" in capsys.readouterr().out
 
+    # --from b: b runs again from scratch (its old run directory removed, no --resume), nothing before it.
+    calls.clear()
+    (work / "b" / "left_over").write_text("from the earlier run")
+    monkeypatch.setattr(cli, "main", lambda argv: calls.append(argv) or real_main(argv))
+    assert real_main(["recipe", str(recipe), "--out", str(work), "--from", "b"]) == 0
+    assert "b: removing" in capsys.readouterr().out
+    assert len(calls) == 1 and "--resume" not in calls[0]
+    assert not (work / "b" / "left_over").exists() and load_checkpoint_dir(final).metadata["step"] == 2
+
 
 def test_dry_run_lists_the_commands_and_what_is_finished(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path / "r")

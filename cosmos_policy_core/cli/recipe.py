@@ -46,17 +46,25 @@ def _plan(recipe, work: Path, from_step: str | None) -> tuple[int, int]:
     return finished, min(finished, recipe.steps.index(recipe.step(from_step)))
 
 
+def _resumes(recipe, i: int, start: int, work: Path, from_step: str | None) -> bool:
+    """Only the first step to run may continue a part-way run, and not when --from asks to run it again."""
+    step = recipe.steps[i]
+    return i == start and from_step != step.name and recipe.can_resume(step, work)
+
+
 def _describe(recipe, step, work: Path, resume: bool) -> str:
     lines = [f"  # {step.note}"] if step.note else []
     lines.append("  " + shlex.join(["cosmos-aloha", *recipe.command(step, work, resume=resume)]))
     return "\n".join(lines)
 
 
-def _dry_run(recipe, work: Path, finished: int, start: int) -> int:
+def _dry_run(recipe, work: Path, finished: int, start: int, from_step: str | None) -> int:
     total = len(recipe.steps)
     print(f"recipe {recipe.name}: {total} steps, {finished} finished in {work}")
+    if recipe.description:
+        print(recipe.description)
     for i, step in enumerate(recipe.steps):
-        resume = i == start and recipe.can_resume(step, work)
+        resume = _resumes(recipe, i, start, work, from_step)
         state = ("finished" if i < start else
                  "continues from its last checkpoint" if resume else "to run")
         print(f"[{i + 1}/{total}] {step.name} ({state})")
@@ -78,7 +86,7 @@ def _recipe(args) -> int:
     _check_options(recipe, work)
     finished, start = _plan(recipe, work, args.from_step)
     if args.dry_run:
-        return _dry_run(recipe, work, finished, start)
+        return _dry_run(recipe, work, finished, start, args.from_step)
 
     total = len(recipe.steps)
     work.mkdir(parents=True, exist_ok=True)
@@ -93,11 +101,11 @@ def _recipe(args) -> int:
     for i in range(start, total):
         step = recipe.steps[i]
         out = work / step.name
-        resume = i == start and args.from_step != step.name and recipe.can_resume(step, work)
+        resume = _resumes(recipe, i, start, work, args.from_step)
         if resume:
             print(f"{step.name}: continuing from its last checkpoint in {out}")
         elif out.exists():
-            print(f"{step.name}: removing the unfinished output {out} to start it again")
+            print(f"{step.name}: removing {out} (left by an earlier run) to run the step afresh")
             if out.is_dir():
                 shutil.rmtree(out)
             else:
@@ -109,8 +117,9 @@ def _recipe(args) -> int:
         rc = main(["-v", *argv] if args.verbose else argv)
         seconds = time.perf_counter() - begin
         if rc != 0:
+            again = shlex.join(["cosmos-aloha", "recipe", str(args.recipe), "--out", str(work)])
             print(f"error: recipe step {step.name!r} failed (exit {rc}) after {seconds / 60:.1f} min; {i} of {total} "
-                  f"steps finished. Fix the cause and run the same command again: it resumes at {step.name}.",
+                  f"steps finished. Fix the cause and run `{again}` again: it resumes at {step.name}.",
                   file=sys.stderr)
             return rc
         recipe.mark_finished(step, work, argv, seconds)

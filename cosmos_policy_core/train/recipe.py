@@ -1,33 +1,32 @@
 """Training recipes: the `cosmos-aloha` commands that produce a checkpoint, in order, and how it is deployed.
+`cosmos-aloha recipe FILE --out WORK` runs one (cli/recipe.py).
 
-A recipe is a JSON file; `cosmos-aloha recipe FILE --out WORK` runs it (cli/recipe.py):
+A recipe is a JSON object:
 
-    {
-      "name": "my_policy",                      # the checkpoint is written to WORK/my_policy
-      "description": "...",                     # optional, for people
-      "steps": [
-        {"name": "demos", "run": "sim demos", "args": {"task": "transfer_cube", "episodes": 40, "raw": true}},
-        {"name": "vae", "run": "train-vae", "args": {"data": "@demos", "config": "small", "steps": 1357}},
-        {"name": "stage1", "run": "train", "note": "why this step is here",
-         "args": {"data": "@demos", "config": "stage1_train_config.json", "vae": "@vae"}},
-        {"name": "stage2", "run": "train",
-         "args": {"data": "@demos", "config": "stage2_train_config.json", "vae": "@vae", "init": "@stage1",
-                  "steps": 600}}
-      ],
-      "deploy": {"execution": "temporal_ensemble", "ensemble_decay": 0.01, "query_every_steps": 5,
-                 "num_steps": 10, "crop_area": null}
-    }
+    {"name": "my_policy",
+     "description": "what it makes",
+     "steps": [
+       {"name": "demos", "run": "sim demos", "args": {"task": "transfer_cube", "episodes": 40, "raw": true}},
+       {"name": "vae", "run": "train-vae", "args": {"data": "@demos", "config": "small", "steps": 1357}},
+       {"name": "stage1", "run": "train", "note": "why this step is here",
+        "args": {"data": "@demos", "config": "stage1_train_config.json", "vae": "@vae"}},
+       {"name": "stage2", "run": "train",
+        "args": {"data": "@demos", "config": "stage2_train_config.json", "vae": "@vae", "init": "@stage1",
+                 "steps": 600}}],
+     "deploy": {"execution": "temporal_ensemble", "ensemble_decay": 0.01, "query_every_steps": 5,
+                "num_steps": 10, "crop_area": null}}
 
 Each step runs one command (`run`: one of STEP_KINDS) with `args` spelled as its command-line options
 without the leading dashes: a string or number becomes `--key value`, `true` a bare `--key`, `false` or
-`null` leaves the option out. Its output is WORK/<step name> (the runner passes `--out`). A value `"@name"`
-is the output of the earlier step `name`: a demos or VAE directory, or for a `train` step its final model
-(WORK/<name>/model). Relative paths are relative to the recipe file's directory. The last step must be a
-`train` step: its model, with the recipe's `deploy` section (checkpoint.DeploySettings) and the list of
-commands in its metadata, becomes WORK/<recipe name>.
+`null` leaves the option out; `note` (optional) is shown with the command. A step's output is
+WORK/<step name> (the runner passes `--out`). A value `"@name"` is the output of the earlier step `name`: a
+demos or VAE directory, or for a `train` step its final model (WORK/<name>/model). Relative paths are
+relative to the recipe file's directory. The last step must be a `train` step: its model, with the recipe's
+`deploy` section (checkpoint.DeploySettings) and the commands that ran in its metadata, becomes
+WORK/<recipe name>.
 
-A finished step leaves WORK/<step name>.done (what ran, how long); a run that stops resumes after the last
-finished step, and a `train` step that stopped part-way continues from its last checkpoint (`--resume`).
+A finished step leaves WORK/<step name>.done (its command and duration); a run that stops resumes after the
+last finished step, and a `train` step that stopped part-way continues from its last checkpoint (`--resume`).
 """
 from __future__ import annotations
 
