@@ -4,7 +4,8 @@
 
 1. Link runs (sim 480x640, replayed chunks on the GPU side, an image probe there taking the images raw or
    compressed): image latency across the link, bytes/s on the veth, recovery after a 2 s link outage.
-2. Policy runs (the shipped policy on the GPU side with the demo's settings: 224x224 sim, predicted frames off):
+2. Policy runs (the shipped policy on the GPU side with the demo's settings: 224x224 sim, predicted frames off,
+   1 denoising step):
    observation -> chunk latency on the robot, bytes/s, sim success of the scene, per seed, raw and compressed.
 Both namespaces share the machine's clock, so latencies across the link are exact. Uses tests/two_hosts.py.
 """
@@ -83,11 +84,11 @@ def _sim_ticks(log: str) -> list[float]:
     return [float(x) for x in re.findall(r"sim tick \(physics \+ render \+ publish\) mean ([0-9.]+) ms", log)]
 
 
-def policy_run(h, transport: str, seed: int, seconds: float, size: int, work: Path) -> dict:
+def policy_run(h, transport: str, seed: int, seconds: float, size: int, steps: int, work: Path) -> dict:
     """transport raw / compressed across the hosts, or "one_host" (the whole graph on the robot side, raw)."""
     scene = ["--seed", str(seed), "--image-height", str(size), "--image-width", str(size),
              "--checkpoint", str(CKPT)]
-    policy = ["--arg", "predicted_images:=false"]
+    policy = ["--arg", "predicted_images:=false", "--arg", f"denoising_steps:={steps}"]
     with h.TwoHosts() as hosts:
         run = h.run_split_graph(hosts, work, _env(),
                                 robot_args=[*scene, *policy] if transport == "one_host" else scene,
@@ -97,7 +98,8 @@ def policy_run(h, transport: str, seed: int, seconds: float, size: int, work: Pa
     ph, obs = run["phases"], run["observer"]
     latency = h.chunk_latency_ms(obs, ph["steady_ns"], ph["end_ns"])
     sim = obs["sim"]
-    return {"transport": transport, "seed": seed, "image_size": size, "success": sim["success"],
+    return {"transport": transport, "seed": seed, "image_size": size, "denoising_steps": steps,
+            "success": sim["success"],
             "max_reward": sim["max_reward"],
             "success_after_s": None if not sim["success"] else (sim["success_ns"] - ph["steady_ns"]) / 1e9,
             "chunks": len(latency), "chunk_latency_ms_p50": _pct(latency, 50),
@@ -113,6 +115,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4], help="policy runs (none: skip)")
     ap.add_argument("--seconds", type=float, default=30.0, help="policy run length after the executor plays")
     ap.add_argument("--image-size", type=int, default=224, help="policy runs: sim camera size (the demo's)")
+    ap.add_argument("--denoising-steps", type=int, default=1,
+                    help="policy runs: denoising steps per chunk (the demo's 1; the checkpoint deploys 10)")
     ap.add_argument("--one-host", action="store_true", help="also the policy runs with the whole graph on one side")
     ap.add_argument("--work", default=None, help="keep each run's logs and JSON here (default: a temporary directory)")
     ap.add_argument("--torch-threads", type=int, default=0,
@@ -149,7 +153,7 @@ def main() -> int:
             for transport in [*args.transports, *(["one_host"] if args.one_host else [])]:
                 work = Path(tmp) / f"policy_{transport}_{seed}"
                 work.mkdir(parents=True)
-                r = policy_run(h, transport, seed, args.seconds, args.image_size, work)
+                r = policy_run(h, transport, seed, args.seconds, args.image_size, args.denoising_steps, work)
                 result["policy"].append(r)
                 print(f"policy {transport} seed {seed}: {'SUCCESS' if r['success'] else 'fail'} (max reward "
                       f"{r['max_reward']}), {r['chunks']} chunks, obs -> chunk p50 {r['chunk_latency_ms_p50']} ms p99 "

@@ -110,7 +110,8 @@ def test_a_chunk_stamped_ahead_by_a_skewed_clock_is_refused_with_a_diagnostic(re
 
 
 def _scene(seed: int = 0) -> list[str]:
-    """The demo's scene (`cosmos-aloha demo`: 224x224 sim, the shipped checkpoint's deploy settings)."""
+    """The demo's scene (`cosmos-aloha demo`: 224x224 sim, the shipped checkpoint's execution; the GPU side adds the
+    demo's 1 denoising step)."""
     return ["--seed", str(seed), "--image-height", "224", "--image-width", "224", "--checkpoint", str(CKPT)]
 
 
@@ -128,7 +129,8 @@ def _fresh_env() -> dict:
 def test_the_shipped_policy_solves_the_demo_scene_across_hosts_on_jpeg(namespaces_ok, tmp_path):
     with TwoHosts() as hosts:
         run = run_split_graph(hosts, tmp_path, _fresh_env(), robot_args=_scene(),
-                              gpu_args=[*_scene(), "--arg", "predicted_images:=false"], steady_s=40.0, outage_s=0.0)
+                              gpu_args=[*_scene(), "--arg", "predicted_images:=false", "--arg", "denoising_steps:=1"],
+                              steady_s=40.0, outage_s=0.0)
     obs, ph = run["observer"], run["phases"]
     latency = chunk_latency_ms(obs, ph["steady_ns"], ph["end_ns"])
     assert len(latency) >= 10, run["gpu_log"][-3000:]
