@@ -24,11 +24,12 @@ def test_arm_rules_name_all_four_ports_with_a_1ms_latency_timer():
 
 
 def test_camera_rules_match_the_cameras_node_defaults():
-    from cosmos_aloha.cameras_node import DEFAULTS
+    from cosmos_aloha.cameras_node import PARAMETERS
 
+    devices = next(p.default for p in PARAMETERS if p.name == "devices")
     lines = rules("99-aloha-cameras.rules")
     links = {"/dev/" + re.search(r'SYMLINK\+="([^"]+)"', line).group(1) for line in lines}
-    assert set(DEFAULTS["devices"]) <= links
+    assert len(devices) == 3 and set(devices) <= links
     assert all('ATTR{index}=="0"' in line for line in lines)
 
 

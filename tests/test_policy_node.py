@@ -246,9 +246,9 @@ def test_composed_bringup_with_policy(ros_env, tmp_path, checkpoint_64):
     assert summary["executor"]["message"] in ("playing", "blending"), summary["executor"]
     assert summary["command_finite"] is True
     assert summary["command_step_max"] <= SafetyConfig.aloha_vx300s().max_step.max() + 1e-9
+    assert_sensor_rates(topics, log)   # skips here when the sim shows a starved CPU: then no rate holds
     commands = topics["cosmos/joint_command"]
     assert commands["rate_hz"] == pytest.approx(25.0, rel=0.05), commands
-    assert_sensor_rates(topics, log)
 
 
 def test_temporal_ensemble_makes_the_policy_query_every_few_steps():

@@ -191,14 +191,17 @@ def test_a_killed_policy_respawns_and_sigint_to_launch_alone_stops_every_node_on
         ros2, install, ros_env, tmp_path):
     """First the policy is killed (-9): launch restarts it after the back-off and the lifecycle manager brings
     it back. Then `kill -INT <launch pid>` with two busy processes besides: launch forwards the SIGINT; the
-    policy, in the middle of a model call, ends within the grace period and exits 0 (no abort, no traceback)."""
+    policy, in the middle of a model call, ends within the grace period and exits 0 (no abort, no traceback).
+
+    The busy processes start once every node runs: on some virtual machines a process starting while both
+    CPUs spin (`import torch` pins its main thread to each CPU in turn) can wait in the kernel indefinitely."""
     from cosmos_policy_core.testing import build_random_checkpoint
 
     ckpt = build_random_checkpoint(tmp_path / "ckpt", image_size=64, tasks=("transfer the cube",))
     env = launch_env(ros_env, install)
     launch = Launch(ros2, env, f"checkpoint:={ckpt}", "image_height:=96", "image_width:=128",
                     "predicted_images:=false", "temporal_ensemble:=true")
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    hogs: list[subprocess.Popen] = []
     stopped = False
     try:
         assert launch.wait_for(r"\[policy-\d+\].*chunk 3: observation -> chunk", 300), launch.text[-4000:]
@@ -207,6 +210,8 @@ def test_a_killed_policy_respawns_and_sigint_to_launch_alone_stops_every_node_on
         assert launch.wait_for(r"cosmos_aloha: policy exited \(code -9\); restarting it in \d+ s", 60), launch.text[-4000:]
         assert launch.wait_for(rf"policy: restarted \(pid {first} -> \d+", 240), launch.text[-4000:]
         assert launch.wait_for(r"\[policy-\d+\].*policy\]: chunk 1: observation -> chunk", 240), launch.text[-4000:]
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+        assert launch.wait_for(r"\[policy-\d+\].*policy\]: chunk 3: observation -> chunk", 120), launch.text[-4000:]
         seconds = launch.stop(group=False)
         stopped = True
     finally:

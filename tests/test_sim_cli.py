@@ -10,7 +10,7 @@ import cosmos_policy_core.sim  # noqa: F401  (selects MUJOCO_GL=egl before mujoc
 
 pytest.importorskip("mujoco")
 pytest.importorskip("gym_aloha")
-pytest.importorskip("h5py")
+h5py = pytest.importorskip("h5py")
 
 from cosmos_policy_core.cli import main  # noqa: E402
 from cosmos_policy_core.data.episode import CAMERAS, Episode, read_episode_hdf5  # noqa: E402
@@ -29,7 +29,9 @@ def test_demos_command_writes_a_readable_episode_and_report(tmp_path, capsys):
     assert ep.qpos.shape == ep.action.shape == (200, 14)
     assert ep.fps == 25 and ep.sim and ep.success
     assert ep.task == get_task("transfer_cube").description
-    assert ep.attrs["seed"] == 0 and bool(ep.attrs["compress"])
+    assert ep.attrs["seed"] == 0
+    with h5py.File(tmp_path / "episode_0.hdf5", "r") as f:
+        assert bool(f.attrs["compress"]) and "compress_len" in f   # JPEG frames by default (--raw: arrays)
     report = json.loads((tmp_path / "demos_report.json").read_text())
     assert report["attempted"] == 1 and report["kept"] == 1 and report["success_rate"] == 1.0
     assert report["per_seed"][0]["file"] == "episode_0.hdf5"

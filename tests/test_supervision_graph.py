@@ -132,7 +132,8 @@ def test_a_killed_or_hung_policy_never_stops_the_robot_side(ros_env_in_process, 
         observer.spin(3.0)
         assert re.search(r"policy exited \(code -9\); restarting it in \d+ s", log()), log()[-4000:]
         assert pid("policy") != first_policy
-        assert observer.said(r"policy: no heartbeat for", t_kill), observer.events
+        # On /diagnostics as a restart (a respawn quicker than heartbeat_timeout_s is never reported silent;
+        # the hung case below checks that report).
         assert observer.said(rf"policy: restarted \(pid {first_policy} -> \d+", t_kill), observer.events
         assert {n: pid(n) for n in robot_side} == robot_side and bringup.poll() is None
         outage = observer.commands_between(t_kill, t_back)
