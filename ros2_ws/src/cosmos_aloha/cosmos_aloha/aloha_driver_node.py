@@ -120,14 +120,6 @@ class AlohaDriverNode(ManagedNode):
             self.get_logger().error(f"reading the arms to hold them failed: {exc}")
         return super().on_deactivate(state)
 
-    def on_cleanup(self, state):
-        self._release()
-        return super().on_cleanup(state)
-
-    def on_shutdown(self, state):
-        self._release()
-        return super().on_shutdown(state)
-
     def on_error(self, state):
         try:
             self._hold_position("error")
@@ -142,7 +134,7 @@ class AlohaDriverNode(ManagedNode):
         self.backend.write_command(self.backend.read_positions())
         self.get_logger().info(f"{why}: holding the current position (torque on)")
 
-    def _release(self) -> None:
+    def release(self) -> None:
         for pub in self._pubs:
             self.destroy_lifecycle_publisher(pub)
         self._pubs, self._arm_pubs = [], {}

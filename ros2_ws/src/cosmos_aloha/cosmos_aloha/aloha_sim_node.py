@@ -115,15 +115,7 @@ class AlohaSimNode(ManagedNode):
         self._publish(self._last_obs, self.get_clock().now().nanoseconds)
         return result
 
-    def on_cleanup(self, state):
-        self._release()
-        return super().on_cleanup(state)
-
-    def on_shutdown(self, state):
-        self._release()
-        return super().on_shutdown(state)
-
-    def _release(self) -> None:
+    def release(self) -> None:
         for pub in self._pubs:
             self.destroy_lifecycle_publisher(pub)
         self._pubs = []

@@ -93,21 +93,13 @@ class CamerasNode(ManagedNode):
                 self._stale_ticks[cam] = 0
         except Exception as exc:   # a missing or busy device: say which, leave nothing open
             self.get_logger().error(f"configure failed: {exc}")
-            self._release()
+            self.release()
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(f"cameras {list(p.cameras)} ({p.source}, {p.width}x{p.height}, {p.fourcc or 'default'})"
                                f" published at {float(p.publish_hz):g} Hz while active")
         return super().on_configure(state)
 
-    def on_cleanup(self, state):
-        self._release()
-        return super().on_cleanup(state)
-
-    def on_shutdown(self, state):
-        self._release()
-        return super().on_shutdown(state)
-
-    def _release(self) -> None:
+    def release(self) -> None:
         for grabber in self._grabbers.values():
             grabber.stop()
         for pub in (*(pub for image in self._image_pubs.values() for pub in image.publishers),

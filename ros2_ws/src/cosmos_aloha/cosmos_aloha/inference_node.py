@@ -173,11 +173,11 @@ class InferenceNode(ManagedNode):
             timings = self.warm_up(dummy_observation(self.policy, self.task))
         except (CosmosAlohaError, RuntimeError, OSError) as exc:  # bad files, engine, device, out of memory
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
-            self._release()
+            self.release()
             return TransitionCallbackReturn.FAILURE
         except Exception:   # a fault in the code: rclpy would swallow it silently, so show where it is
             self.get_logger().error(f"configure failed on an unexpected error:\n{traceback.format_exc()}")
-            self._release()
+            self.release()
             return TransitionCallbackReturn.ERROR
         self.obs_sync = ObservationSync(self, list(self.p.cameras), float(self.p.max_skew_ms),
                                         float(self.p.max_observation_age_ms), on_message=self._maybe_start,
@@ -207,14 +207,10 @@ class InferenceNode(ManagedNode):
         self._stop_worker()
         return super().on_deactivate(state)
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return super().on_cleanup(state)
-
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
+        result = super().on_shutdown(state)
         self.state_label = "finalized"
-        return super().on_shutdown(state)
+        return result
 
     def _stop_worker(self, timeout_s: float = 30.0) -> bool:
         """Stop the worker after its running job (up to `timeout_s`); False when the job still runs."""
@@ -227,7 +223,7 @@ class InferenceNode(ManagedNode):
             self.worker = None
         return stopped
 
-    def _release(self) -> None:
+    def release(self) -> None:
         self._stop_worker()
         if self.obs_sync is not None:
             self.obs_sync.destroy()

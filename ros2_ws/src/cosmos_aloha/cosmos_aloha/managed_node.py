@@ -68,6 +68,17 @@ class ManagedNode(LifecycleNode):
                                         "(see above); exiting so the graph does not run without this node")
                 raise SystemExit(1)
 
+    def release(self) -> None:
+        """Give back what configure acquired (devices, publishers, a model); called on cleanup and shutdown."""
+
+    def on_cleanup(self, state):
+        self.release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state):
+        self.release()
+        return super().on_shutdown(state)
+
     # -- heartbeat and status -------------------------------------------------------------------------
     def diagnostic_status(self) -> tuple[int, str, dict[str, str]]:
         """(level, message, values) of this node's status; the heartbeat adds the lifecycle state and pid."""
