@@ -38,12 +38,15 @@ def assert_sensor_rates(topics: dict, log: str) -> None:
     """Sensors at 25 Hz ±5 %, unless they miss it because the sim itself was CPU-starved (then skip).
 
     The sim's tick (2 physics steps + rendering 3 cameras in software GL + publishing) must fit the 40 ms
-    period; the sim logs its mean tick time, so a starved machine can be told apart from a graph fault.
-    Above 80 % of the period the CPU is the limit.
+    period; the sim logs its mean tick time, and says when it fell so far behind that it skipped ticks
+    (its compute plus the waits for a CPU shared with the models), so a starved machine can be told apart
+    from a graph fault. Above 80 % of the period, or with skipped ticks, the CPU is the limit.
     """
     ticks = [float(x) for x in re.findall(r"sim tick \(physics \+ render \+ publish\) mean ([0-9.]+) ms", log)]
     slow = {t: topics[t].get("rate_hz") for t in SENSOR_TOPICS
             if topics[t].get("rate_hz") != pytest.approx(25.0, rel=0.05)}
-    if slow and ticks and float(np.median(ticks)) > 32.0:
-        pytest.skip(f"CPU starved: sim tick means {ticks} ms for a 40 ms period; sensor rates {slow}")
+    skipped = "sim cannot keep" in log
+    if slow and ((ticks and float(np.median(ticks)) > 32.0) or skipped):
+        pytest.skip(f"CPU starved: sim tick means {ticks} ms for a 40 ms period"
+                    f"{', ticks skipped' if skipped else ''}; sensor rates {slow}")
     assert not slow, (slow, ticks)

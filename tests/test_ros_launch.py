@@ -27,6 +27,9 @@ ROS2_CLI = ROOT.parent / "shared" / "ros2-cli"
 SHIPPED = ROOT / "models" / "aloha_sim_transfer_cube_small"
 # No `ros2 daemon` left behind; discovery of a busy graph from a fresh process takes a few seconds.
 DIRECT = ("--no-daemon", "--spin-time", "10")
+# A busy process: computes for 20 ms, then sleeps 1 ms (about 95 % of a CPU).
+BUSY = "import time\nwhile True:\n    end = time.perf_counter() + 0.02\n    while time.perf_counter() < end: pass\n" \
+       "    time.sleep(0.001)"
 
 
 def _ros2() -> str | None:
@@ -193,8 +196,8 @@ def test_a_killed_policy_respawns_and_sigint_to_launch_alone_stops_every_node_on
     it back. Then `kill -INT <launch pid>` with two busy processes besides: launch forwards the SIGINT; the
     policy, in the middle of a model call, ends within the grace period and exits 0 (no abort, no traceback).
 
-    The busy processes start once every node runs: on some virtual machines a process starting while both
-    CPUs spin (`import torch` pins its main thread to each CPU in turn) can wait in the kernel indefinitely."""
+    The busy processes start once every node runs and give the CPU up for 1 ms in every 20: on some virtual
+    machines two processes that never give it up starve every other runnable process for minutes."""
     from cosmos_policy_core.testing import build_random_checkpoint
 
     ckpt = build_random_checkpoint(tmp_path / "ckpt", image_size=64, tasks=("transfer the cube",))
@@ -210,7 +213,7 @@ def test_a_killed_policy_respawns_and_sigint_to_launch_alone_stops_every_node_on
         assert launch.wait_for(r"cosmos_aloha: policy exited \(code -9\); restarting it in \d+ s", 60), launch.text[-4000:]
         assert launch.wait_for(rf"policy: restarted \(pid {first} -> \d+", 240), launch.text[-4000:]
         assert launch.wait_for(r"\[policy-\d+\].*policy\]: chunk 1: observation -> chunk", 240), launch.text[-4000:]
-        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+        hogs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(2)]
         assert launch.wait_for(r"\[policy-\d+\].*policy\]: chunk 3: observation -> chunk", 120), launch.text[-4000:]
         seconds = launch.stop(group=False)
         stopped = True
