@@ -5,8 +5,13 @@ configure and while running. It measures the plan's costs, prints the plan it ch
 defaults are the most) and the requested plan's predicted time, then runs `--plans` plans, each with the plan the
 budget chooses after the previous one was timed, and prints every plan's time and whether it met the deadline.
 
-Without `--deadline`: batched candidates on one cached encode vs the reference's way (one by one, re-encoding),
-on a random checkpoint with the same seeds; prints both times and the speed-up.
+`--graph SECONDS`: the sim graph with the planner (`cosmos-aloha bringup --sim --planner`, the demo's settings:
+224x224 cameras, 1 denoising step, no predicted frames), watched from this process: plans published and dropped
+(the planner's own counters), plan chunks received, the plan the budget chose, how often the executor was playing a
+planner chunk (its status, sampled), and whether the sim task succeeded.
+
+Without `--deadline` or `--graph`: batched candidates on one cached encode vs the reference's way (one by one,
+re-encoding), on a random checkpoint with the same seeds; prints both times and the speed-up.
 """
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ import argparse
 import json
 import os
 import platform
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -116,6 +124,80 @@ def plans_within_deadline(args) -> dict:
     }
 
 
+CLI = "import sys; from cosmos_policy_core.cli import main; sys.exit(main())"
+
+
+def planner_in_the_graph(args) -> dict:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from std_msgs.msg import Bool
+    from trajectory_msgs.msg import JointTrajectory
+
+    from cosmos_aloha import topics
+    from cosmos_aloha.qos import profile
+
+    bringup = subprocess.Popen(
+        [sys.executable, "-c", CLI, "bringup", "--sim", "--checkpoint", str(args.checkpoint),
+         "--planner", "--seed", str(args.seed), "--image-height", "224", "--image-width", "224",
+         "--arg", "predicted_images:=false", "--arg", "denoising_steps:=1", "--seconds", f"{args.graph + 90:g}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rclpy.init()
+    node = rclpy.create_node("planner_graph_benchmark")
+    seen = {"plan_chunks": 0, "policy_chunks": 0, "executor_samples": 0, "executor_on_planner": 0,
+            "success": False}
+    planner: dict[str, str] = {}
+
+    def on_diagnostics(msg) -> None:
+        for status in msg.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if status.name == "cosmos_aloha/executor" and status.message in ("playing", "blending"):
+                seen["executor_samples"] += 1
+                seen["executor_on_planner"] += values.get("source") == "planner"
+            elif status.name == "cosmos_aloha/planner":
+                planner.update(values)
+
+    def count(key: str):
+        return lambda _msg: seen.__setitem__(key, seen[key] + 1)
+
+    node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS.name, on_diagnostics, profile(topics.DIAGNOSTICS))
+    node.create_subscription(JointTrajectory, topics.PLAN_CHUNK.name, count("plan_chunks"), profile(topics.PLAN_CHUNK))
+    node.create_subscription(JointTrajectory, topics.ACTION_CHUNK.name, count("policy_chunks"),
+                             profile(topics.ACTION_CHUNK))
+    node.create_subscription(Bool, topics.SIM_SUCCESS.name, lambda m: seen.__setitem__("success", bool(m.data)),
+                             profile(topics.SIM_SUCCESS))
+    start = time.monotonic()
+    # Until the planner plans (its load and cost measurement take a minute or more on a CPU), then `--graph` s.
+    while time.monotonic() - start < 240 and planner.get("lifecycle_state") != "active" and bringup.poll() is None:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    for key in seen:
+        seen[key] = False if key == "success" else 0
+    first = {k: int(planner.get(k, 0)) for k in ("plans_published", "plans_dropped")}
+    end = time.monotonic() + args.graph
+    while time.monotonic() < end and bringup.poll() is None:
+        rclpy.spin_once(node, timeout_sec=0.1)
+    node.destroy_node()
+    rclpy.shutdown()
+    bringup.send_signal(signal.SIGINT)
+    log, _ = bringup.communicate(timeout=60)
+    if not planner:
+        raise SystemExit(f"the planner never reported; the bringup's output ends:\n{log[-3000:]}")
+    result = {
+        "seconds": args.graph, "seed": args.seed, **seen,
+        "plans_published": int(planner.get("plans_published", 0)) - first["plans_published"],
+        "plans_dropped": int(planner.get("plans_dropped", 0)) - first["plans_dropped"],
+        "plan": planner.get("plan"), "planner_latency_ms_p50": planner.get("latency_ms_p50"),
+        "planner_latency_ms_p99": planner.get("latency_ms_p99"), "planning": planner.get("planning"),
+        "bringup_exit": bringup.returncode, "log_tail": log[-2000:],
+    }
+    share = result["executor_on_planner"] / max(result["executor_samples"], 1)
+    print(f"{args.graph:g} s of the sim graph with the planner: {result['plans_published']} plans published, "
+          f"{result['plans_dropped']} dropped ({result['plan']}; planner latency p50 {result['planner_latency_ms_p50']}"
+          f" ms p99 {result['planner_latency_ms_p99']} ms); executor on a planner chunk in "
+          f"{result['executor_on_planner']} of {result['executor_samples']} status samples ({share:.0%}); "
+          f"sim task {'SUCCESS' if result['success'] else 'not solved'}", flush=True)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--deadline", type=float, default=None, help="seconds: run the planner node's budget")
@@ -125,9 +207,16 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--action-steps", type=int, default=10)
     ap.add_argument("--aggregation", default="majority_mean")
+    ap.add_argument("--graph", type=float, default=None, help="seconds: run the sim graph with the planner")
+    ap.add_argument("--seed", type=int, default=0, help="--graph: the sim scene")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    result = plans_within_deadline(args) if args.deadline is not None else batched_vs_reference(args)
+    if args.graph is not None:
+        result = planner_in_the_graph(args)
+    elif args.deadline is not None:
+        result = plans_within_deadline(args)
+    else:
+        result = batched_vs_reference(args)
     result["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                          "torch_threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0]}
     print(json.dumps(result, indent=2))
