@@ -16,11 +16,17 @@ import torch
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
+from std_msgs.msg import Float32
+from trajectory_msgs.msg import JointTrajectory
+from visualization_msgs.msg import Marker
 
-from cosmos_aloha.image_transport import PUBLISHER_PARAMETERS, SUBSCRIBER_PARAMETERS, check_transport
+from cosmos_aloha import topics
+from cosmos_aloha.image_transport import (PUBLISHER_PARAMETERS, SUBSCRIBER_PARAMETERS, ImagePublisher,
+                                          check_transport)
 from cosmos_aloha.managed_node import ManagedNode
 from cosmos_aloha.observation_sync import ObservationSync
 from cosmos_aloha.parameters import Param
+from cosmos_aloha.qos import profile
 from cosmos_policy_core.errors import ConfigError, CosmosAlohaError
 from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.runtime.policy import CosmosPolicy, Observation, policy_config_for
@@ -110,12 +116,13 @@ def dummy_observation(policy: CosmosPolicy, task: str) -> Observation:
 class InferenceNode(ManagedNode):
     """Lifecycle: configure = load + warm up + subscribe; activate = start the worker; deactivate = let it finish.
 
-    Subclasses implement `load`, `create_outputs`, `destroy_outputs`, `warm_up` and `infer` (worker
-    thread: compute and publish; return the published chunk's stamp, or None when nothing was published).
+    Subclasses implement `load`, `output_topics`, `warm_up` and `infer` (worker thread: compute and publish;
+    return the published chunk's stamp, or None when nothing was published), and may add outputs.
     """
 
     def __init__(self, name: str, parameters) -> None:
         self.policy: CosmosPolicy | None = None
+        self._pubs: dict = {}   # create_outputs: name -> publisher
         self.task = ""
         self.obs_sync: ObservationSync | None = None
         self.worker: InferenceWorker[Job] | None = None
@@ -140,11 +147,31 @@ class InferenceNode(ManagedNode):
     def load(self) -> CosmosPolicy:
         raise NotImplementedError
 
-    def create_outputs(self) -> None:
+    def output_topics(self) -> tuple[str, str]:
+        """(the chunk's topic, the prefix of the predicted value and frames)."""
         raise NotImplementedError
 
+    def create_outputs(self) -> None:
+        """Lifecycle publishers: the chunk, its value and value marker, the predicted frames when asked."""
+        chunk_topic, prefix = self.output_topics()
+        make = self.create_lifecycle_publisher
+        value = topics.predicted_value(prefix)
+        self._pubs = {
+            "chunk": make(JointTrajectory, chunk_topic, profile(topics.ACTION_CHUNK)),
+            "value": make(Float32, value.name, profile(value)),
+            "marker": make(Marker, topics.VALUE_MARKER.name, profile(topics.VALUE_MARKER)),
+        }
+        if self.p.return_future_images:
+            for cam in self.policy.layout.camera_sources:
+                topic = topics.predicted_image(cam, prefix)
+                self._pubs[cam] = ImagePublisher(make, topic.name, profile(topic), int(self.p.jpeg_quality),
+                                                 bool(self.p.compressed))
+
     def destroy_outputs(self) -> None:
-        raise NotImplementedError
+        for pub in self._pubs.values():
+            for each in pub.publishers if isinstance(pub, ImagePublisher) else (pub,):
+                self.destroy_lifecycle_publisher(each)
+        self._pubs = {}
 
     def warm_up(self, observation: Observation) -> dict[str, float]:
         raise NotImplementedError

@@ -9,17 +9,13 @@ from dataclasses import replace
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from std_msgs.msg import Float32
-from trajectory_msgs.msg import JointTrajectory
-from visualization_msgs.msg import Marker
 
 from cosmos_aloha import topics
 from cosmos_aloha.chunks import chunk_to_msg
-from cosmos_aloha.image_transport import ImagePublisher
 from cosmos_aloha.inference_node import COMMON_PARAMETERS, InferenceNode, Job, load_policy
 from cosmos_aloha.markers import value_marker
 from cosmos_aloha.node_runtime import run_node
 from cosmos_aloha.parameters import Param, replaced
-from cosmos_aloha.qos import profile
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.runtime.plan_budget import PlanBudget, measure_plan_costs
 from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig
@@ -61,7 +57,6 @@ def planner_config(p) -> PlannerConfig:
 
 class PlannerNode(InferenceNode):
     def __init__(self):
-        self._pubs: dict = {}
         self.planner: BestOfNPlanner | None = None
         self.budget: PlanBudget | None = None
         self._decode_reserve_s = 0.0
@@ -76,25 +71,11 @@ class PlannerNode(InferenceNode):
         self.planner = BestOfNPlanner(policy, config)
         return policy
 
-    def create_outputs(self) -> None:
-        make = self.create_lifecycle_publisher
-        value = topics.predicted_value(topics.PLAN_PREDICTED)
-        self._pubs = {
-            "chunk": make(JointTrajectory, topics.PLAN_CHUNK.name, profile(topics.PLAN_CHUNK)),
-            "value": make(Float32, value.name, profile(value)),
-            "marker": make(Marker, topics.VALUE_MARKER.name, profile(topics.VALUE_MARKER)),
-        }
-        if self.p.return_future_images:
-            for cam in self.policy.layout.camera_sources:
-                topic = topics.predicted_image(cam, topics.PLAN_PREDICTED)
-                self._pubs[cam] = ImagePublisher(make, topic.name, profile(topic), int(self.p.jpeg_quality),
-                                                 bool(self.p.compressed))
+    def output_topics(self) -> tuple[str, str]:
+        return topics.PLAN_CHUNK.name, topics.PLAN_PREDICTED
 
     def destroy_outputs(self) -> None:
-        for pub in self._pubs.values():
-            for each in pub.publishers if isinstance(pub, ImagePublisher) else (pub,):
-                self.destroy_lifecycle_publisher(each)
-        self._pubs = {}
+        super().destroy_outputs()
         self.planner = None
 
     def warm_up(self, observation: Observation) -> dict[str, float]:

@@ -9,13 +9,10 @@ from __future__ import annotations
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Float32
-from trajectory_msgs.msg import JointTrajectory
-from visualization_msgs.msg import Marker
 
 from cosmos_aloha import topics
 from cosmos_aloha.chunks import chunk_to_msg
 from cosmos_aloha.conversions import ns_to_stamp
-from cosmos_aloha.image_transport import ImagePublisher
 from cosmos_aloha.inference_node import COMMON_PARAMETERS, InferenceNode, Job, load_policy
 from cosmos_aloha.markers import value_marker
 from cosmos_aloha.node_runtime import run_node
@@ -75,7 +72,6 @@ class PolicyNode(InferenceNode):
     def __init__(self, name: str = "policy", topic_prefix: str = topics.PREDICTED,
                  chunk_topic: str = topics.ACTION_CHUNK.name):
         self._prefix, self._chunk_topic = topic_prefix, chunk_topic
-        self._pubs: dict = {}
         self.ensembling, self.query_steps = False, ENSEMBLE_QUERY_STEPS
         super().__init__(name, PARAMETERS)
 
@@ -101,26 +97,13 @@ class PolicyNode(InferenceNode):
             raise ConfigError(f"ensemble_query_steps must be in 1..{chunk_len}, got {every}")
         return TriggerConfig(chunk_len - every, chunk_len, self._step_ns, "fixed")
 
-    def create_outputs(self) -> None:
-        make = self.create_lifecycle_publisher
-        value = topics.predicted_value(self._prefix)
-        self._pubs = {
-            "chunk": make(JointTrajectory, self._chunk_topic, profile(topics.ACTION_CHUNK)),
-            "value": make(Float32, value.name, profile(value)),
-            "marker": make(Marker, topics.VALUE_MARKER.name, profile(topics.VALUE_MARKER)),
-            "timing": make(DiagnosticArray, topics.CHUNK_TIMING.name, profile(topics.CHUNK_TIMING)),
-        }
-        if self.p.return_future_images:
-            for cam in self.policy.layout.camera_sources:
-                topic = topics.predicted_image(cam, self._prefix)
-                self._pubs[cam] = ImagePublisher(make, topic.name, profile(topic), int(self.p.jpeg_quality),
-                                                 bool(self.p.compressed))
+    def output_topics(self) -> tuple[str, str]:
+        return self._chunk_topic, self._prefix
 
-    def destroy_outputs(self) -> None:
-        for pub in self._pubs.values():
-            for each in pub.publishers if isinstance(pub, ImagePublisher) else (pub,):
-                self.destroy_lifecycle_publisher(each)
-        self._pubs = {}
+    def create_outputs(self) -> None:
+        super().create_outputs()
+        self._pubs["timing"] = self.create_lifecycle_publisher(DiagnosticArray, topics.CHUNK_TIMING.name,
+                                                               profile(topics.CHUNK_TIMING))
 
     def warm_up(self, observation: Observation) -> dict[str, float]:
         result = self.policy.infer(observation, seed=int(self.p.seed), num_steps=int(self.p.num_steps))
