@@ -20,7 +20,12 @@ EXIT_CODES = """exit codes:
 EXIT_CODES_SHORT = "exit codes: 0 success, 1 failure while running, 2 bad usage or bad input (cosmos-aloha --help)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose start-up time matters: built alone, without the other commands' imports (numpy, ...).
+ALONE = ("estop",)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or just the command `only` (one of ALONE)."""
     parser = argparse.ArgumentParser(
         prog="cosmos-aloha",
         description="Cosmos Policy on the bimanual ALOHA: sim, data, training, export, bringup.",
@@ -30,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if only is not None and info.name != only:
+            continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         register = getattr(module, "register", None)
         if register is not None:
@@ -48,7 +55,9 @@ def _add_exit_codes(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=command if command in ALONE else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

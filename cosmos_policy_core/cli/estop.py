@@ -5,6 +5,11 @@ import os
 
 
 def _run(args) -> int:
+    if not args.console:
+        # An executor on this host latches now, before this process's ROS start-up (0.5-3 s).
+        from cosmos_aloha import estop_socket
+
+        estop_socket.send(not args.clear, args.namespace)
     from cosmos_policy_core.cli.bringup import graph_environment, graph_module
 
     namespace = graph_module().validate_namespace(args.namespace, "--namespace")
@@ -21,7 +26,8 @@ def _run(args) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "estop", help="latch the executor's e-stop (hold position), or --clear it",
-        description="Publishes on cosmos/estop/request (latched) and waits for the executor's cosmos/estop/engaged "
+        description="An executor on this host gets the request at once on its local socket; then the command "
+                    "publishes on cosmos/estop/request (latched) and waits for the executor's cosmos/estop/engaged "
                     "to confirm. The hold latches until cleared; clearing resumes motion with the next chunk "
                     "observed after it, blended from the held pose. ros2 service call /cosmos/estop "
                     "std_srvs/srv/Trigger does the same.",

@@ -13,7 +13,7 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from cosmos_aloha import topics
+from cosmos_aloha import estop_socket, topics
 from cosmos_aloha.chunks import msg_to_chunk
 from cosmos_aloha.conversions import joints_to_msg, msg_to_joints
 from cosmos_aloha.managed_node import ManagedNode
@@ -101,6 +101,16 @@ class ExecutorNode(ManagedNode):
         self.create_service(Trigger, topics.REANCHOR.name, self._on_reanchor)
         self.create_timer(1.0 / self.config.control_hz, self._tick, clock=self.steady_clock)
         self._estop_pub.publish(Bool(data=False))
+        # The one-shot `cosmos-aloha estop` on this host reaches us here before its ROS start-up; the socket's
+        # thread hands each request to the spin thread through a guard condition.
+        self._socket_requests: list[bool] = []
+        self._socket_guard = self.create_guard_condition(self._on_socket_requests)
+        try:
+            self._estop_socket = estop_socket.Listener(self.get_namespace(), self._queue_socket_request)
+        except OSError as exc:
+            self._estop_socket = None
+            self.get_logger().warning(f"e-stop socket unavailable ({exc}): `cosmos-aloha estop` on this host latches "
+                                      "through ROS only (after its start-up and discovery)")
         apply_realtime_priority(self, int(p.rt_priority))
 
     def _now_ns(self) -> int:
@@ -163,6 +173,22 @@ class ExecutorNode(ManagedNode):
             self.engage_estop(f"topic {topics.ESTOP_REQUEST.name}")
         else:
             self.clear_estop()
+
+    def _queue_socket_request(self, engage: bool) -> None:
+        self._socket_requests.append(engage)   # list.append is atomic; read and emptied in the spin thread
+        self._socket_guard.trigger()
+
+    def _on_socket_requests(self) -> None:
+        while self._socket_requests:
+            if self._socket_requests.pop(0):
+                self.engage_estop("cosmos-aloha estop on this host")
+            else:
+                self.clear_estop()
+
+    def close(self) -> None:
+        """Called by node_runtime.run_node on exit."""
+        if self._estop_socket is not None:
+            self._estop_socket.close()
 
     def _on_estop(self, request, response):
         self.engage_estop(f"service {topics.ESTOP.name}")
