@@ -177,20 +177,20 @@ def test_the_estop_console_latches_on_enter_and_clears_on_c(moving_graph):
     assert "e-stop engaged (latched until cleared): confirmed" in text and "e-stop cleared: confirmed" in text, text
 
 
-def test_the_estop_socket_delivers_requests_by_namespace_and_refuses_a_second_listener():
+def test_the_estop_socket_engages_by_namespace_and_refuses_a_second_listener():
     from cosmos_aloha import estop_socket
 
-    got: list[bool] = []
-    listener = estop_socket.Listener("/left_cell", got.append)
+    got: list[str] = []
+    listener = estop_socket.Listener("/left_cell", lambda: got.append("engage"))
     try:
         with pytest.raises(OSError):
-            estop_socket.Listener("left_cell/", got.append)            # the same namespace, as ROS reads it
-        assert estop_socket.send(True, "left_cell") and estop_socket.send(False, "/left_cell")
-        assert not estop_socket.send(True, "")                          # no executor at the root here
+            estop_socket.Listener("left_cell/", lambda: None)             # the same namespace, as ROS reads it
+        assert estop_socket.engage("left_cell") and estop_socket.engage("/left_cell")
+        assert not estop_socket.engage("")                                # no executor at the root here
         deadline = time.monotonic() + 5.0
         while len(got) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert got == [True, False]
+        assert got == ["engage", "engage"]
     finally:
         listener.close()
-    assert not estop_socket.send(True, "left_cell")                      # closed: the name is free again
+    assert not estop_socket.engage("left_cell")                          # closed: the name is free again

@@ -5,11 +5,11 @@ import os
 
 
 def _run(args) -> int:
-    if not args.console:
+    if not args.console and not args.clear:
         # An executor on this host latches now, before this process's ROS start-up (0.5-3 s).
         from cosmos_aloha import estop_socket
 
-        estop_socket.send(not args.clear, args.namespace)
+        estop_socket.engage(args.namespace)
     from cosmos_policy_core.cli.bringup import graph_environment, graph_module
 
     namespace = graph_module().validate_namespace(args.namespace, "--namespace")

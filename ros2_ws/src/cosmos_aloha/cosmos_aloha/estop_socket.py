@@ -5,7 +5,7 @@ executor takes 0.5-3 s. So the executor also listens on an abstract Unix datagra
 namespace (Linux: no file to clean up, one per network namespace), and the command sends its request there
 as soon as its arguments are parsed, before any ROS start-up. The ROS request follows, and its confirmation
 is what the command reports. Another host, or a second executor in the same namespace on one host, uses the
-ROS request alone.
+ROS request alone. The socket only engages: clearing is not urgent and goes through ROS.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import socket
 import threading
 from typing import Callable
 
-ENGAGE, CLEAR = b"engage", b"clear"
+ENGAGE = b"engage"
 
 
 def address(namespace: str) -> str:
@@ -21,23 +21,23 @@ def address(namespace: str) -> str:
     return "\0cosmos_aloha/estop/" + namespace.strip("/")
 
 
-def send(engage: bool, namespace: str = "") -> bool:
-    """Send the request to an executor on this host; False when none listens for this namespace."""
+def engage(namespace: str = "") -> bool:
+    """Ask an executor on this host to engage its e-stop; False when none listens for this namespace."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(ENGAGE if engage else CLEAR, address(namespace))
+            sock.sendto(ENGAGE, address(namespace))
         return True
     except OSError:   # nobody bound to the name (ConnectionRefusedError), or no AF_UNIX here
         return False
 
 
 class Listener:
-    """Receives requests in a thread and calls `on_request(engage)` there (the callee hands it to its node).
+    """Receives e-stop requests in a thread and calls `on_engage()` there (the callee hands it to its node).
 
     Raises OSError when the name is taken (another executor with this namespace on this host)."""
 
-    def __init__(self, namespace: str, on_request: Callable[[bool], None]) -> None:
-        self._on_request = on_request
+    def __init__(self, namespace: str, on_engage: Callable[[], None]) -> None:
+        self._on_engage = on_engage
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self._sock.bind(address(namespace))
@@ -57,8 +57,8 @@ class Listener:
                 continue
             except OSError:
                 return
-            if data in (ENGAGE, CLEAR):
-                self._on_request(data == ENGAGE)
+            if data == ENGAGE:
+                self._on_engage()
 
     def close(self) -> None:
         self._closed.set()

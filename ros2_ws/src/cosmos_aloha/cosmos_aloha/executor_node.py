@@ -102,11 +102,11 @@ class ExecutorNode(ManagedNode):
         self.create_timer(1.0 / self.config.control_hz, self._tick, clock=self.steady_clock)
         self._estop_pub.publish(Bool(data=False))
         # The one-shot `cosmos-aloha estop` on this host reaches us here before its ROS start-up; the socket's
-        # thread hands each request to the spin thread through a guard condition.
-        self._socket_requests: list[bool] = []
-        self._socket_guard = self.create_guard_condition(self._on_socket_requests)
+        # thread wakes the spin thread through a guard condition, which engages.
+        self._socket_guard = self.create_guard_condition(
+            lambda: self.engage_estop("cosmos-aloha estop on this host"))
         try:
-            self._estop_socket = estop_socket.Listener(self.get_namespace(), self._queue_socket_request)
+            self._estop_socket = estop_socket.Listener(self.get_namespace(), self._socket_guard.trigger)
         except OSError as exc:
             self._estop_socket = None
             self.get_logger().warning(f"e-stop socket unavailable ({exc}): `cosmos-aloha estop` on this host latches "
@@ -173,17 +173,6 @@ class ExecutorNode(ManagedNode):
             self.engage_estop(f"topic {topics.ESTOP_REQUEST.name}")
         else:
             self.clear_estop()
-
-    def _queue_socket_request(self, engage: bool) -> None:
-        self._socket_requests.append(engage)   # list.append is atomic; read and emptied in the spin thread
-        self._socket_guard.trigger()
-
-    def _on_socket_requests(self) -> None:
-        while self._socket_requests:
-            if self._socket_requests.pop(0):
-                self.engage_estop("cosmos-aloha estop on this host")
-            else:
-                self.clear_estop()
 
     def close(self) -> None:
         """Called by node_runtime.run_node on exit."""
