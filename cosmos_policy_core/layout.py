@@ -83,6 +83,15 @@ class LatentLayout:
         return presets[name]()
 
     def __post_init__(self) -> None:
+        for key in ("chunk_size", "action_dim", "proprio_dim", "execute_steps", "duplicates_per_image",
+                    "image_size", "latent_channels", "spatial_compression"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"layout {self.name}: {key} must be a positive integer, got {value!r}")
+        for key in ("cameras", "camera_sources"):
+            names = getattr(self, key)
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise ConfigError(f"layout {self.name}: {key} must be a non-empty list of names, got {names!r}")
         if len(self.cameras) != len(self.camera_sources):
             raise ConfigError(
                 f"layout {self.name}: {len(self.cameras)} cameras but {len(self.camera_sources)} camera_sources"
@@ -161,6 +170,8 @@ class LatentLayout:
         values = dict(data)
         for key in ("cameras", "camera_sources"):
             if key in values:
+                if isinstance(values[key], str) or not isinstance(values[key], (list, tuple)):
+                    raise ConfigError(f"layout config: {key} must be a list of names, got {values[key]!r}")
                 values[key] = tuple(values[key])
         return cls(**values)
 

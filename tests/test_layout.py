@@ -1,6 +1,8 @@
 """Latent layout codec: frame order, pixel clip, injection/extraction, normalization, role masks."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -63,6 +65,19 @@ def test_layout_dict_round_trip_and_validation():
                      proprio_dim=14, execute_steps=10)
     with pytest.raises(ConfigError, match="no slot"):
         ALOHA.index("nope")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("image_size", "big", "image_size must be a positive integer, got 'big'"),
+    ("image_size", 64.0, "image_size must be a positive integer, got 64.0"),
+    ("image_size", True, "image_size must be a positive integer"),
+    ("chunk_size", 0, "chunk_size must be a positive integer, got 0"),
+    ("cameras", "top", "cameras must be a list of names, got 'top'"),
+    ("camera_sources", ["cam_high", "", "cam_left_wrist"], "camera_sources must be a non-empty list of names"),
+])
+def test_a_layout_config_with_a_wrong_type_names_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        LatentLayout.from_dict({**ALOHA.to_dict(), key: value})
 
 
 def _images(B=None, seed=0):
