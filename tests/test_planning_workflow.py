@@ -309,6 +309,15 @@ def test_sim_eval_loads_the_planning_checkpoint_with_its_value_role(policy_dir, 
     assert planner.config.value_mode == "V(s')"
     with pytest.raises(ConfigError, match="planner_candidates"):
         EvalConfig(planning_checkpoint=str(plan))
+    # Explicit ensembles reach the planner; the others keep the reference's.
+    _, planner = _load(policy_dir, EvalConfig(planner_candidates=2, world_model_samples=1, value_samples=2), False)
+    assert (planner.config.world_model_samples, planner.config.value_samples) == (1, 2)
+    _, planner = _load(policy_dir, EvalConfig(planner_candidates=2, value_samples=1), False)
+    assert (planner.config.world_model_samples, planner.config.value_samples) == (3, 1)
+    with pytest.raises(ConfigError, match="world_model_samples sets the planner's ensemble"):
+        EvalConfig(world_model_samples=1)
+    with pytest.raises(ConfigError, match="value_samples .* got 0"):
+        EvalConfig(planner_candidates=2, value_samples=0)
 
 
 @pytest.mark.slow  # best of 2 with the reference's ensembles at every query: minutes on a loaded 2-core machine
@@ -323,7 +332,7 @@ def test_sim_eval_plans_with_the_planning_checkpoint_and_records_rollouts(policy
                  "--video", str(gif), "--record-rollouts", str(rollouts), "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert f"planning: best of 2 at every query by V(s') of {plan}" in printed
+    assert f"planning: best of 2 at every query by V(s') of {plan}, 3 world-model x 5 value samples" in printed
     report = json.loads(out.read_text())
     assert report["config"]["planning_checkpoint"] == str(plan) and report["config"]["value_mode"] == "V(s')"
     assert [e["seed"] for e in report["per_episode"]] == [7, 8]

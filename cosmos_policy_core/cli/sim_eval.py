@@ -17,7 +17,8 @@ def _eval(args) -> int:
                      execution=args.execution, execute_steps=args.execute_steps, latency_steps=args.latency_steps,
                      ensemble_decay=args.ensemble_decay, max_steps=args.max_steps,
                      planner_candidates=args.planner_candidates, planning_checkpoint=args.planning_checkpoint,
-                     value_mode=args.value_mode, hold_steps=args.hold_steps,
+                     value_mode=args.value_mode, world_model_samples=args.world_model_samples,
+                     value_samples=args.value_samples, hold_steps=args.hold_steps,
                      jpeg_quality=args.jpeg_quality, engine=args.engine, device=args.device,
                      dtype=None if args.dtype == "auto" else args.dtype, export_dir=args.export_dir)
     report = evaluate_checkpoint(args.checkpoint, cfg, gif_path=args.video, progress=not args.no_progress,
@@ -28,8 +29,13 @@ def _eval(args) -> int:
           + (f", ensemble decay {c['ensemble_decay']:g}" if c["ensemble_decay"] is not None else "")
           + f", {c['num_steps']} denoising steps")
     if c["planner_candidates"] > 1:
+        from cosmos_policy_core.runtime.planner import PlannerConfig
+
+        world_models = c["world_model_samples"] or PlannerConfig.world_model_samples
+        values = c["value_samples"] or PlannerConfig.value_samples
         print(f"planning: best of {c['planner_candidates']} at every query by {c['value_mode']} of "
-              f"{c['planning_checkpoint'] or 'the policy network'}"
+              f"{c['planning_checkpoint'] or 'the policy network'}, {world_models} world-model x {values} value "
+              f"samples per candidate"
               + (" (each chosen chunk joins the ensemble; the value scores the chunk played alone)"
                  if c["execution"] == "temporal_ensemble" else ""))
     print(f"{report.task}: {report.successes}/{report.episodes} successes, rate {report.success_rate:.1%} "
@@ -89,6 +95,10 @@ def add_eval_parser(sim_commands) -> None:
     parser.add_argument("--value-mode", choices=("V(s')", "V(s,a,s')", "Q(s,a)"),
                         help="the value the planner asks for (default: the role the scoring checkpoint was "
                              "trained for: V(s') for a planning fine-tune)")
+    parser.add_argument("--world-model-samples", type=int, metavar="W",
+                        help="the planner's world-model ensemble per candidate (default 3, the reference's)")
+    parser.add_argument("--value-samples", type=int, metavar="V",
+                        help="the planner's value ensemble per world-model sample (default 5, the reference's)")
     parser.add_argument("--hold-steps", type=int, default=0,
                         help="also count a stricter success: the maximum reward held this many consecutive control "
                              "steps (episodes then run on past their first success)")

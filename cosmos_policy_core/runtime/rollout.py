@@ -69,6 +69,10 @@ class EvalConfig:
     # so V(s') scores the future of a chunk the robot only partly follows.
     planning_checkpoint: str | None = None
     value_mode: str | None = None
+    # The planner's ensembles (the planner node's parameters of the same names; None: PlannerConfig's, the
+    # reference's 3 world-model and 5 value samples). Each world-model sample gets its value ensemble.
+    world_model_samples: int | None = None
+    value_samples: int | None = None
     stop_on_success: bool = True
     # > 0: also count a held success, the maximum reward at the end of this many consecutive control steps
     # (gym-aloha's success is the maximum at any one 50 Hz physics step). Episodes then run on past their
@@ -95,6 +99,11 @@ class EvalConfig:
         if self.planning_checkpoint is not None and self.planner_candidates <= 1:
             raise ConfigError("a planning checkpoint is used by the planner only: pass planner_candidates > 1 "
                               "(--planner-candidates N) with it")
+        for key in ("world_model_samples", "value_samples"):
+            value = getattr(self, key)
+            if value is not None and (value < 1 or self.planner_candidates <= 1):
+                raise ConfigError(f"{key} sets the planner's ensemble: pass planner_candidates > 1 with it and a "
+                                  f"value >= 1, got {value}")
         if self.execution is not None and self.execution not in EXECUTION_MODES:
             raise ConfigError(f"execution must be one of {EXECUTION_MODES}, got {self.execution!r}")
         if self.execute_steps is not None and not 1 <= self.execute_steps <= 50:
@@ -344,9 +353,12 @@ def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
         from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig, planning_value_mode
 
         value_mode = cfg.value_mode or planning_value_mode(cfg.planning_checkpoint or checkpoint)
+        ensembles = {key: getattr(cfg, key) for key in ("world_model_samples", "value_samples")
+                     if getattr(cfg, key) is not None}
         planner = BestOfNPlanner(policy, PlannerConfig(num_candidates=cfg.planner_candidates,
                                                        action_steps=cfg.num_steps or policy.config.num_steps,
-                                                       value_mode=value_mode, return_future_images=future_images))
+                                                       value_mode=value_mode, return_future_images=future_images,
+                                                       **ensembles))
     return policy, planner
 
 
