@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cosmos_policy_core.cli import main
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.runtime.rollout import EvalConfig, GifRecorder, wilson_interval
 
@@ -188,3 +189,17 @@ def test_ensemble_decay_reaches_the_executor_and_averages_the_chunks():
     assert played[5] == pytest.approx(0.005)
     assert played[15] == pytest.approx(0.001 * (15 + 105) / 2)
     assert played[24] == pytest.approx(0.001 * (24 + 114 + 204) / 3)
+
+
+def test_sim_eval_takes_the_task_from_the_checkpoints_task_string(tmp_path, capsys):
+    from cosmos_policy_core.sim.tasks import TASKS, checkpoint_task
+    from cosmos_policy_core.testing import build_random_checkpoint
+
+    assert checkpoint_task(SHIPPED) == "transfer_cube"
+    insertion = build_random_checkpoint(tmp_path / "insertion", image_size=64, tasks=(TASKS["insertion"].description,))
+    assert checkpoint_task(insertion) == "insertion"
+    both = build_random_checkpoint(tmp_path / "both", image_size=64,
+                                   tasks=tuple(t.description for t in TASKS.values()))
+    assert checkpoint_task(both) is None and checkpoint_task(tmp_path / "missing") is None
+    assert main(["sim", "eval", "--checkpoint", str(both), "--episodes", "1", "--no-progress"]) == 2
+    assert "pass --task transfer_cube or --task insertion" in capsys.readouterr().err

@@ -8,12 +8,18 @@ import json
 from pathlib import Path
 
 from cosmos_policy_core.engines.resolve import ENGINES, PRECISION_NAMES
+from cosmos_policy_core.errors import ConfigError
 
 
 def _eval(args) -> int:
     from cosmos_policy_core.runtime.rollout import EvalConfig, evaluate_checkpoint
+    from cosmos_policy_core.sim.tasks import checkpoint_task
 
-    cfg = EvalConfig(task=args.task, episodes=args.episodes, seed=args.seed, num_steps=args.steps,
+    task = args.task or checkpoint_task(args.checkpoint)
+    if task is None:
+        raise ConfigError(f"{args.checkpoint} has text embeddings for none or several of the sim tasks' descriptions; "
+                          "pass --task transfer_cube or --task insertion")
+    cfg = EvalConfig(task=task, episodes=args.episodes, seed=args.seed, num_steps=args.steps,
                      execution=args.execution, execute_steps=args.execute_steps, latency_steps=args.latency_steps,
                      ensemble_decay=args.ensemble_decay, max_steps=args.max_steps,
                      planner_candidates=args.planner_candidates, planning_checkpoint=args.planning_checkpoint,
@@ -68,7 +74,8 @@ def add_eval_parser(sim_commands) -> None:
                     "through ChunkExecutor + SafetyFilter; success rate with a 95% Wilson interval.",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + safetensors)")
-    parser.add_argument("--task", default="transfer_cube", choices=("transfer_cube", "insertion"))
+    parser.add_argument("--task", choices=("transfer_cube", "insertion"),
+                        help="the sim task (default: the one the checkpoint has the task string of)")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="episode i samples the objects with seed + i")
     parser.add_argument("--steps", type=int, help="denoising steps per chunk (default: the checkpoint's deploy settings)")

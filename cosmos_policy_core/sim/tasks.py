@@ -127,6 +127,19 @@ def get_task(name: str) -> SimTask:
     return TASKS[name]
 
 
+def checkpoint_task(checkpoint: str | Path) -> str | None:
+    """The sim task a checkpoint was trained for: the one task whose description it has a text embedding for;
+    None when it has embeddings for none of them or for several."""
+    from cosmos_policy_core.checkpoint import TEXT_FILE, read_text_embeddings
+
+    path = Path(checkpoint) / TEXT_FILE
+    if not path.is_file():
+        return None
+    known = set(read_text_embeddings(path))
+    matches = [name for name, task in TASKS.items() if task.description in known]
+    return matches[0] if len(matches) == 1 else None
+
+
 def assets_dir() -> Path:
     """gym-aloha's MuJoCo models (we load its XML and meshes; its env classes are not used)."""
     try:
