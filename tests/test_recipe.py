@@ -13,6 +13,7 @@ from cosmos_policy_core.checkpoint import DeploySettings, load_checkpoint_dir
 from cosmos_policy_core.train.recipe import Recipe
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "aloha_sim_transfer_cube_small"
+INSERTION = SHIPPED.parent / "aloha_sim_insertion_small"
 DEPLOY = {"execution": "temporal_ensemble", "ensemble_decay": 0.02, "query_every_steps": 4, "num_steps": 3,
           "crop_area": None}
 
@@ -226,3 +227,27 @@ def test_the_shipped_recipe_names_the_stages_that_made_the_shipped_checkpoint(tm
             f"--init {work / 'stage3a' / 'model'} --steps 2799 --out {work / 'stage3b'}") in out
     assert out.count("(to run)") == 10 and f"the checkpoint {work / SHIPPED.name}" in out
     assert not work.exists()
+
+
+def test_the_insertion_recipe_fine_tunes_the_transfer_cube_policy(tmp_path, capsys):
+    path = INSERTION / "recipe" / "recipe.json"
+    recipe = Recipe.load(path)
+    assert recipe.name == INSERTION.name
+    assert [s.name for s in recipe.steps] == ["demos", "vae_objects_a", "vae_objects", "finetune"]
+    shipped_config = json.loads((INSERTION / "config.json").read_text())
+    assert recipe.deploy.to_dict() == shipped_config["deploy"]
+    train = json.loads((path.parent / "finetune_train_config.json").read_text())
+    assert train["max_steps"] == shipped_config["metadata"]["step"]
+    # What a checkpoint may weigh to ship in this repository.
+    assert sum(f.stat().st_size for f in INSERTION.glob("*.safetensors")) <= 25_000_000
+
+    work = tmp_path / "work"
+    assert cli.main(["recipe", str(path), "--out", str(work), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert (f"cosmos-aloha sim demos --task insertion --episodes 50 --seed 0 --height 224 --width 224 --raw "
+            f"--out {work / 'demos'}") in out
+    init = path.parent / "../../aloha_sim_transfer_cube_small"
+    assert f"cosmos-aloha train-vae --data {work / 'demos'} --init {init} " in out
+    assert (f"cosmos-aloha train --data {work / 'demos'} --config {path.parent / 'finetune_train_config.json'} "
+            f"--vae {work / 'vae_objects'} --init {init} --out {work / 'finetune'}") in out
+    assert out.count("(to run)") == 4 and not work.exists()
