@@ -103,7 +103,9 @@ def test_a_chunk_stamped_ahead_by_a_skewed_clock_is_refused_with_a_diagnostic(re
     assert int(executor.get("chunk_rejected_future", 0)) >= 3, executor
     assert "ahead of this host's clock" in executor["last_rejected_chunk"], executor
     assert "chrony" in executor["last_rejected_chunk"]
-    assert "rejected: policy chunk stamped 2." in replay_run["robot_log"]
+    # Stamped 2 s ahead by the skewed host, less the time the chunk took to arrive (more on a loaded machine).
+    ahead = [float(x) for x in re.findall(r"rejected: policy chunk stamped (\d+\.\d+) s ahead", replay_run["robot_log"])]
+    assert ahead and all(1.0 < a <= 2.05 for a in ahead), replay_run["robot_log"][-2000:]
     # None of them played: no step beyond the limit after the skewed chunks either.
     report = outage_report(obs, ph["link_down_ns"], ph["link_up_ns"], _max_step())
     assert report["max_step_over_limit"] <= 1.0 + 1e-6
