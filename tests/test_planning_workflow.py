@@ -246,6 +246,19 @@ def test_planning_value_mode_follows_the_trained_role(policy_dir, tmp_path, capl
         planning_value_mode(tmp_path)
 
 
+def test_the_shipped_planning_checkpoint_fits_the_shipped_policy_and_values_the_future_state():
+    from cosmos_policy_core.runtime.planner import planning_value_mode
+    from cosmos_policy_core.runtime.rollout import _load
+
+    planning = SHIPPED.parent / f"{SHIPPED.name}_planning"
+    assert planning_value_mode(planning) == "V(s')"
+    shares = json.loads((planning / "config.json").read_text())["metadata"]["data"]["role_shares"]
+    assert shares == {"policy": 0.1, "world_model": 0.45, "value_v_s": 0.45}
+    policy, planner = _load(SHIPPED, EvalConfig(planner_candidates=4, planning_checkpoint=str(planning),
+                                                execution="whole_chunks"), False)
+    assert policy.planning_denoiser is not None and planner.config.value_mode == "V(s')"
+
+
 def test_a_planning_checkpoint_must_share_the_policys_vae_statistics_and_layout(policy_dir, tmp_path):
     from cosmos_policy_core.runtime.policy import CosmosPolicy
 
