@@ -15,7 +15,7 @@ import torch
 from cosmos_policy_core.checkpoint import load_checkpoint_dir, save_checkpoint_dir
 from cosmos_policy_core.cli import main
 from cosmos_policy_core.data.episode import Episode, EpisodeFile, load_episode_dir, write_episode_hdf5
-from cosmos_policy_core.errors import CheckpointError, ConfigError
+from cosmos_policy_core.errors import CheckpointError, ConfigError, DataError
 from cosmos_policy_core.layout import LatentLayout
 from cosmos_policy_core.runtime.comparison import compare_reports, mcnemar_exact
 from cosmos_policy_core.runtime.rollout import EvalConfig, GifRecorder, RolloutRecorder, _RolloutSink, run_episode
@@ -478,3 +478,17 @@ def test_the_documented_planning_commands_parse():
     for command in commands:
         args = parser.parse_args(shlex.split(command)[1:])
         assert callable(args.func), command
+
+
+def test_a_gripper_squeezed_past_closed_in_the_sim_is_recorded_and_other_units_are_not():
+    """The sim's gripper reads about -0.54 while it squeezes the cube; such rollouts (often the failures) must
+    be kept, while values in other units are still refused."""
+    from cosmos_policy_core.data.episode import check_joint_ranges
+    from cosmos_policy_core.robot.aloha import START_ARM_POSE
+
+    qpos = np.tile(np.array([*START_ARM_POSE, 0.5] * 2, dtype=np.float32), (5, 1))
+    qpos[2, 6] = -0.54
+    check_joint_ranges(qpos, qpos, "rollout")
+    qpos[3, 13] = 850.0                                    # a raw gripper reading in motor ticks
+    with pytest.raises(DataError, match="right_gripper is 850 at step 3"):
+        check_joint_ranges(qpos, qpos, "rollout")

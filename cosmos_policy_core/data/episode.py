@@ -29,9 +29,10 @@ ALOHA_HDF5_FPS = 50.0   # ALOHA recorders write at DT = 0.02 s and store no rate
 # How far past the robot's joint limits a recorded value may lie. Further out it is not a recording of the
 # robot (other units, a corrupt file, an uncalibrated gripper) and the episode is skipped instead of learned.
 # The margins leave room for arms resting in their cradle (shoulder -2.05 rad, past the -1.85 rad limit),
-# leader arms that reach a little further than the followers, and grippers squeezed past their ends.
+# leader arms that reach a little further than the followers, and grippers squeezed past their ends (the sim's
+# gripper reads down to about -0.54 while it squeezes the cube).
 ARM_MARGIN_RAD = 0.3
-GRIPPER_MARGIN = 0.4
+GRIPPER_MARGIN = 0.6
 
 
 @dataclass
