@@ -3,7 +3,7 @@ the Wan2.1 VAE encode / decode of the ALOHA clip, the fast-path VAE encoder of t
 compiled, ONNX Runtime, TensorRT), image preprocessing (the policy's and the CPU reference), the whole observation ->
 action chunk call, best-of-8 planning, and the policy's chunk latency while the planner runs beside it.
 
-Built for one unattended run on a lent GPU: every step is guarded (a failure is recorded with its traceback and the
+Meant for one unattended run on a GPU machine: every step is guarded (a failure is recorded with its traceback and the
 run goes on), steps past `--deadline` are skipped, and the JSON (`--out`) is rewritten after every step, so a killed
 run still leaves its numbers. Steps run cheapest and most important first; the torch.compile ones pay their compile
 time in the warm-up, reported as `compile_s`.
