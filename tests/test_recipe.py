@@ -134,6 +134,17 @@ def test_dry_run_lists_the_commands_and_what_is_finished(tmp_path, capsys):
     assert "[1/4] demos (to run)" in capsys.readouterr().out
 
 
+def test_a_list_of_data_directories_becomes_one_option_with_several_values(tmp_path, capsys):
+    recipe = tiny_recipe(tmp_path / "r")
+    changed = json.loads(recipe.read_text())
+    changed["steps"].insert(1, {"name": "more", "run": "sim demos", "args": {"episodes": 1, "seed": 7}})
+    changed["steps"][-1]["args"]["data"] = ["@demos", "@more"]
+    recipe.write_text(json.dumps(changed))
+    work = tmp_path / "work"
+    assert cli.main(["recipe", str(recipe), "--out", str(work), "--dry-run"]) == 0
+    assert f"cosmos-aloha train --data {work / 'demos'} {work / 'more'} --config" in capsys.readouterr().out
+
+
 def test_a_step_finished_with_other_arguments_is_refused(tmp_path, capsys):
     recipe = tiny_recipe(tmp_path / "r")
     work = tmp_path / "work"
@@ -165,7 +176,13 @@ def _step(name, run="train", **args):
     ({"steps": [_step("demos", "sim demos", out="x"), _step("a", config="tiny_train.json", data="@demos")]},
      "\"out\" is set by the recipe runner"),
     ({"steps": [_step("demos", "sim demos", episodes=[1, 2]), _step("a", config="tiny", data="@demos")]},
+     "option 'episodes' takes one value, got the list [1, 2]"),
+    ({"steps": [_step("demos", "sim demos", episodes={"n": 1}), _step("a", config="tiny", data="@demos")]},
      "option 'episodes' must be a string, number, true, false or null"),
+    ({"steps": [_step("demos", "sim demos"), _step("a", config="tiny", data=["@demos", "@more"])]},
+     "option 'data' refers to '@more', which no earlier step makes"),
+    ({"steps": [_step("demos", "sim demos"), _step("a", config="tiny", data=[])]},
+     "option 'data' must be a non-empty list of strings"),
     ({"steps": [_step("demos", "sim demos"), _step("demos", config="tiny", data="@demos")]},
      "the name 'demos' is used by an earlier step"),
     ({"steps": [_step("demos", "sim demos")]}, "the last step ('demos') must be a \"train\" step"),

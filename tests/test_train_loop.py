@@ -210,3 +210,38 @@ def test_init_checkpoint_keeps_its_normalization_while_the_demos_fit_in_it(tmp_p
     own = Trainer(fast_config(), data, tmp_path / "own", demos=[scaled(0, 0.9)], init=base.final_checkpoint,
                   progress=False)
     np.testing.assert_allclose(own.data.stats.actions_min, outside.data.stats.actions_min)
+
+
+def test_several_data_directories_train_on_all_their_episodes(tmp_path, caplog):
+    from cosmos_policy_core.checkpoint import DatasetStats, write_dataset_stats
+    from cosmos_policy_core.errors import DataError
+    from cosmos_policy_core.train.data import TrainingData
+
+    first = _write_dataset(tmp_path / "first", n=2)
+    second = tmp_path / "second"
+    for i in (5, 6, 7):  # the same file names as in `first`, other episodes
+        write_episode_hdf5(second / f"episode_{i - 5}.hdf5", episode(i))
+    # A stats file that covers none of the episodes: alone it would be refused, beside another directory unused.
+    small = np.full(14, 0.01, np.float32)
+    write_dataset_stats(second / "stats.json", DatasetStats(-small, small, -small, small))
+    with pytest.raises(DataError, match="does not cover the demos"):
+        TrainingData.load(fast_config(), second)
+    with caplog.at_level("INFO", logger="cosmos_policy_core.train.data"):
+        data = TrainingData.load(fast_config(), [first, second])
+    assert len(data.train_demos) + len(data.val_demos) == 5
+    assert "stats.json files are not used" in caplog.text
+    every = np.concatenate([episode(i).action for i in (0, 1, 5, 6, 7)])
+    np.testing.assert_allclose(data.stats.actions_max, every.max(0), rtol=1e-6)
+    assert data.recipe()["data_dir"] == [str(first), str(second)]
+    with pytest.raises(DataError, match="is given twice"):
+        TrainingData.load(fast_config(), [first, tmp_path / "second" / ".." / "first"])
+
+    import cosmos_policy_core.cli as cli
+
+    cfg = fast_config(max_steps=1, checkpoint_every=1, eval_every=0, val_episodes=0)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    rc = cli.main(["train", "--data", str(first), str(tmp_path / "second"), "--config", str(tmp_path / "cfg.json"),
+                   "--out", str(tmp_path / "run"), "--no-progress"])
+    assert rc == 0
+    recorded = load_checkpoint_dir(tmp_path / "run" / "model").metadata["data"]
+    assert recorded["data_dir"] == [str(first), str(tmp_path / "second")] and recorded["train_episodes"] == 5

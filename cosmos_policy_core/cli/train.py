@@ -39,7 +39,8 @@ def _train(args) -> int:
     out = Path(args.out)
     if not args.resume and RunCheckpoints(out, config.keep_checkpoints).complete():
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
-    data = _training_data(args.data, ctx)
+    data = [_training_data(d, ctx) for d in args.data]
+    data = data[0] if len(data) == 1 else data
     trainer = Trainer(config, data, out, rollouts_dir=args.rollouts, init=args.init, vae=args.vae,
                       text_embeddings=args.text_embeddings, resume=args.resume, progress=not args.no_progress,
                       ctx=ctx)
@@ -129,9 +130,10 @@ def register(subparsers) -> None:
         description="Single-stage Cosmos Policy training: 50% policy / 25% world-model / 25% value samples "
                     "(demos as success rollouts), the reference's loss, optimizer and two-cycle LR schedule.",
     )
-    p.add_argument("--data", required=True,
+    p.add_argument("--data", required=True, nargs="+", metavar="DIR",
                    help="directory of ALOHA HDF5 demo episodes (+ optional stats.json), or a LeRobot dataset "
-                        "directory (converted once into a cache, see docs/recording.md)")
+                        "directory (converted once into a cache, see docs/recording.md); several directories "
+                        "train on all their episodes together (a stats.json in them is then not used)")
     p.add_argument("--config", required=True,
                    help="preset tiny | small | 2b, or a JSON file (TrainConfig.to_dict); planning: the planning "
                         "fine-tune of the --init checkpoint's own config (world model + V(s') value on --rollouts, "

@@ -90,6 +90,22 @@ def stats_outside(stats: DatasetStats, demos: Sequence[EpisodeFrames], margin: f
     return found
 
 
+def data_dirs(data: str | Path | Sequence[str | Path] | None) -> list[Path]:
+    """The dataset directories of `train --data` (one, several, or none when the episodes are given open);
+    DataError when a directory is given twice (its episodes would count double)."""
+    if data is None:
+        return []
+    dirs = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+    seen: dict[Path, Path] = {}
+    for d in dirs:
+        key = d.resolve()
+        if key in seen:
+            raise DataError(f"data directory {d} is given twice (as {seen[key]} too): its episodes would count "
+                            "double; give each directory once")
+        seen[key] = d
+    return dirs
+
+
 def resolve_stats(data_dir: str | Path | None, demos: Sequence[EpisodeFrames], layout: LatentLayout,
                   init: str | Path | None = None, keep_init: bool = False) -> tuple[DatasetStats, str]:
     """Normalization statistics and where they come from: the data directory's file (which must cover the demos),
@@ -157,28 +173,34 @@ class TrainingData:
     layout: LatentLayout
     sample_config: SampleConfig
     seed: int
-    data_dir: str | None = None
+    data_dir: str | list[str] | None = None       # one directory, or the several trained on together
     rollouts_dir: str | None = None
 
     @classmethod
-    def load(cls, config, data_dir: str | Path | None = None, *, demos: Sequence[EpisodeFrames] | None = None,
+    def load(cls, config, data_dir: str | Path | Sequence[str | Path] | None = None, *, demos: Sequence[EpisodeFrames] | None = None,
              rollouts_dir: str | Path | None = None, init: str | Path | None = None,
              text_embeddings: str | Path | None = None) -> "TrainingData":
-        """Episodes from `data_dir` (or `demos` already open), split, with statistics and text for `config`
-        (a TrainConfig)."""
+        """Episodes from `data_dir`, one directory or several (or `demos` already open), split, with statistics
+        and text for `config` (a TrainConfig)."""
         layout = config.layout_spec()
-        episodes = list(demos) if demos is not None else load_episode_dir(data_dir)
+        dirs = data_dirs(data_dir)
+        episodes = list(demos) if demos is not None else [e for d in dirs for e in load_episode_dir(d)]
         train, val = split_demos(episodes, config.val_episodes)
         if not train:
             raise DataError(f"{data_dir or 'the given episodes'}: no successful demonstration episode to train the "
                             "policy on (every episode has attrs success=False)")
         rollouts = load_episode_dir(rollouts_dir) if rollouts_dir is not None else []
-        stats, source = resolve_stats(data_dir, train + val, layout, init, keep_init=config.keep_init_stats)
+        stats, source = resolve_stats(dirs[0] if len(dirs) == 1 else None, train + val, layout, init,
+                                      keep_init=config.keep_init_stats)
+        if len(dirs) > 1 and any((d / name).is_file() for d in dirs for name in STATS_FILES):
+            log.info("several data directories: their stats.json files are not used (statistics: %s)", source)
         tasks = [e.task for e in episodes + rollouts]
         text = load_text_table(text_embeddings, tasks, config.text_length, config.model.crossattn_emb_channels)
         samples = SampleBuilder(layout, stats, train, rollouts, config.samples, config.seed)
+        shown = [str(d) for d in dirs]
         return cls(train, val, rollouts, stats, source, text, samples, layout, config.samples, config.seed,
-                   None if data_dir is None else str(data_dir), None if rollouts_dir is None else str(rollouts_dir))
+                   shown[0] if len(shown) == 1 else (shown or None),
+                   None if rollouts_dir is None else str(rollouts_dir))
 
     def with_stats(self, stats: DatasetStats, source: str) -> "TrainingData":
         """The same data normalized with other statistics (a resumed run keeps its checkpoint's); DataError
@@ -202,6 +224,6 @@ class TrainingData:
 
 
 __all__ = [
-    "task_text_embedding", "load_text_table", "stats_outside", "resolve_stats", "split_demos", "TrainingData",
-    "STATS_FILES",
+    "task_text_embedding", "load_text_table", "stats_outside", "resolve_stats", "split_demos", "data_dirs",
+    "TrainingData", "STATS_FILES",
 ]

@@ -93,7 +93,7 @@ class Trainer:
     def __init__(
         self,
         config: TrainConfig,
-        data_dir: str | Path | None,
+        data_dir: str | Path | Sequence[str | Path] | None,
         run_dir: str | Path,
         *,
         demos: Sequence[EpisodeFrames] | None = None,

@@ -18,7 +18,8 @@ A recipe is a JSON object:
 
 Each step runs one command (`run`: one of STEP_KINDS) with `args` spelled as its command-line options
 without the leading dashes: a string or number becomes `--key value`, `true` a bare `--key`, `false` or
-`null` leaves the option out; `note` (optional) is shown with the command. A step's output is
+`null` leaves the option out; `note` (optional) is shown with the command. An option that takes several
+values (`train`'s `data`) may be a list: `"data": ["@demos", "@more_demos"]`. A step's output is
 WORK/<step name> (the runner passes `--out`). A value `"@name"` is the output of the earlier step `name`: a
 demos or VAE directory, or for a `train` step its final model (WORK/<name>/model). Relative paths are
 relative to the recipe file's directory. The last step must be a `train` step: its model, with the recipe's
@@ -59,13 +60,14 @@ class StepKind:
     path_args: tuple[str, ...] = ()         # options whose value is a file or directory
     output: str = ""                        # what "@step" means: WORK/<step>/<output>
     resumable: bool = False                 # a part-way run continues with --resume
+    list_args: tuple[str, ...] = ()         # options that take several values (a JSON list in the recipe)
 
 
 STEP_KINDS: dict[str, StepKind] = {
     "sim demos": StepKind(("sim", "demos")),
     "train-vae": StepKind(("train-vae",), path_args=("data", "init")),
     "train": StepKind(("train",), path_args=("data", "config", "init", "vae", "rollouts", "text-embeddings"),
-                      output="model", resumable=True),
+                      output="model", resumable=True, list_args=("data",)),
 }
 
 
@@ -164,15 +166,21 @@ class Recipe:
             if value is True:
                 argv.append(f"--{key}")
                 continue
-            if isinstance(value, str) and value.startswith(REFERENCE):
-                value = str(self.output(value[len(REFERENCE):], work))
-            elif key in step.kind.path_args and not _is_preset(step.run, key, value):
-                value = str(self.path.parent / value)
-            argv += [f"--{key}", str(value)]
+            values = value if isinstance(value, list) else [value]
+            argv += [f"--{key}", *(self._resolve(step, key, v, work) for v in values)]
         argv += ["--out", str(Path(work) / step.name)]
         if resume:
             argv.append("--resume")
         return argv
+
+    def _resolve(self, step: RecipeStep, key: str, value: Any, work: str | Path) -> str:
+        """One option value as the command gets it: `@name` the output of step `name`, a path relative to the
+        recipe file's directory."""
+        if isinstance(value, str) and value.startswith(REFERENCE):
+            return str(self.output(value[len(REFERENCE):], work))
+        if key in step.kind.path_args and not _is_preset(step.run, key, value):
+            return str(self.path.parent / value)
+        return str(value)
 
     def can_resume(self, step: RecipeStep, work: str | Path) -> bool:
         """Whether a part-way run of `step` left checkpoints to continue from."""
@@ -243,6 +251,19 @@ def _is_preset(run: str, key: str, value: Any) -> bool:
     return False
 
 
+def _check_value(run: Any, key: str, value: Any, where: str, base: Path, outputs: set[str],
+                 problems: list[str]) -> None:
+    """A reference must name an earlier step, a path option an existing file (relative to the recipe)."""
+    if isinstance(value, str) and value.startswith(REFERENCE):
+        if value[len(REFERENCE):] not in outputs:
+            problems.append(f"{where}: option {key!r} refers to {value!r}, which no earlier step makes; "
+                            f"earlier steps: {sorted(outputs) or 'none'}")
+    elif (run in STEP_KINDS and key in STEP_KINDS[run].path_args and isinstance(value, str)
+          and not _is_preset(run, key, value) and not (base / value).exists()):
+        problems.append(f"{where}: option {key!r} names {base / value}, which does not exist "
+                        "(relative paths are relative to the recipe file)")
+
+
 def _parse_steps(raw: Any, base: Path, problems: list[str]) -> list[RecipeStep]:
     if not isinstance(raw, list) or not raw:
         problems.append("\"steps\" must be a non-empty list of {\"name\", \"run\", \"args\"} objects")
@@ -279,18 +300,22 @@ def _parse_steps(raw: Any, base: Path, problems: list[str]) -> list[RecipeStep]:
                                 "part-way train steps resume by themselves); remove it")
             elif key.startswith("-"):
                 problems.append(f"{where}: write option {key!r} without its dashes, as \"{key.lstrip('-')}\"")
+            elif isinstance(value, list):
+                listed = STEP_KINDS[run].list_args if run in STEP_KINDS else ()
+                if key not in listed:
+                    problems.append(f"{where}: option {key!r} takes one value, got the list {json.dumps(value)}"
+                                    + (f" (lists: {', '.join(listed)})" if listed else ""))
+                elif not value or not all(isinstance(v, str) for v in value):
+                    problems.append(f"{where}: option {key!r} must be a non-empty list of strings, "
+                                    f"got {json.dumps(value)}")
+                else:
+                    for v in value:
+                        _check_value(run, key, v, where, base, outputs, problems)
             elif not (value is None or isinstance(value, (str, bool, int, float))):
                 problems.append(f"{where}: option {key!r} must be a string, number, true, false or null, "
                                 f"got {json.dumps(value)}")
-            elif isinstance(value, str) and value.startswith(REFERENCE):
-                ref = value[len(REFERENCE):]
-                if ref not in outputs:
-                    problems.append(f"{where}: option {key!r} refers to {value!r}, which no earlier step makes; "
-                                    f"earlier steps: {sorted(outputs) or 'none'}")
-            elif (run in STEP_KINDS and key in STEP_KINDS[run].path_args and isinstance(value, str)
-                  and not _is_preset(run, key, value) and not (base / value).exists()):
-                problems.append(f"{where}: option {key!r} names {base / value}, which does not exist "
-                                "(relative paths are relative to the recipe file)")
+            else:
+                _check_value(run, key, value, where, base, outputs, problems)
         note = entry.get("note", "")
         if not isinstance(note, str):
             problems.append(f"{where}: \"note\" must be a string")
