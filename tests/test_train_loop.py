@@ -245,3 +245,8 @@ def test_several_data_directories_train_on_all_their_episodes(tmp_path, caplog):
     assert rc == 0
     recorded = load_checkpoint_dir(tmp_path / "run" / "model").metadata["data"]
     assert recorded["data_dir"] == [str(first), str(tmp_path / "second")] and recorded["train_episodes"] == 5
+
+    failures = tmp_path / "failures"  # rollouts that all failed: nothing for the policy to learn from
+    write_episode_hdf5(failures / "episode_0.hdf5", replace(episode(9), success=False))
+    with pytest.raises(DataError, match=f"{failures}: no successful demonstration episode"):
+        TrainingData.load(fast_config(), [failures])

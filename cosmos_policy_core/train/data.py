@@ -177,9 +177,9 @@ class TrainingData:
     rollouts_dir: str | None = None
 
     @classmethod
-    def load(cls, config, data_dir: str | Path | Sequence[str | Path] | None = None, *, demos: Sequence[EpisodeFrames] | None = None,
-             rollouts_dir: str | Path | None = None, init: str | Path | None = None,
-             text_embeddings: str | Path | None = None) -> "TrainingData":
+    def load(cls, config, data_dir: str | Path | Sequence[str | Path] | None = None, *,
+             demos: Sequence[EpisodeFrames] | None = None, rollouts_dir: str | Path | None = None,
+             init: str | Path | None = None, text_embeddings: str | Path | None = None) -> "TrainingData":
         """Episodes from `data_dir`, one directory or several (or `demos` already open), split, with statistics
         and text for `config` (a TrainConfig)."""
         layout = config.layout_spec()
@@ -187,8 +187,9 @@ class TrainingData:
         episodes = list(demos) if demos is not None else [e for d in dirs for e in load_episode_dir(d)]
         train, val = split_demos(episodes, config.val_episodes)
         if not train:
-            raise DataError(f"{data_dir or 'the given episodes'}: no successful demonstration episode to train the "
-                            "policy on (every episode has attrs success=False)")
+            where = ", ".join(map(str, dirs)) or "the given episodes"
+            raise DataError(f"{where}: no successful demonstration episode to train the policy on (every episode "
+                            "has attrs success=False)")
         rollouts = load_episode_dir(rollouts_dir) if rollouts_dir is not None else []
         stats, source = resolve_stats(dirs[0] if len(dirs) == 1 else None, train + val, layout, init,
                                       keep_init=config.keep_init_stats)
