@@ -40,7 +40,6 @@ def _train(args) -> int:
     if not args.resume and RunCheckpoints(out, config.keep_checkpoints).complete():
         raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
     data = [_training_data(d, ctx) for d in args.data]
-    data = data[0] if len(data) == 1 else data
     trainer = Trainer(config, data, out, rollouts_dir=args.rollouts, init=args.init, vae=args.vae,
                       text_embeddings=args.text_embeddings, resume=args.resume, progress=not args.no_progress,
                       ctx=ctx)
