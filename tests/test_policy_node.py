@@ -247,11 +247,17 @@ def test_composed_bringup_with_policy(ros_env, tmp_path, checkpoint_64):
     assert summary["command_finite"] is True
     assert summary["command_step_max"] <= SafetyConfig.aloha_vx300s().max_step.max() + 1e-9
     assert_sensor_rates(topics, log)   # skips here when the sim shows a starved CPU: then no rate holds
+    # The executor's own 25 Hz timer over its last 250 ticks (its diagnostics). Under SCHED_FIFO (rt_priority) the
+    # policy's model calls on the same 2 cores do not delay it.
+    loop = summary["executor"]
+    if loop["scheduling"].startswith("SCHED_FIFO"):
+        assert float(loop["rate_hz"]) == pytest.approx(25.0, rel=0.01), loop
+        assert float(loop["late_ms_max"]) < 10.0, loop
+    else:
+        assert float(loop["rate_hz"]) >= 0.8 * 25.0, loop
     commands = topics["cosmos/joint_command"]
-    # The executor's timer shares 2 cores (and this process) with the policy's model calls: it keeps its 40 ms
-    # period, but on 2 cores a tick now and then comes up to ~0.2 s late, which costs up to ~15 % of the rate.
-    assert commands["period_ms_p50"] == pytest.approx(40.0, rel=0.10), commands
-    assert commands["rate_hz"] >= 0.8 * 25.0, commands
+    assert commands["period_ms_p50"] == pytest.approx(40.0, rel=0.05), (commands, loop)
+    assert commands["rate_hz"] == pytest.approx(25.0, rel=0.05), (commands, loop)
 
 
 def test_temporal_ensemble_makes_the_policy_query_every_few_steps():

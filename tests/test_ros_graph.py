@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cosmos_policy_core.runtime.execution import SafetyConfig
-from graph_run import assert_sensor_rates, run_monitored_bringup
+from graph_run import MONITOR, assert_sensor_rates, run_monitored_bringup
 
 MAX_STEP = SafetyConfig.aloha_vx300s().max_step
 PERIOD_S = 0.04
@@ -205,7 +205,7 @@ def test_a_namespace_moves_the_whole_graph(ros_env, tmp_path):
          "--namespace", "left_cell", "--image-height", "96", "--image-width", "128", "--seconds", str(seconds)],
         env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     monitors = {ns: subprocess.Popen(
-        [sys.executable, "-m", "cosmos_aloha.graph_monitor", "--seconds", str(seconds - 3), "--skip", "4",
+        [*MONITOR, "--seconds", str(seconds - 3), "--skip", "4",
          "--namespace", ns, "--json", str(tmp_path / f"{ns or 'root'}.json")], env=ros_env)
         for ns in ("left_cell", "")}
     log, _ = bringup.communicate(timeout=seconds + 90)

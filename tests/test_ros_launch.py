@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cosmos_aloha import graph
-from graph_run import assert_sensor_rates
+from graph_run import MONITOR, assert_sensor_rates
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ros2_ws" / "src" / "cosmos_aloha"
@@ -126,8 +126,14 @@ def assert_clean_stop(launch: Launch, nodes: list[str], seconds: float, killed: 
     assert seconds < graph.STOP_GRACE_S, f"stopping took {seconds:.1f} s, launch's grace period is {graph.STOP_GRACE_S}"
 
 
-def cli(ros2: str, env: dict, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    return subprocess.run([ros2, *args], env=env, capture_output=True, text=True, timeout=timeout)
+def cli(ros2: str, env: dict, *args: str, timeout: float = 60.0, attempts: int = 3) -> subprocess.CompletedProcess:
+    """`ros2 ARGS`, asked again while the node is not found: on a loaded machine discovering every node can take
+    longer than the command's --spin-time."""
+    for _ in range(attempts):
+        done = subprocess.run([ros2, *args], env=env, capture_output=True, text=True, timeout=timeout)
+        if "Node not found" not in done.stderr:
+            break
+    return done
 
 
 def topic_hz(ros2: str, env: dict, topic: str, seconds: float = 8.0) -> list[float]:
@@ -165,7 +171,7 @@ def test_ros2_launch_runs_the_graph_with_planner_and_stops_on_ctrl_c(ros2, insta
 
         # A separate process observes the graph.
         out = tmp_path / "monitor.json"
-        subprocess.run([sys.executable, "-m", "cosmos_aloha.graph_monitor", "--seconds", "40", "--skip", "2",
+        subprocess.run([*MONITOR, "--seconds", "40", "--skip", "2",
                         "--json", str(out)], env=env, timeout=90, check=True)
         summary = json.loads(out.read_text())
         topics = summary["topics"]

@@ -111,7 +111,8 @@ class ExecutorNode(ManagedNode):
             self._estop_socket = None
             self.get_logger().warning(f"e-stop socket unavailable ({exc}): `cosmos-aloha estop` on this host latches "
                                       "through ROS only (after its start-up and discovery)")
-        apply_realtime_priority(self, int(p.rt_priority))
+        realtime = apply_realtime_priority(self, int(p.rt_priority))
+        self._scheduling = f"SCHED_FIFO {int(p.rt_priority)}" if realtime else "normal"
 
     def _now_ns(self) -> int:
         """Steady time, after reading both clocks into the stamp map."""
@@ -239,6 +240,7 @@ class ExecutorNode(ManagedNode):
         tick = self._last_tick
         values = {k: f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in self._loop.summary().items()}
         values["tick_compute_ms_max"] = f"{self._compute_ms_max:.3f}"
+        values["scheduling"] = self._scheduling
         self._compute_ms_max = 0.0
         if tick is not None:
             values.update(state=tick.state.value, source=tick.source, step=str(tick.step),

@@ -20,7 +20,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from cosmos_aloha import topics
 from cosmos_aloha.conversions import stamp_to_ns
-from cosmos_aloha.qos import profile
+from cosmos_aloha.node_runtime import apply_realtime_priority
+from cosmos_aloha.qos import OBSERVER_COMMAND_QOS, profile
 from cosmos_policy_core.robot.aloha import CAMERAS
 
 CAMERA_TOPICS = tuple(topics.image(c).name for c in CAMERAS)
@@ -70,7 +71,7 @@ class GraphMonitor(Node):
         for topic in CAMERA_TOPICS + PREDICTED_TOPICS + PLAN_PREDICTED_TOPICS:
             self._watch(Image, topic, profile(topics.image("cam")), image=True)
         self._watch(JointState, topics.JOINT_STATES.name, profile(topics.JOINT_STATES))
-        self._watch(JointState, topics.JOINT_COMMAND.name, profile(topics.JOINT_COMMAND), keep=True)
+        self._watch(JointState, topics.JOINT_COMMAND.name, OBSERVER_COMMAND_QOS, keep=True)
         self._watch(JointTrajectory, topics.ACTION_CHUNK.name, profile(topics.ACTION_CHUNK))
         self._watch(JointTrajectory, topics.PLAN_CHUNK.name, profile(topics.PLAN_CHUNK))
         self.success = False
@@ -135,9 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the summary here")
     parser.add_argument("--commands", help="write every received joint command (T, 14) here as .npy")
     parser.add_argument("--namespace", default="", help="the graph's namespace (launch argument namespace)")
+    parser.add_argument("--rt-priority", type=int, default=0,
+                        help="run under SCHED_FIFO at this priority (0 = normal scheduling), so that on a busy "
+                             "machine receive times are the graph's, not those of a monitor waiting for a CPU; "
+                             "below the executor's rt_priority")
     args = parser.parse_args(argv)
     rclpy.init()
     node = GraphMonitor(args.namespace)
+    apply_realtime_priority(node, args.rt_priority)
     try:
         executor = rclpy.executors.SingleThreadedExecutor()
         executor.add_node(node)

@@ -23,7 +23,8 @@ from trajectory_msgs.msg import JointTrajectory
 from cosmos_aloha import topics
 from cosmos_aloha.conversions import stamp_to_ns
 from cosmos_aloha.image_transport import TRANSPORTS, subscribe_image
-from cosmos_aloha.qos import profile
+from cosmos_aloha.node_runtime import apply_realtime_priority
+from cosmos_aloha.qos import OBSERVER_COMMAND_QOS, profile
 from cosmos_policy_core.robot import aloha
 
 HEARTBEAT = "cosmos_aloha/"
@@ -63,7 +64,7 @@ class LinkMonitor:
                 subscribe_image(node, topics.image(cam).name, images, lambda f, s, c=cam: self._on_image(c, f, s),
                                 profile(topics.image(cam)))
         node.create_subscription(JointTrajectory, topics.ACTION_CHUNK.name, self._on_chunk, profile(topics.ACTION_CHUNK))
-        node.create_subscription(JointState, topics.JOINT_COMMAND.name, self._on_command, profile(topics.JOINT_COMMAND))
+        node.create_subscription(JointState, topics.JOINT_COMMAND.name, self._on_command, OBSERVER_COMMAND_QOS)
         node.create_subscription(JointState, topics.JOINT_STATES.name, lambda m: self.joint_states.append(self.now_ns()),
                                  profile(topics.JOINT_STATES))
         node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS.name, self._on_diagnostics,
@@ -146,9 +147,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also subscribe the camera images in this transport and time them")
     parser.add_argument("--interface", default="", help="network interface whose bytes/s to sample (e.g. eth0)")
     parser.add_argument("--json", help="write the summary here (default: print it)")
+    parser.add_argument("--rt-priority", type=int, default=0,
+                        help="run under SCHED_FIFO at this priority (0 = normal scheduling), below the executor's "
+                             "rt_priority, so that on a busy machine no command is lost to the monitor's waits")
     args = parser.parse_args(argv)
     rclpy.init()
     node = rclpy.create_node("link_monitor")
+    apply_realtime_priority(node, args.rt_priority)
     try:
         monitor = LinkMonitor(node, args.images, interface=args.interface)
     except FileNotFoundError as exc:

@@ -46,6 +46,15 @@ DIAGNOSTICS_QOS = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 
+# Observers that must see every command (graph_monitor, link_monitor, tests): the command profile with a 10 s
+# queue at 25 Hz, so an observer waiting for a CPU on a busy machine catches up instead of losing commands.
+OBSERVER_COMMAND_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=250,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+
 PROFILES = {"sensor": SENSOR_QOS, "command": COMMAND_QOS, "latched": LATCHED_QOS, "diagnostics": DIAGNOSTICS_QOS}
 
 
