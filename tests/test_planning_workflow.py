@@ -17,7 +17,7 @@ from cosmos_policy_core.cli import main
 from cosmos_policy_core.data.episode import Episode, EpisodeFile, load_episode_dir, write_episode_hdf5
 from cosmos_policy_core.errors import CheckpointError, ConfigError, DataError
 from cosmos_policy_core.layout import LatentLayout
-from cosmos_policy_core.runtime.comparison import compare_reports, mcnemar_exact
+from cosmos_policy_core.runtime.comparison import compare_reports, mcnemar_exact, merge_reports
 from cosmos_policy_core.runtime.rollout import EvalConfig, GifRecorder, RolloutRecorder, _RolloutSink, run_episode
 from cosmos_policy_core.testing import aloha_like_stats, build_random_checkpoint
 from cosmos_policy_core.train.planning_quality import (
@@ -107,6 +107,51 @@ def test_paired_comparison_of_two_reports(tmp_path, capsys):
     assert "only by plain 3, only by planned 5" in printed and "+20.0%" in printed and "p = 0.727" in printed
     assert json.loads(out.read_text())["only_b"] == 5
     assert main(["sim", "compare", str(tmp_path / "plain.json"), str(tmp_path / "missing.json")]) == 2
+
+
+def test_an_evaluation_run_in_pieces_merges_into_one_report(tmp_path, capsys):
+    config = {"task": "transfer_cube", "seed": 100, "episodes": 5, "workers": 2, "hold_steps": 10,
+              "planner_candidates": 4}
+
+    def piece(successes, seed, holds, **changes):
+        r = _report(successes, seed=seed)
+        for e, h in zip(r["per_episode"], holds):
+            e.update(index=e["seed"] - seed, max_reward=4 if e["success"] else 2, longest_hold=h)
+        held = sum(h >= 10 for h in holds)
+        return {**r, "checkpoint": "models/cube", "seconds": 60.0, "held_successes": held,
+                "config": {**config, "seed": seed, "episodes": len(successes), **changes}}
+
+    # The later seeds first: the merge orders episodes by seed.
+    late = piece([True, True, False, False, True], 105, [12, 3, 0, 0, 10], workers=1)
+    early = piece([True, False, False, True, True], 100, [10, 0, 0, 30, 9])
+    merged = merge_reports([late, early], ["late.json", "early.json"])
+    assert [e["seed"] for e in merged["per_episode"]] == list(range(100, 110))
+    assert [e["index"] for e in merged["per_episode"]] == list(range(10))
+    assert (merged["episodes"], merged["successes"], merged["success_rate"]) == (10, 6, 0.6)
+    assert merged["ci95"] == [pytest.approx(0.3127, abs=1e-4), pytest.approx(0.8318, abs=1e-4)]
+    assert merged["held_successes"] == 4 and merged["held_success_rate"] == 0.4     # holds >= 10: 10, 30, 12, 10
+    assert merged["max_rewards"] == [4, 2, 2, 4, 4, 4, 4, 2, 2, 4]
+    assert (merged["config"]["seed"], merged["config"]["episodes"], merged["seconds"]) == (100, 10, 120.0)
+    assert merged["merged_from"] == ["late.json", "early.json"]
+    # Paired like a single run.
+    assert compare_reports(_report([True] * 10), merged).only_a == 4
+
+    with pytest.raises(ConfigError, match="seed 104 is in both"):
+        merge_reports([early, piece([True], 104, [0])], ["a", "b"])
+    with pytest.raises(ConfigError, match="other settings \\(planner_candidates\\)"):
+        merge_reports([early, piece([True], 110, [0], planner_candidates=0)], ["a", "b"])
+    with pytest.raises(ConfigError, match="checkpoint"):
+        merge_reports([early, {**late, "checkpoint": "models/other"}], ["a", "b"])
+    with pytest.raises(ConfigError, match="no per_episode"):
+        merge_reports([early, {"task": "transfer_cube"}], ["a", "b"])
+
+    for name, report in (("late.json", late), ("early.json", early)):
+        (tmp_path / name).write_text(json.dumps(report))
+    out = tmp_path / "all" / "merged.json"
+    assert main(["sim", "merge", str(tmp_path / "late.json"), str(tmp_path / "early.json"), "--out", str(out)]) == 0
+    assert "6/10 successes, rate 60.0%" in capsys.readouterr().out
+    assert json.loads(out.read_text())["successes"] == 6
+    assert main(["sim", "merge", str(tmp_path / "late.json"), "--out", str(out)]) == 2   # one report: nothing to merge
 
 
 # --- the GIF's value strip -------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""`cosmos-aloha sim score-planning` (value AUROC and world-model PSNR on held-out rollouts) and `sim compare` (two
-`sim eval` reports paired by seed). Registered by cli/sim.py, as `sim eval` is.
+"""`cosmos-aloha sim score-planning` (value AUROC and world-model PSNR on held-out rollouts), `sim compare` (two
+`sim eval` reports paired by seed) and `sim merge` (one evaluation run in pieces, as one report). Registered by
+cli/sim.py, as `sim eval` is.
 """
 from __future__ import annotations
 
@@ -30,6 +31,19 @@ def _compare(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result.to_json_dict(), indent=2))
+    return 0
+
+
+def _merge(args) -> int:
+    from cosmos_policy_core.runtime.comparison import merge_reports
+
+    merged = merge_reports([_read_report(p) for p in args.reports], [Path(p).name for p in args.reports])
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(merged, indent=2))
+    low, high = merged["ci95"]
+    print(f"{args.out}: {merged['successes']}/{merged['episodes']} successes, rate {merged['success_rate']:.1%} "
+          f"(95% Wilson CI {low:.1%}-{high:.1%}), seeds {merged['per_episode'][0]['seed']}-"
+          f"{merged['per_episode'][-1]['seed']} from {len(args.reports)} reports")
     return 0
 
 
@@ -97,7 +111,7 @@ def add_planning_parsers(sim_commands) -> None:
 
     c = sim_commands.add_parser(
         "compare", help="two `sim eval --json` reports on the same seeds, paired (e.g. with and without planning)",
-        description="Both success rates with 95%% Wilson intervals, the scenes solved by one run and not the other, "
+        description="Both success rates with 95 % Wilson intervals, the scenes solved by one run and not the other, "
                     "and the exact McNemar p-value of that difference.",
     )
     c.add_argument("a", help="the baseline report (e.g. without planning)")
@@ -106,3 +120,13 @@ def add_planning_parsers(sim_commands) -> None:
     c.add_argument("--label-b", help="name of the second run (default: its file name)")
     c.add_argument("--json", help="write the comparison")
     c.set_defaults(func=_compare)
+
+    m = sim_commands.add_parser(
+        "merge", help="one report from `sim eval --json` reports of the same checkpoint and settings on other seeds",
+        description="Joins the pieces of one evaluation (run in parts, or on several machines) into one report that "
+                    "`sim compare` pairs like any other: episodes ordered by seed, counts and intervals recomputed. "
+                    "Pieces of another task, checkpoint or setting, or a seed run twice, are refused.",
+    )
+    m.add_argument("reports", nargs="+", help="the `sim eval --json` reports, two or more")
+    m.add_argument("--out", required=True, help="the merged report")
+    m.set_defaults(func=_merge)

@@ -1,11 +1,12 @@
 """Paired comparison of two `sim eval` reports on the same seeds (e.g. with and without planning): both success
-rates with Wilson intervals, the scenes solved by one run only, and the exact McNemar test on those.
+rates with Wilson intervals, the scenes solved by one run only, and the exact McNemar test on those; and the
+merge of one evaluation run in pieces (other seeds, other machines) into one report.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.runtime.rollout import wilson_interval
@@ -103,4 +104,56 @@ def compare_reports(a: Mapping, b: Mapping, label_a: str = "A", label_b: str = "
                             n - both - only_a - only_b, (only_b - only_a) / n, mcnemar_exact(only_a, only_b))
 
 
-__all__ = ["mcnemar_exact", "RunSummary", "PairedComparison", "compare_reports"]
+# Settings that may differ between the pieces of one evaluation: which seeds, and how many processes ran them.
+MERGE_FREE_KEYS = ("seed", "episodes", "workers")
+
+
+def merge_reports(reports: Sequence[Mapping], names: Sequence[str]) -> dict:
+    """One `sim eval --json` report from several runs of the same checkpoint and settings on different seeds.
+
+    Episodes are ordered by seed; counts, rates, intervals and (when every piece counted them) held successes
+    are recomputed; `merged_from` names the pieces. Refuses pieces of other tasks, checkpoints or settings, and a
+    seed run twice.
+    """
+    if len(reports) < 2:
+        raise ConfigError("merge needs at least two reports")
+    first, first_name = reports[0], names[0]
+    episodes, seen = [], {}
+    for report, name in zip(reports, names):
+        _successes_by_seed(report, name)   # checks the per_episode table
+        for key in ("task", "checkpoint"):
+            if report.get(key) != first.get(key):
+                raise ConfigError(f"{name} evaluates {key} {report.get(key)!r} and {first_name} "
+                                  f"{first.get(key)!r}; merge pieces of one evaluation only")
+        config, first_config = report.get("config") or {}, first.get("config") or {}
+        differ = sorted(k for k in config.keys() | first_config.keys()
+                        if k not in MERGE_FREE_KEYS and config.get(k) != first_config.get(k))
+        if differ:
+            raise ConfigError(f"{name} and {first_name} ran with other settings ({', '.join(differ)}); merge "
+                              "pieces of one evaluation only")
+        for e in report["per_episode"]:
+            if int(e["seed"]) in seen:
+                raise ConfigError(f"seed {e['seed']} is in both {seen[int(e['seed'])]} and {name}")
+            seen[int(e["seed"])] = name
+            episodes.append(dict(e))
+    episodes.sort(key=lambda e: int(e["seed"]))
+    for i, e in enumerate(episodes):
+        e["index"] = i
+    n, k = len(episodes), sum(bool(e["success"]) for e in episodes)
+    config = dict(first.get("config") or {})
+    config.update(seed=int(episodes[0]["seed"]), episodes=n)
+    merged = {**first, "episodes": n, "successes": k, "success_rate": k / n, "ci95": list(wilson_interval(k, n)),
+              "per_episode": episodes, "config": config,
+              "seconds": round(sum(float(r.get("seconds") or 0.0) for r in reports), 1),
+              "rollouts": [r["rollouts"] for r in reports if r.get("rollouts")] or None,
+              "max_rewards": [e.get("max_reward") for e in episodes], "merged_from": list(names)}
+    hold = int(config.get("hold_steps") or 0)
+    if hold > 0 and all(r.get("held_successes") is not None for r in reports):
+        h = sum(int(e.get("longest_hold", 0)) >= hold for e in episodes)
+        merged.update(held_successes=h, held_success_rate=h / n, held_ci95=list(wilson_interval(h, n)))
+    else:
+        merged.update(held_successes=None, held_success_rate=None, held_ci95=None)
+    return merged
+
+
+__all__ = ["mcnemar_exact", "RunSummary", "PairedComparison", "compare_reports", "merge_reports"]
