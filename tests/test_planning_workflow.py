@@ -324,10 +324,11 @@ def test_sim_eval_records_every_episode_as_a_dataset(policy_dir, tmp_path, capsy
     out, rollouts = tmp_path / "eval.json", tmp_path / "rollouts"
     code = main(["sim", "eval", "--checkpoint", str(policy_dir), "--episodes", "2", "--seed", "7", "--steps", "1",
                  "--max-steps", "3", "--execute-steps", "3", "--json", str(out), "--record-rollouts", str(rollouts),
-                 "--no-progress"])
+                 "--no-clip", "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = json.loads(out.read_text())
+    assert report["config"]["clip_actions"] is False and ", actions not clipped" in printed
     assert report["rollouts"] == {"dir": str(rollouts), "written": 2, "skipped": 0, "successes": 0}
     assert "rollouts: 2 episodes (0 successes) written to" in printed
     files = load_episode_dir(rollouts)
@@ -372,6 +373,10 @@ def test_sim_eval_loads_the_planning_checkpoint_with_its_value_role(policy_dir, 
     assert (planner.config.world_model_samples, planner.config.value_samples) == (1, 2)
     _, planner = _load(policy_dir, EvalConfig(planner_candidates=2, value_samples=1), False)
     assert (planner.config.world_model_samples, planner.config.value_samples) == (3, 1)
+    # Action clipping is on unless asked off (sim eval --no-clip).
+    assert _load(policy_dir, EvalConfig(), False)[0].config.clip_actions is True
+    assert _load(policy_dir, EvalConfig(clip_actions=False, num_steps=2), False)[0].config.num_steps == 2
+    assert _load(policy_dir, EvalConfig(clip_actions=False), False)[0].config.clip_actions is False
     with pytest.raises(ConfigError, match="world_model_samples sets the planner's ensemble"):
         EvalConfig(world_model_samples=1)
     with pytest.raises(ConfigError, match="value_samples .* got 0"):

@@ -28,14 +28,15 @@ def _eval(args) -> int:
                      value_mode=args.value_mode, world_model_samples=args.world_model_samples,
                      value_samples=args.value_samples, hold_steps=args.hold_steps,
                      jpeg_quality=args.jpeg_quality, engine=args.engine, device=args.device,
-                     dtype=None if args.dtype == "auto" else args.dtype, export_dir=args.export_dir)
+                     dtype=None if args.dtype == "auto" else args.dtype, export_dir=args.export_dir,
+                     clip_actions=not args.no_clip)
     report = evaluate_checkpoint(args.checkpoint, cfg, gif_path=args.video, progress=not args.no_progress,
                                  workers=args.workers, record_dir=args.record_rollouts)
     lo, hi = report.ci95
     c = report.config
     print(f"deployment: {c['execution']}, a chunk every {c['execute_steps']} steps"
           + (f", ensemble decay {c['ensemble_decay']:g}" if c["ensemble_decay"] is not None else "")
-          + f", {c['num_steps']} denoising steps")
+          + f", {c['num_steps']} denoising steps" + ("" if c["clip_actions"] else ", actions not clipped"))
     if c["planner_candidates"] > 1:
         from cosmos_policy_core.runtime.planner import PlannerConfig
 
@@ -115,6 +116,8 @@ def add_eval_parser(sim_commands) -> None:
                         help="JPEG-encode and decode every camera frame at quality Q (1-100) before the policy "
                              "sees it, as a policy on another host receives <camera>/image_raw/compressed; "
                              "compare with the same --seed without it")
+    parser.add_argument("--no-clip", action="store_true",
+                        help="do not clamp normalized actions to [-1, 1] (the range of the checkpoint's statistics)")
     parser.add_argument("--engine", choices=ENGINES, default="torch",
                         help="torch (eager), compile (torch.compile), onnx / tensorrt (the graphs of `cosmos-aloha "
                              "export`)")

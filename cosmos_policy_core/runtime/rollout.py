@@ -88,6 +88,8 @@ class EvalConfig:
     device: str = "cpu"
     dtype: str | None = None
     export_dir: str | None = None
+    # Clamp each normalized action to [-1, 1], the range of the checkpoint's statistics (PolicyConfig).
+    clip_actions: bool = True
 
     def __post_init__(self) -> None:
         if self.episodes <= 0:
@@ -345,8 +347,9 @@ def _load(checkpoint: Path, cfg: EvalConfig, future_images: bool):
     from cosmos_policy_core.runtime.policy import CosmosPolicy, policy_config_for
 
     steps = {} if cfg.num_steps is None else {"num_steps": cfg.num_steps}
+    config = policy_config_for(checkpoint, clip_actions=cfg.clip_actions, **steps)
     policy = CosmosPolicy.from_checkpoint(checkpoint, engine=cfg.engine, device=cfg.device, dtype=cfg.dtype,
-                                          export_dir=cfg.export_dir, config=policy_config_for(checkpoint, **steps),
+                                          export_dir=cfg.export_dir, config=config,
                                           planning_checkpoint=cfg.planning_checkpoint)
     planner = None
     if cfg.planner_candidates > 1:
