@@ -212,6 +212,32 @@ def test_init_checkpoint_keeps_its_normalization_while_the_demos_fit_in_it(tmp_p
     np.testing.assert_allclose(own.data.stats.actions_min, outside.data.stats.actions_min)
 
 
+def test_a_fine_tune_deploys_as_its_init_checkpoint_with_its_own_crop(tmp_path):
+    from cosmos_policy_core.checkpoint import DeploySettings, save_checkpoint_dir
+    from cosmos_policy_core.train.augment import AugmentConfig
+
+    base = Trainer(fast_config(max_steps=1), None, tmp_path / "base", demos=demos(2), progress=False).run()
+    # Without a deploy section in --init, none is written: it is inferred from the recorded training.
+    assert load_checkpoint_dir(base.final_checkpoint).deploy is None
+    again = Trainer(fast_config(max_steps=1), None, tmp_path / "again", demos=demos(2), init=base.final_checkpoint,
+                    progress=False).run()
+    assert load_checkpoint_dir(again.final_checkpoint).deploy is None
+
+    ckpt = load_checkpoint_dir(base.final_checkpoint)
+    ckpt.deploy = DeploySettings(execution="temporal_ensemble", ensemble_decay=0.02, query_every_steps=5,
+                                 num_steps=7, crop_area=0.9)
+    save_checkpoint_dir(tmp_path / "deployed", ckpt)
+    tuned = Trainer(fast_config(max_steps=1), None, tmp_path / "tuned", demos=demos(2), init=tmp_path / "deployed",
+                    progress=False).run()
+    deploy = DeploySettings.from_checkpoint(tuned.final_checkpoint)
+    assert (deploy.execution, deploy.ensemble_decay, deploy.query_every_steps, deploy.num_steps) == (
+        "temporal_ensemble", 0.02, 5, 7)
+    assert deploy.crop_area is None                      # this run trained without crop augmentation
+    augmented = Trainer(fast_config(augment=AugmentConfig(), latent_cache=None), None, tmp_path / "aug",
+                        demos=demos(2), init=tmp_path / "deployed", progress=False)
+    assert augmented.deploy_settings().crop_area == DeploySettings().crop_area
+
+
 def test_several_data_directories_train_on_all_their_episodes(tmp_path, caplog):
     from cosmos_policy_core.checkpoint import DatasetStats, write_dataset_stats
     from cosmos_policy_core.errors import DataError

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from cosmos_policy_core import atomic
 from cosmos_policy_core.checkpoint import (
-    CosmosCheckpoint, load_checkpoint_dir, load_into, read_reference_state_dict, save_checkpoint_dir,
+    CosmosCheckpoint, DeploySettings, load_checkpoint_dir, load_into, read_reference_state_dict, save_checkpoint_dir,
 )
 from cosmos_policy_core.diffusion import diffusion_loss, sample_training_sigma
 from cosmos_policy_core.errors import ConfigError
@@ -157,16 +157,21 @@ class Trainer:
         return WanVAE(self.config.vae).to(self.ctx.device), "random-init"
 
     def _load_init(self, net: CosmosDiT, init) -> dict:
+        self.init_deploy: DeploySettings | None = None
         if init is None:
             return {"source": None, "tensors_loaded": 0}
         init = Path(init)
         if init.is_dir():
-            state = load_checkpoint_dir(init, load_vae=False).model_state
+            loaded = load_checkpoint_dir(init, load_vae=False)
+            state, self.init_deploy = loaded.model_state, loaded.deploy
         else:
             # The reference silently skips a .pt load_path (its §0.8 defect); here it must load or fail.
             state = read_reference_state_dict(init, use_ema=False)
         load_into(net, state, source=str(init))
         log.info("initialised the DiT from %s: %d tensors loaded", init, len(state))
+        if self.init_deploy is not None:
+            log.info("the model deploys as %s does: %s (its test-time crop from this run's augmentation)", init,
+                     self.init_deploy.to_dict())
         return {"source": str(init), "tensors_loaded": len(state)}
 
     def _wrap(self, net: torch.nn.Module) -> torch.nn.Module:
@@ -231,8 +236,17 @@ class Trainer:
         return CosmosCheckpoint(
             model_config=self.config.model, layout=self.layout, model_state=dict(model_state), stats=self.data.stats,
             text_embeddings=self.data.text, vae_config=self.vae.config, vae_state=vae_state,
-            diffusion=self.config.diffusion, metadata=metadata,
+            diffusion=self.config.diffusion, metadata=metadata, deploy=self.deploy_settings(),
         )
+
+    def deploy_settings(self) -> DeploySettings | None:
+        """A fine-tune runs the way its --init checkpoint does (execution, ensembling, denoising steps), with the
+        test-time crop of its own training (none without crop augmentation); None without an --init deploy
+        section: DeploySettings.from_checkpoint then infers them from the recorded training."""
+        if self.init_deploy is None:
+            return None
+        crop = None if self.config.augment is None else DeploySettings().crop_area
+        return replace(self.init_deploy, crop_area=crop)
 
     def save(self) -> Path | None:
         """Checkpoint directory + trainer state (optimizer, step, metrics); rank 0 writes, all ranks join."""
