@@ -203,9 +203,8 @@ def run_split_graph(hosts: TwoHosts, out: Path, base_env: dict, *, robot_args: l
     robot = hosts.start(ROBOT, [_python(), *CLI, "bringup", *role, *robot_args], base_env, robot_log)
     gpu = None if one_host else hosts.start(
         GPU, [_python(), *CLI, "bringup", "--role", "gpu", "--peers", hosts.peer(GPU), *gpu_args], base_env, gpu_log)
-    # SCHED_FIFO below the executor's: a command the observer misses would show as a double step.
     observer = hosts.start(ROBOT, [_python(), "-m", "cosmos_aloha.link_monitor", "--seconds", "1000", "--interface",
-                                   hosts.interface[ROBOT], "--rt-priority", "30", "--json", str(out / "observer.json")],
+                                   hosts.interface[ROBOT], "--json", str(out / "observer.json")],
                            base_env if one_host else side_environment(base_env, hosts, ROBOT), out / "observer.log")
     probe = None
     if probe_images != "none":
