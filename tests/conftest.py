@@ -12,6 +12,21 @@ HAS_RCLPY = importlib.util.find_spec("rclpy") is not None
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.fixture(autouse=True)
+def scheduling_unchanged():
+    """No test may leave this process under another scheduling policy: every process a later test starts would
+    inherit it (a SCHED_FIFO 99 pytest once put whole graphs above their executor's SCHED_FIFO 40)."""
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    before = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    yield
+    after = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+    if after != before:
+        os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
+        pytest.fail(f"this test changed the test process's scheduling (policy, priority) {before} -> {after}")
+
+
 @pytest.fixture
 def load_benchmark():
     """load_benchmark("name") imports benchmarks/name.py afresh (benchmarks are scripts, not a package)."""

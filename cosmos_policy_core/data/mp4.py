@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cosmos_policy_core.errors import ConfigError, DataError
+from cosmos_policy_core.runtime.realtime import realtime_denied
 
 # Encoder names by the codec name LeRobot records in info.json (`video.codec`).
 ENCODERS = {"h264": "libx264", "av1": "libsvtav1"}
@@ -69,7 +70,8 @@ class VideoFileWriter:
         if height % 2 or width % 2:
             raise DataError(f"{self.path}: frames are {width}x{height}; {self.settings.pix_fmt} video needs even "
                             "width and height")
-        stream = self._container.add_stream(self.settings.encoder, rate=self.fps, options=self.settings.options())
+        with realtime_denied():
+            stream = self._container.add_stream(self.settings.encoder, rate=self.fps, options=self.settings.options())
         stream.width, stream.height = width, height
         stream.pix_fmt = self.settings.pix_fmt
         stream.time_base = Fraction(1, self.fps)
@@ -87,21 +89,23 @@ class VideoFileWriter:
             raise DataError(f"{self.path}: frames change size from {self._stream.width}x{self._stream.height} "
                             f"to {frames.shape[2]}x{frames.shape[1]} within one camera")
         start = self.frames
-        for image in frames:
-            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            frame.pts = self.frames
-            frame.time_base = Fraction(1, self.fps)
-            self._container.mux(self._stream.encode(frame))
-            self.frames += 1
+        with realtime_denied():     # libsvtav1 would otherwise run this process under SCHED_FIFO 99
+            for image in frames:
+                frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+                frame.pts = self.frames
+                frame.time_base = Fraction(1, self.fps)
+                self._container.mux(self._stream.encode(frame))
+                self.frames += 1
         return start / self.fps, self.frames / self.fps
 
     def size_mb(self) -> float:
         return self.path.stat().st_size / 1024**2 if self.path.exists() else 0.0
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._container.mux(self._stream.encode(None))
-        self._container.close()
+        with realtime_denied():
+            if self._stream is not None:
+                self._container.mux(self._stream.encode(None))
+            self._container.close()
 
     def __enter__(self):
         return self
