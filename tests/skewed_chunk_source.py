@@ -32,6 +32,15 @@ def main() -> int:
     node.create_subscription(JointState, topics.JOINT_STATES.name,
                              lambda m: latest.update(q=msg_to_joints(m)), profile(topics.JOINT_STATES))
     pub = node.create_publisher(JointTrajectory, topics.ACTION_CHUNK.name, profile(topics.ACTION_CHUNK))
+    # Publish only once the executor's subscription has matched (discovery across hosts takes a moment), and
+    # spin a little after the last chunk so that reliable delivery completes before this node goes.
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline and not any(
+            info.node_name == "executor" for info in node.get_subscriptions_info_by_topic(topics.ACTION_CHUNK.name)):
+        rclpy.spin_once(node, timeout_sec=0.1)
+    while time.monotonic() < deadline and pub.get_subscription_count() < len(
+            node.get_subscriptions_info_by_topic(topics.ACTION_CHUNK.name)):
+        rclpy.spin_once(node, timeout_sec=0.1)
     sent, next_s = 0, 0.0
     end = time.monotonic() + args.seconds
     while time.monotonic() < end:
@@ -41,6 +50,9 @@ def main() -> int:
             pub.publish(chunk_to_msg(np.repeat(latest["q"][None], 50, axis=0), stamp, 40_000_000))
             sent += 1
             next_s = time.monotonic() + args.period_s
+    linger = time.monotonic() + 1.0
+    while time.monotonic() < linger:
+        rclpy.spin_once(node, timeout_sec=0.05)
     print(f"published {sent} chunks stamped {args.offset_s:+g} s", flush=True)
     node.destroy_node()
     rclpy.try_shutdown()

@@ -12,6 +12,7 @@ import pytest
 from cosmos_policy_core.runtime.execution import SafetyConfig
 
 from graph_run import assert_sensor_rates, run_monitored_bringup
+from machine_witness import MachineWitness, excused_by
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 PERIOD_S = 0.04
 TASK = "transfer the cube"
@@ -233,9 +234,11 @@ def test_policy_predicted_frames_are_224_with_the_aloha_layout(ros_env, probe, t
 def test_composed_bringup_with_policy(ros_env, tmp_path, checkpoint_64):
     """sim + policy + executor through `cosmos-aloha bringup --checkpoint` for 45 s, observed by another process
     (the lifecycle manager starts the executor once the policy is warm)."""
-    summary, log = run_monitored_bringup(
-        ros_env, tmp_path, ["--sim", "--checkpoint", str(checkpoint_64), "--image-height", "224",
-                            "--image-width", "224"], seconds=45, skip=5)
+    with MachineWitness(tmp_path) as witness:
+        summary, log = run_monitored_bringup(
+            ros_env, tmp_path, ["--sim", "--checkpoint", str(checkpoint_64), "--image-height", "224",
+                                "--image-width", "224"], seconds=45, skip=5)
+    stall = witness.stall(witness.started_ns, time.time_ns())
     assert "bringup: aloha_sim, policy, executor, lifecycle_manager" in log
     topics = summary["topics"]
     chunks = topics["cosmos/action_chunk"]
@@ -246,18 +249,20 @@ def test_composed_bringup_with_policy(ros_env, tmp_path, checkpoint_64):
     assert summary["executor"]["message"] in ("playing", "blending"), summary["executor"]
     assert summary["command_finite"] is True
     assert summary["command_step_max"] <= SafetyConfig.aloha_vx300s().max_step.max() + 1e-9
-    assert_sensor_rates(topics, log)   # skips here when the sim shows a starved CPU: then no rate holds
     # The executor's own 25 Hz timer over its last 250 ticks (its diagnostics). Under SCHED_FIFO (rt_priority) the
-    # policy's model calls on the same 2 cores do not slow it: measured 25.000 Hz (worst tick 1.2 ms late) beside
-    # two other jobs, and 24.5 Hz with a few ticks ~45 ms late in a full test run beside another job.
+    # policy's model calls on the same 2 cores do not slow it: measured 25.000 Hz (worst tick 1.4 ms late) with
+    # two other CPU-bound processes beside the graph, whether or not the sim keeps its rate. Not judged when the
+    # machine itself stalled.
     loop = summary["executor"]
-    if loop["scheduling"].startswith("SCHED_FIFO"):
-        assert float(loop["rate_hz"]) == pytest.approx(25.0, rel=0.05), loop
-    else:
-        assert float(loop["rate_hz"]) >= 0.8 * 25.0, loop
     commands = topics["cosmos/joint_command"]
-    assert commands["period_ms_p50"] == pytest.approx(40.0, rel=0.05), (commands, loop)
-    assert commands["rate_hz"] >= 0.9 * 25.0, (commands, loop)   # received, over the whole run
+    with excused_by(stall):
+        if loop["scheduling"].startswith("SCHED_FIFO"):
+            assert float(loop["rate_hz"]) == pytest.approx(25.0, rel=0.05), loop
+        else:
+            assert float(loop["rate_hz"]) >= 0.8 * 25.0, loop
+        assert commands["period_ms_p50"] == pytest.approx(40.0, rel=0.05), (commands, loop)
+        assert commands["rate_hz"] >= 0.9 * 25.0, (commands, loop)   # received, over the whole run
+    assert_sensor_rates(topics, log)   # skips here when the sim shows a starved CPU: then no sensor rate holds
 
 
 def test_temporal_ensemble_makes_the_policy_query_every_few_steps():

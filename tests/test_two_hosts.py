@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from machine_witness import MachineWitness, excused_by
 from two_hosts import TwoHosts, chunk_latency_ms, link_bytes_per_s, outage_report, run_split_graph, unavailable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,11 +51,12 @@ def _max_step():
 def replay_run(namespaces_ok, tmp_path_factory):
     """One observed run: replayed chunks from the GPU side, compressed images probed there, an outage, a skewed clock."""
     out = tmp_path_factory.mktemp("two_hosts_replay")
-    with TwoHosts() as hosts:
+    with TwoHosts() as hosts, MachineWitness(out) as witness:
         run = run_split_graph(hosts, out, _fresh_env(), robot_args=["--temporal-ensemble", "false"],
                               gpu_args=["--arg", "replay:=true"], probe_images="compressed",
                               steady_s=8.0, outage_s=2.0, after_s=8.0, skew_offset_s=2.0)
     (out / "run.json").write_text(json.dumps({k: v for k, v in run.items() if not k.endswith("_log")}))
+    run["machine_stall"] = witness.stall(witness.started_ns, run["phases"]["end_ns"])
     return run
 
 
@@ -87,13 +89,16 @@ def test_the_executor_holds_through_the_outage_and_resumes_within_the_step_limit
     obs, ph = replay_run["observer"], replay_run["phases"]
     report = outage_report(obs, ph["link_down_ns"], ph["link_up_ns"], _max_step())
     assert report["chunks_before"] >= 4 and report["chunks_after"] >= 3, report
-    # Commands never stop (the executor is on the robot) and never step beyond the rate limit.
-    assert report["command_gap_ms_max"] < 500, report
+    # Commands never step beyond the rate limit.
     assert report["max_step_over_limit"] <= 1.0 + 1e-6, report
     # The last chunk runs out during the outage: the executor holds the arm still, then resumes.
     assert report["longest_hold_ticks"] >= 5, report
     assert report["first_chunk_after_s"] is not None and report["first_chunk_after_s"] < 5.0, report
     assert report["moving_after_recovery"], report
+    # Commands never stop (the executor is on the robot): no gap between its stamps, unless the machine itself
+    # stalled (tests/machine_witness.py).
+    with excused_by(replay_run["machine_stall"]):
+        assert report["command_gap_ms_max"] < 500, report
 
 
 def test_a_chunk_stamped_ahead_by_a_skewed_clock_is_refused_with_a_diagnostic(replay_run):

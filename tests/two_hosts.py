@@ -298,10 +298,12 @@ def outage_report(observer: dict, down_ns: int, up_ns: int, max_step) -> dict:
     if after.size:
         later = np.nonzero((t[1:] > after[0]) & np.any(steps > 0, axis=1))[0]
         resumed_s = float((t[1:][later[0]] - up_ns) / 1e9) if later.size else None
-    gaps = np.diff(t) / 1e6
+    # Gaps between the executor's own stamps: its ticks, whenever this observer got the CPU to receive them.
+    gaps = np.diff(np.sort(np.asarray(observer["commands"]["stamp_ns"], dtype=np.int64))) / 1e6
     return {"commands": int(t.size), "max_step_over_limit": float(ratio.max()) if ratio.size else None,
             "longest_hold_ticks": int(longest), "chunks_before": int((chunks < down_ns).sum()),
             "chunks_during": int(((chunks >= down_ns) & (chunks <= up_ns)).sum()), "chunks_after": int(after.size),
             "first_chunk_after_s": first_chunk_after_s, "first_fresh_chunk_after_s": first_fresh_chunk_after_s,
             "motion_resumed_after_s": resumed_s,
-            "moving_after_recovery": moving_after, "command_gap_ms_max": float(gaps.max()) if gaps.size else None}
+            "moving_after_recovery": moving_after, "command_gap_ms_max": float(gaps.max()) if gaps.size else None,
+            "command_receive_gap_ms_max": float(np.diff(t).max() / 1e6) if t.size > 1 else None}

@@ -21,7 +21,7 @@ from trajectory_msgs.msg import JointTrajectory
 from cosmos_aloha import topics
 from cosmos_aloha.conversions import stamp_to_ns
 from cosmos_aloha.node_runtime import apply_realtime_priority
-from cosmos_aloha.qos import OBSERVER_COMMAND_QOS, profile
+from cosmos_aloha.qos import OBSERVER_COMMAND_QOS, OBSERVER_SENSOR_QOS, profile
 from cosmos_policy_core.robot.aloha import CAMERAS
 
 CAMERA_TOPICS = tuple(topics.image(c).name for c in CAMERAS)
@@ -68,9 +68,11 @@ class GraphMonitor(Node):
     def __init__(self, namespace: str = ""):
         super().__init__("graph_monitor", namespace=namespace or None)
         self.logs: dict[str, TopicLog] = {}
-        for topic in CAMERA_TOPICS + PREDICTED_TOPICS + PLAN_PREDICTED_TOPICS:
+        for topic in CAMERA_TOPICS:
+            self._watch(Image, topic, OBSERVER_SENSOR_QOS, image=True)
+        for topic in PREDICTED_TOPICS + PLAN_PREDICTED_TOPICS:
             self._watch(Image, topic, profile(topics.image("cam")), image=True)
-        self._watch(JointState, topics.JOINT_STATES.name, profile(topics.JOINT_STATES))
+        self._watch(JointState, topics.JOINT_STATES.name, OBSERVER_SENSOR_QOS)
         self._watch(JointState, topics.JOINT_COMMAND.name, OBSERVER_COMMAND_QOS, keep=True)
         self._watch(JointTrajectory, topics.ACTION_CHUNK.name, profile(topics.ACTION_CHUNK))
         self._watch(JointTrajectory, topics.PLAN_CHUNK.name, profile(topics.PLAN_CHUNK))

@@ -54,7 +54,7 @@ class LinkMonitor:
         self.interface = interface
         self.image_log = {cam: {"receive_ns": [], "latency_ms": [], "bytes": []} for cam in cameras}
         self.chunks = {"receive_ns": [], "stamp_ns": []}
-        self.commands = {"receive_ns": [], "positions": []}
+        self.commands = {"receive_ns": [], "stamp_ns": [], "positions": []}
         self.joint_states: list[int] = []            # receipt times: the sensor rate the images should match
         self.status: dict[str, list] = {}          # node -> [(receive_ns, message, values)]
         self.link_samples: list[tuple[int, int, int]] = []
@@ -91,6 +91,7 @@ class LinkMonitor:
 
     def _on_command(self, msg: JointState) -> None:
         self.commands["receive_ns"].append(self.now_ns())
+        self.commands["stamp_ns"].append(stamp_to_ns(msg.header.stamp))
         self.commands["positions"].append(list(msg.position))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
