@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cosmos_policy_core.runtime.realtime import read_events
+from cosmos_policy_core.realtime import read_events
 
 STALL_MS = 100.0
 
@@ -28,7 +28,7 @@ class MachineWitness:
 
     def __enter__(self) -> "MachineWitness":
         self.started_ns = time.time_ns()
-        self._procs = [subprocess.Popen([sys.executable, "-m", "cosmos_policy_core.runtime.realtime", "--cpu", str(cpu),
+        self._procs = [subprocess.Popen([sys.executable, "-m", "cosmos_policy_core.realtime", "--cpu", str(cpu),
                                          "--seconds", "3600", "--events", str(self.events)],
                                         stdout=subprocess.DEVNULL)
                        for cpu in sorted(os.sched_getaffinity(0))]

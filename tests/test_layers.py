@@ -16,7 +16,7 @@ LIBRARY = ROOT / "cosmos_policy_core"
 
 # Lowest first. `testing` builds fixtures from everything, like a CLI.
 LAYERS = (
-    ("errors", "atomic"),
+    ("errors", "atomic", "realtime"),
     ("nn", "layout", "diffusion"),
     ("checkpoint", "engines"),
     ("robot", "data", "sim", "calibration"),

@@ -1,4 +1,4 @@
-"""The real-time witness: a bare timer's lateness and steal (cosmos_policy_core.runtime.realtime), `doctor
+"""The real-time witness: a bare timer's lateness and steal (cosmos_policy_core.realtime), `doctor
 --realtime`, and how the graph tests use it to tell a stalled machine from a late executor."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 import pytest
 
-from cosmos_policy_core.runtime.realtime import (
+from cosmos_policy_core.realtime import (
     TimerCheck,
     read_events,
     realtime_denied,
@@ -128,9 +128,10 @@ def test_an_av1_export_leaves_every_thread_at_normal_scheduling(tmp_path):
     av = pytest.importorskip("av")
     from cosmos_policy_core.data.mp4 import VideoFileWriter, VideoSettings
 
+    before = set(_realtime_threads())
     with VideoFileWriter(tmp_path / "cam.mp4", 50, VideoSettings(codec="av1")) as writer:
         writer.append(np.random.default_rng(0).integers(0, 255, (10, 64, 64, 3), dtype=np.uint8))
-        assert _realtime_threads() == []
-    assert _realtime_threads() == []
+        assert set(_realtime_threads()) <= before
+    assert set(_realtime_threads()) <= before
     with av.open(str(tmp_path / "cam.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 10

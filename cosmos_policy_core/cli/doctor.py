@@ -35,10 +35,10 @@ def check_ros(seconds: float = 4.0, height: int = 480, width: int = 640) -> dict
 
 
 def check_realtime(seconds: float = 5.0, priority: int = 40, period_s: float = 0.04) -> list:
-    """One bare SCHED_FIFO timer per CPU at the control period, all at once (cosmos_policy_core.runtime.realtime)."""
-    from cosmos_policy_core.runtime.realtime import TimerCheck
+    """One bare SCHED_FIFO timer per CPU at the control period, all at once (cosmos_policy_core.realtime)."""
+    from cosmos_policy_core.realtime import TimerCheck
 
-    procs = [subprocess.Popen([sys.executable, "-m", "cosmos_policy_core.runtime.realtime", "--cpu", str(cpu),
+    procs = [subprocess.Popen([sys.executable, "-m", "cosmos_policy_core.realtime", "--cpu", str(cpu),
                                "--seconds", str(seconds), "--priority", str(priority), "--period-s", str(period_s)],
                               stdout=subprocess.PIPE, text=True)
              for cpu in sorted(os.sched_getaffinity(0))]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cosmos_policy_core.errors import ConfigError, DataError
-from cosmos_policy_core.runtime.realtime import realtime_denied
+from cosmos_policy_core.realtime import realtime_denied
 
 # Encoder names by the codec name LeRobot records in info.json (`video.codec`).
 ENCODERS = {"h264": "libx264", "av1": "libsvtav1"}
