@@ -1,5 +1,5 @@
-"""A witness beside the graph tests: a bare SCHED_FIFO 25 Hz timer pinned to each CPU (cosmos_policy_core.runtime.
-realtime), logging every wake-up 20 ms late or more and any CPU time the hypervisor took (steal).
+"""A witness beside the graph tests: a bare SCHED_FIFO 25 Hz timer pinned to each CPU (cosmos_policy_core.realtime),
+logging every wake-up 20 ms late or more and any CPU time the hypervisor took (steal).
 
 The executor runs under SCHED_FIFO, so on a healthy machine no load of ours delays its timer. When a test sees
 the executor late and the witness saw the machine itself stall in the same window (a virtual CPU paused by its

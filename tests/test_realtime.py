@@ -8,7 +8,6 @@ import threading
 import time
 
 import numpy as np
-
 import pytest
 
 from cosmos_policy_core.realtime import (
