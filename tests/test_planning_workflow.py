@@ -140,6 +140,12 @@ def test_an_evaluation_run_in_pieces_merges_into_one_report(tmp_path, capsys):
         merge_reports([early, piece([True], 104, [0])], ["a", "b"])
     with pytest.raises(ConfigError, match="other settings \\(planner_candidates\\)"):
         merge_reports([early, piece([True], 110, [0], planner_candidates=0)], ["a", "b"])
+    # A report written before a setting existed ran with its default, and merges with one that records it ...
+    recorded = piece([True], 110, [0], clip_actions=True)
+    assert merge_reports([early, recorded], ["a", "b"])["episodes"] == 6
+    # ... but not with one that ran another value.
+    with pytest.raises(ConfigError, match="other settings \\(clip_actions\\)"):
+        merge_reports([early, piece([True], 110, [0], clip_actions=False)], ["a", "b"])
     with pytest.raises(ConfigError, match="checkpoint"):
         merge_reports([early, {**late, "checkpoint": "models/other"}], ["a", "b"])
     with pytest.raises(ConfigError, match="no per_episode"):

@@ -5,11 +5,11 @@ merge of one evaluation run in pieces (other seeds, other machines) into one rep
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Mapping, Sequence
 
 from cosmos_policy_core.errors import ConfigError
-from cosmos_policy_core.runtime.rollout import wilson_interval
+from cosmos_policy_core.runtime.rollout import EvalConfig, wilson_interval
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -106,6 +106,7 @@ def compare_reports(a: Mapping, b: Mapping, label_a: str = "A", label_b: str = "
 
 # Settings that may differ between the pieces of one evaluation: which seeds, and how many processes ran them.
 MERGE_FREE_KEYS = ("seed", "episodes", "workers")
+_EVAL_DEFAULTS = {f.name: f.default for f in fields(EvalConfig) if f.default is not MISSING}
 
 
 def merge_reports(reports: Sequence[Mapping], names: Sequence[str]) -> dict:
@@ -125,7 +126,9 @@ def merge_reports(reports: Sequence[Mapping], names: Sequence[str]) -> dict:
             if report.get(key) != first.get(key):
                 raise ConfigError(f"{name} evaluates {key} {report.get(key)!r} and {first_name} "
                                   f"{first.get(key)!r}; merge pieces of one evaluation only")
-        config, first_config = report.get("config") or {}, first.get("config") or {}
+        # A setting missing from a report written before it existed had its default value.
+        config = {**_EVAL_DEFAULTS, **(report.get("config") or {})}
+        first_config = {**_EVAL_DEFAULTS, **(first.get("config") or {})}
         differ = sorted(k for k in config.keys() | first_config.keys()
                         if k not in MERGE_FREE_KEYS and config.get(k) != first_config.get(k))
         if differ:
