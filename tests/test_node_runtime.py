@@ -72,3 +72,41 @@ def test_a_callback_error_without_a_signal_still_fails_the_node(ros_env):
     assert result.returncode != 0
     assert "RuntimeError: a real fault in a callback" in result.stderr
     assert "closed" in result.stdout  # torn down all the same
+
+
+WATCHER = textwrap.dedent('''
+    import json, signal, sys
+    import rclpy
+    from cosmos_aloha.node_runtime import stop_signals, watch
+
+    stop = stop_signals()
+    rclpy.init()
+    node = rclpy.create_node("watcher")
+    ticks = []
+
+    def tick():
+        ticks.append(1)
+        if len(ticks) == 3:
+            if sys.argv[1] == "error":
+                raise RuntimeError("a real fault in a callback")
+            # SIGINT inside rclpy's message conversion comes out as this RuntimeError (see the node above).
+            try:
+                signal.raise_signal(signal.SIGINT)
+                sum(range(1000))
+            except KeyboardInterrupt:
+                raise RuntimeError("Unable to convert call argument '0' to Python object")
+
+    node.create_timer(0.05, tick)
+    watch(node, 30.0, stop)
+    print(json.dumps({"ticks": len(ticks)}), flush=True)   # the monitors write their summary here
+''')
+
+
+@pytest.mark.parametrize("mode", ["signal", "error"])
+def test_a_watch_ends_quietly_on_a_stop_signal_and_surfaces_a_real_error(ros_env, mode):
+    result = subprocess.run([sys.executable, "-c", WATCHER, mode], env=ros_env, capture_output=True, text=True,
+                            timeout=60)
+    if mode == "signal":
+        assert result.returncode == 0 and '{"ticks": 3}' in result.stdout, result.stderr[-2000:]
+    else:
+        assert result.returncode != 0 and "a real fault in a callback" in result.stderr

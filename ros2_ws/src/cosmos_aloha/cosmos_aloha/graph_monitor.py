@@ -20,7 +20,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from cosmos_aloha import topics
 from cosmos_aloha.conversions import stamp_to_ns
-from cosmos_aloha.node_runtime import apply_realtime_priority
+from cosmos_aloha.node_runtime import apply_realtime_priority, stop_signals, watch
 from cosmos_aloha.qos import OBSERVER_COMMAND_QOS, OBSERVER_SENSOR_QOS, profile
 from cosmos_policy_core.robot.aloha import CAMERAS
 
@@ -143,17 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                              "machine receive times are the graph's, not those of a monitor waiting for a CPU; "
                              "below the executor's rt_priority")
     args = parser.parse_args(argv)
+    stop = stop_signals()
     rclpy.init()
     node = GraphMonitor(args.namespace)
     apply_realtime_priority(node, args.rt_priority)
-    try:
-        executor = rclpy.executors.SingleThreadedExecutor()
-        executor.add_node(node)
-        deadline = time.monotonic() + args.seconds
-        while time.monotonic() < deadline and rclpy.ok():
-            executor.spin_once(timeout_sec=0.05)
-    except KeyboardInterrupt:
-        pass
+    watch(node, args.seconds, stop)    # Ctrl-C ends the watch early: report what was seen
     summary = node.summary(args.skip)
     if args.commands:
         np.save(args.commands, np.asarray(node.logs[topics.JOINT_COMMAND.name].values, dtype=float))

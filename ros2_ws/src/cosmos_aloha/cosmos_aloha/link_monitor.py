@@ -23,7 +23,7 @@ from trajectory_msgs.msg import JointTrajectory
 from cosmos_aloha import topics
 from cosmos_aloha.conversions import stamp_to_ns
 from cosmos_aloha.image_transport import TRANSPORTS, subscribe_image
-from cosmos_aloha.node_runtime import apply_realtime_priority
+from cosmos_aloha.node_runtime import apply_realtime_priority, stop_signals, watch
 from cosmos_aloha.qos import OBSERVER_COMMAND_QOS, profile
 from cosmos_policy_core.robot import aloha
 
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run under SCHED_FIFO at this priority (0 = normal scheduling), below the executor's "
                              "rt_priority, so that on a busy machine no command is lost to the monitor's waits")
     args = parser.parse_args(argv)
+    stop = stop_signals()
     rclpy.init()
     node = rclpy.create_node("link_monitor")
     apply_realtime_priority(node, args.rt_priority)
@@ -160,16 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"link_monitor: {exc}", file=sys.stderr)
         return 2
-    executor = rclpy.executors.SingleThreadedExecutor()
-    executor.add_node(node)
-    deadline = time.monotonic() + args.seconds
-    try:
-        while time.monotonic() < deadline and rclpy.ok():
-            executor.spin_once(timeout_sec=0.05)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass   # Ctrl-C / SIGINT ends the watch early: report what was seen
+    watch(node, args.seconds, stop)    # Ctrl-C / SIGINT ends the watch early: report what was seen
     summary = monitor.summary()
-    executor.shutdown()
     node.destroy_node()
     rclpy.try_shutdown()
     text = json.dumps(summary)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
@@ -51,7 +52,7 @@ def apply_realtime_priority(node: Node, priority: int) -> bool:
     return True
 
 
-class _StopSignals:
+class StopSignals:
     """Remembers that SIGINT / SIGTERM arrived; the first one raises KeyboardInterrupt, later ones are ignored.
 
     Installed before rclpy.init, so rclpy's own handler (which shuts the context down) chains to it. The
@@ -76,6 +77,33 @@ class _StopSignals:
             raise KeyboardInterrupt
 
 
+def stop_signals() -> StopSignals:
+    """Install StopSignals for SIGINT / SIGTERM; call before rclpy.init so that rclpy's handler chains to it."""
+    stop = StopSignals()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    return stop
+
+
+def watch(node: Node, seconds: float, stop: StopSignals) -> None:
+    """Spin `node` for `seconds` or until a stop signal, for observers that report what they saw when they end:
+    a signal ends the watch quietly, also one that lands inside rclpy's message conversion."""
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and rclpy.ok():
+            executor.spin_once(timeout_sec=0.05)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except RuntimeError:
+        if stop.received is None:
+            raise
+    finally:
+        stop.tearing_down = True
+        executor.shutdown()
+
+
 def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> int:
     """Create the node, spin it until Ctrl-C / SIGTERM / shutdown, then tear it down quietly.
 
@@ -83,9 +111,7 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     C++) says so with `unfinished_work`; the process then ends at once after the teardown (exit 0, as
     the stop was asked for) instead of letting the interpreter finalize under that thread, which aborts.
     """
-    stop = _StopSignals()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
+    stop = stop_signals()
     rclpy.init(args=sys.argv if argv is None else argv)
     holder: list[Node] = []
     try:
@@ -104,7 +130,7 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None) -> in
     return 0
 
 
-def _spin(make_node: Callable[[], Node], holder: list[Node], stop: _StopSignals) -> None:
+def _spin(make_node: Callable[[], Node], holder: list[Node], stop: StopSignals) -> None:
     try:
         holder.append(make_node())
         executor = SingleThreadedExecutor()
