@@ -15,7 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.fixture(autouse=True)
 def scheduling_unchanged():
     """No test may leave this process under another scheduling policy: every process a later test starts would
-    inherit it (a SCHED_FIFO 99 pytest once put whole graphs above their executor's SCHED_FIFO 40)."""
+    inherit it (libsvtav1 run as root leaves SCHED_FIFO 99, which puts whole graphs above their executor's 40)."""
     if not hasattr(os, "sched_getscheduler"):
         yield
         return
