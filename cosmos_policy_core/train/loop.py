@@ -23,6 +23,7 @@ from cosmos_policy_core.checkpoint import (
 )
 from cosmos_policy_core.diffusion import diffusion_loss, sample_training_sigma
 from cosmos_policy_core.errors import ConfigError
+from cosmos_policy_core.layout import TRAIN_CROP_AREA
 from cosmos_policy_core.nn.dit import CosmosDiT
 from cosmos_policy_core.nn.wan_vae import WanVAE
 from cosmos_policy_core.train.augment import augment_sample_images
@@ -245,7 +246,7 @@ class Trainer:
         section: DeploySettings.from_checkpoint then infers them from the recorded training."""
         if self.init_deploy is None:
             return None
-        crop = None if self.config.augment is None else DeploySettings().crop_area
+        crop = None if self.config.augment is None else TRAIN_CROP_AREA
         return replace(self.init_deploy, crop_area=crop)
 
     def save(self) -> Path | None:
