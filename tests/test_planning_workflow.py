@@ -161,6 +161,52 @@ def test_an_evaluation_run_in_pieces_merges_into_one_report(tmp_path, capsys):
 
 
 # --- the GIF's value strip -------------------------------------------------------------------------------
+def test_scene_map_places_each_episode_where_its_seed_put_the_objects(tmp_path, capsys):
+    from cosmos_policy_core.runtime.comparison import scene_map
+    from cosmos_policy_core.sim.tasks import get_task
+
+    successes = [i % 3 != 0 for i in range(12)]
+    report = _report(successes, seed=500)
+    for e in report["per_episode"]:
+        e["max_reward"] = 4 if e["success"] else 2
+    scenes = scene_map(report, "eval.json", bins=2)
+    draws = [get_task("transfer_cube").sample_object_poses(500 + i)[0] for i in range(12)]
+    np.testing.assert_allclose([p[0] for p in scenes.poses], [d[:3] for d in draws], atol=1e-4)
+    assert scenes.x_edges == pytest.approx([0.0, 0.1, 0.2]) and scenes.y_edges == pytest.approx([0.4, 0.5, 0.6])
+    cells, wins = np.zeros((2, 2), int), np.zeros((2, 2), int)
+    for d, won in zip(draws, successes):
+        j, i = int(d[1] >= 0.5), int(d[0] >= 0.1)
+        cells[j, i] += 1
+        wins[j, i] += won
+    assert scenes.cell_episodes == cells.tolist() and scenes.cell_successes == wins.tolist()
+    assert scenes.max_rewards == [4 if s else 2 for s in successes] and sum(scenes.successes) == 8
+    lines = scenes.lines()
+    assert lines[0].startswith("transfer_cube: 8/12 successes by where red_box lay") and len(lines) == 4
+    assert lines[2].startswith("y 0.50-0.60") and lines[2].split()[-1] == f"{wins[1, 1]}/{cells[1, 1]}"
+    report["per_episode"].reverse()                                  # the table is by seed, whatever the order
+    assert scene_map(report, "eval.json", bins=2).poses == scenes.poses
+
+    insertion = scene_map(_report([True, False], task="insertion"), "ins.json")
+    assert insertion.objects == ("red_peg", "blue_socket")
+    assert all(0.1 <= p[0][0] <= 0.2 and -0.2 <= p[1][0] <= -0.1 for p in insertion.poses)
+    with pytest.raises(ConfigError, match="bins must be an integer >= 1"):
+        scene_map(report, "eval.json", bins=0)
+    with pytest.raises(ConfigError, match="no per_episode"):
+        scene_map({"task": "transfer_cube"}, "empty.json")
+    with pytest.raises(ConfigError, match="unknown sim task"):
+        scene_map(_report([True], task="stacking"), "other.json")
+
+    path, plot, out = tmp_path / "eval.json", tmp_path / "scenes.png", tmp_path / "scenes.json"
+    path.write_text(json.dumps(report))
+    assert main(["sim", "scenes", str(path), "--plot", str(plot), "--json", str(out)]) == 0
+    assert "8/12 successes" in capsys.readouterr().out
+    from PIL import Image
+
+    with Image.open(plot) as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    assert sum(map(sum, json.loads(out.read_text())["cell_episodes"])) == 12
+
+
 def test_gif_value_strip_plots_each_chunks_value_over_time():
     gif = GifRecorder(tile=16, every=1, horizon=10)
     frame = {c: np.zeros((8, 8, 3), np.uint8) for c in CAMS}

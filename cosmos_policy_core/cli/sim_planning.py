@@ -1,6 +1,6 @@
 """`cosmos-aloha sim score-planning` (value AUROC and world-model PSNR on held-out rollouts), `sim compare` (two
-`sim eval` reports paired by seed) and `sim merge` (one evaluation run in pieces, as one report). Registered by
-cli/sim.py, as `sim eval` is.
+`sim eval` reports paired by seed), `sim merge` (one evaluation run in pieces, as one report) and `sim scenes`
+(where a report's successes and failures lie). Registered by cli/sim.py, as `sim eval` is.
 """
 from __future__ import annotations
 
@@ -47,6 +47,20 @@ def _merge(args) -> int:
     return 0
 
 
+def _scenes(args) -> int:
+    from cosmos_policy_core.runtime.comparison import plot_scene_map, scene_map
+
+    scenes = scene_map(_read_report(args.report), Path(args.report).name, bins=args.bins)
+    for line in scenes.lines():
+        print(line)
+    if args.plot:
+        print(f"plot: {plot_scene_map(scenes, args.plot, title=Path(args.report).stem)}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(scenes.to_json_dict(), indent=2))
+    return 0
+
+
 def _db(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:.2f}"
 
@@ -86,7 +100,7 @@ def _score(args) -> int:
 
 
 def add_planning_parsers(sim_commands) -> None:
-    """Add `score-planning` and `compare` to the `cosmos-aloha sim` command group (called by cli/sim.py)."""
+    """Add `score-planning`, `compare`, `merge` and `scenes` to the `cosmos-aloha sim` command group (called by cli/sim.py)."""
     s = sim_commands.add_parser(
         "score-planning", help="value AUROC and world-model PSNR of a planning checkpoint on held-out rollouts",
         description="For every --stride-th step of each rollout: the world model, given the actions the rollout "
@@ -130,3 +144,15 @@ def add_planning_parsers(sim_commands) -> None:
     m.add_argument("reports", nargs="+", help="the `sim eval --json` reports, two or more")
     m.add_argument("--out", required=True, help="the merged report")
     m.set_defaults(func=_merge)
+
+    g = sim_commands.add_parser(
+        "scenes", help="where the objects of a `sim eval --json` report's successes and failures lay",
+        description="Each episode's objects at the poses its seed draws (as the sim draws them), with the highest "
+                    "reward it reached: a table of successes over a grid of the first object's sampling range, and "
+                    "with --plot a top view of every episode.",
+    )
+    g.add_argument("report", help="the `sim eval --json` report (or a `sim merge` of several)")
+    g.add_argument("--bins", type=int, default=3, help="grid cells per axis of the table")
+    g.add_argument("--plot", help="write the top view here (PNG)")
+    g.add_argument("--json", help="write every episode's object poses and outcome, and the grid")
+    g.set_defaults(func=_scenes)

@@ -1,11 +1,13 @@
 """Paired comparison of two `sim eval` reports on the same seeds (e.g. with and without planning): both success
-rates with Wilson intervals, the scenes solved by one run only, and the exact McNemar test on those; and the
-merge of one evaluation run in pieces (other seeds, other machines) into one report.
+rates with Wilson intervals, the scenes solved by one run only, and the exact McNemar test on those; the merge
+of one evaluation run in pieces (other seeds, other machines) into one report; and where in the scene a
+report's successes and failures lie.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
 from typing import Mapping, Sequence
 
 from cosmos_policy_core.errors import ConfigError
@@ -160,3 +162,99 @@ def merge_reports(reports: Sequence[Mapping], names: Sequence[str]) -> dict:
 
 
 __all__ = ["mcnemar_exact", "RunSummary", "PairedComparison", "compare_reports", "merge_reports"]
+
+
+@dataclass
+class SceneMap:
+    """Where each episode's objects lay (drawn from its seed, as the sim draws them) and how it ended: the
+    successes of a `sim eval` report over a grid of the first object's sampling range."""
+    task: str
+    objects: tuple[str, ...]
+    poses: list[list[list[float]]]   # per episode, per object: x, y, z (m)
+    max_rewards: list[int]
+    successes: list[bool]
+    x_edges: list[float]             # the grid over the first object's x and y ranges
+    y_edges: list[float]
+    cell_successes: list[list[int]]  # [y bin][x bin]
+    cell_episodes: list[list[int]]
+
+    def to_json_dict(self) -> dict:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        n, k = len(self.successes), sum(self.successes)
+        nx = len(self.x_edges) - 1
+        head = [f"x {self.x_edges[i]:.2f}-{self.x_edges[i + 1]:.2f}" for i in range(nx)]
+        out = [f"{self.task}: {k}/{n} successes by where {self.objects[0]} lay (successes / episodes per cell, m)",
+               " " * 11 + "".join(f"{h:>14}" for h in head)]
+        for j in reversed(range(len(self.y_edges) - 1)):     # far y on top, as seen from above
+            cells = [f"{self.cell_successes[j][i]}/{self.cell_episodes[j][i]}" for i in range(nx)]
+            out.append(f"y {self.y_edges[j]:.2f}-{self.y_edges[j + 1]:.2f}" + "".join(f"{c:>14}" for c in cells))
+        return out
+
+
+def scene_map(report: Mapping, name: str, bins: int = 3) -> SceneMap:
+    """The scene of every episode of a `sim eval --json` report (the objects' poses from its seed) with its
+    outcome, and the successes over a `bins` x `bins` grid of the first object's sampling range."""
+    from cosmos_policy_core.sim.tasks import get_task
+
+    if not isinstance(bins, int) or bins < 1:
+        raise ConfigError(f"bins must be an integer >= 1, got {bins!r}")
+    _successes_by_seed(report, name)   # checks the per_episode table
+    task = get_task(str(report.get("task")))
+    episodes = sorted(report["per_episode"], key=lambda e: int(e["seed"]))
+    poses = [task.sample_object_poses(int(e["seed"]))[:, :3] for e in episodes]
+    (x_lo, x_hi), (y_lo, y_hi) = task.ranges[0][0], task.ranges[0][1]
+    x_edges = [x_lo + (x_hi - x_lo) * i / bins for i in range(bins + 1)]
+    y_edges = [y_lo + (y_hi - y_lo) * i / bins for i in range(bins + 1)]
+    wins = [[0] * bins for _ in range(bins)]
+    count = [[0] * bins for _ in range(bins)]
+    for e, pose in zip(episodes, poses):
+        i = min(int((pose[0, 0] - x_lo) / (x_hi - x_lo) * bins), bins - 1)
+        j = min(int((pose[0, 1] - y_lo) / (y_hi - y_lo) * bins), bins - 1)
+        count[j][i] += 1
+        wins[j][i] += bool(e["success"])
+    return SceneMap(task.name, tuple(o.removesuffix("_joint") for o in task.objects),
+                    [[[round(float(v), 4) for v in obj] for obj in pose] for pose in poses],
+                    [int(e.get("max_reward", 4 if e["success"] else 0)) for e in episodes],
+                    [bool(e["success"]) for e in episodes], x_edges, y_edges, wins, count)
+
+
+# Colour of each highest reward 0 (red) to 4 (green, the task's success).
+REWARD_COLOURS = ("#b2182b", "#ef8a62", "#d4a000", "#4393c3", "#1a9850")
+
+
+def plot_scene_map(scenes: SceneMap, path: str | Path, title: str = "") -> Path:
+    """One panel per object, seen from above: each episode's object at its x, y, coloured by the highest reward
+    the episode reached (circle: a success, cross: a failure), with the table's grid on the first object."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig, axes = plt.subplots(1, len(scenes.objects), figsize=(5 * len(scenes.objects), 5.2), squeeze=False)
+    for k, (ax, obj) in enumerate(zip(axes[0], scenes.objects)):
+        for pose, reward, success in zip(scenes.poses, scenes.max_rewards, scenes.successes):
+            ax.scatter(pose[k][0], pose[k][1], color=REWARD_COLOURS[max(0, min(reward, 4))],
+                       marker="o" if success else "x", s=36 if success else 48)
+        if k == 0:
+            for edge in scenes.x_edges[1:-1]:
+                ax.axvline(edge, color="0.85", lw=0.8, zorder=0)
+            for edge in scenes.y_edges[1:-1]:
+                ax.axhline(edge, color="0.85", lw=0.8, zorder=0)
+        ax.set_xlabel("x (m)")
+        ax.set_ylabel("y (m)")
+        ax.set_title(obj)
+        ax.set_aspect("equal", adjustable="datalim")
+    handles = [Line2D([], [], ls="", marker="o" if r == 4 else "x", color=c, label=f"highest reward {r}")
+               for r, c in enumerate(REWARD_COLOURS)]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    n, k = len(scenes.successes), sum(scenes.successes)
+    fig.suptitle(f"{title + chr(10) if title else ''}{scenes.task}: {k}/{n} successes", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
