@@ -100,7 +100,8 @@ def _score(args) -> int:
 
 
 def add_planning_parsers(sim_commands) -> None:
-    """Add `score-planning`, `compare`, `merge` and `scenes` to the `cosmos-aloha sim` command group (called by cli/sim.py)."""
+    """Add `score-planning`, `compare`, `merge` and `scenes` to the `cosmos-aloha sim` command group (called by
+    cli/sim.py)."""
     s = sim_commands.add_parser(
         "score-planning", help="value AUROC and world-model PSNR of a planning checkpoint on held-out rollouts",
         description="For every --stride-th step of each rollout: the world model, given the actions the rollout "

@@ -161,8 +161,6 @@ def merge_reports(reports: Sequence[Mapping], names: Sequence[str]) -> dict:
     return merged
 
 
-__all__ = ["mcnemar_exact", "RunSummary", "PairedComparison", "compare_reports", "merge_reports"]
-
 
 @dataclass
 class SceneMap:
@@ -187,7 +185,7 @@ class SceneMap:
         head = [f"x {self.x_edges[i]:.2f}-{self.x_edges[i + 1]:.2f}" for i in range(nx)]
         out = [f"{self.task}: {k}/{n} successes by where {self.objects[0]} lay (successes / episodes per cell, m)",
                " " * 11 + "".join(f"{h:>14}" for h in head)]
-        for j in reversed(range(len(self.y_edges) - 1)):     # far y on top, as seen from above
+        for j in reversed(range(len(self.y_edges) - 1)):     # larger y on top, as in the plot
             cells = [f"{self.cell_successes[j][i]}/{self.cell_episodes[j][i]}" for i in range(nx)]
             out.append(f"y {self.y_edges[j]:.2f}-{self.y_edges[j + 1]:.2f}" + "".join(f"{c:>14}" for c in cells))
         return out
@@ -235,9 +233,12 @@ def plot_scene_map(scenes: SceneMap, path: str | Path, title: str = "") -> Path:
 
     fig, axes = plt.subplots(1, len(scenes.objects), figsize=(5 * len(scenes.objects), 5.2), squeeze=False)
     for k, (ax, obj) in enumerate(zip(axes[0], scenes.objects)):
-        for pose, reward, success in zip(scenes.poses, scenes.max_rewards, scenes.successes):
-            ax.scatter(pose[k][0], pose[k][1], color=REWARD_COLOURS[max(0, min(reward, 4))],
-                       marker="o" if success else "x", s=36 if success else 48)
+        for reward, colour in enumerate(REWARD_COLOURS):
+            for success in (True, False):
+                pts = [p[k][:2] for p, r, s in zip(scenes.poses, scenes.max_rewards, scenes.successes)
+                       if max(0, min(r, 4)) == reward and s == success]
+                if pts:
+                    ax.scatter(*zip(*pts), color=colour, marker="o" if success else "x", s=36 if success else 48)
         if k == 0:
             for edge in scenes.x_edges[1:-1]:
                 ax.axvline(edge, color="0.85", lw=0.8, zorder=0)
@@ -258,3 +259,7 @@ def plot_scene_map(scenes: SceneMap, path: str | Path, title: str = "") -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+__all__ = ["mcnemar_exact", "RunSummary", "PairedComparison", "compare_reports", "merge_reports", "SceneMap",
+           "scene_map", "plot_scene_map"]
