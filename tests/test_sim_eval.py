@@ -203,3 +203,40 @@ def test_sim_eval_takes_the_task_from_the_checkpoints_task_string(tmp_path, caps
     assert checkpoint_task(both) is None and checkpoint_task(tmp_path / "missing") is None
     assert main(["sim", "eval", "--checkpoint", str(both), "--episodes", "1", "--no-progress"]) == 2
     assert "pass --task transfer_cube or --task insertion" in capsys.readouterr().err
+
+
+def test_an_interrupted_eval_reports_its_finished_episodes_and_the_seeds_left(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the fourth episode of six: the report keeps the three finished ones and names the other three,
+    `sim eval` exits 130 and says how to run the rest; merged with a run of those, nothing is left unfinished."""
+    from cosmos_policy_core.runtime import rollout
+    from cosmos_policy_core.runtime.comparison import merge_reports
+
+    def episode(policy, env, executor_config, cfg, index, *args):
+        if index == 3:
+            raise KeyboardInterrupt
+        return rollout.EpisodeResult(index=index, seed=cfg.seed + index, success=index % 2 == 0,
+                                     max_reward=4 if index % 2 == 0 else 1, steps=5, queries=1, seconds=0.0,
+                                     reward_steps=[5, 0, 0, 0, 0])
+
+    monkeypatch.setattr(rollout, "run_episode", episode)
+    out = tmp_path / "eval.json"
+    args = ["sim", "eval", "--checkpoint", str(SHIPPED), "--episodes", "6", "--seed", "40", "--no-progress"]
+    assert main([*args, "--json", str(out)]) == 130
+    printed = capsys.readouterr().out
+    assert "transfer_cube: 2/3 successes" in printed
+    assert (f"interrupted after 3 of 6 episodes (the report {out} holds them); 3 seeds not run: run them with "
+            "--seed 43 --episodes 3, then join the reports with `cosmos-aloha sim merge`") in printed
+    report = json.loads(out.read_text())
+    assert [e["seed"] for e in report["per_episode"]] == [40, 41, 42] and report["unfinished_seeds"] == [43, 44, 45]
+    assert (report["episodes"], report["successes"], report["config"]["episodes"]) == (3, 2, 6)
+
+    rest = {**report, "per_episode": [{**e, "seed": e["seed"] + 3} for e in report["per_episode"]],
+            "unfinished_seeds": [], "config": {**report["config"], "seed": 43, "episodes": 3}}
+    merged = merge_reports([report, rest], ["first", "rest"])
+    assert merged["episodes"] == 6 and merged["unfinished_seeds"] == []
+    assert merge_reports([report, {**rest, "per_episode": rest["per_episode"][:2]}],
+                         ["first", "rest"])["unfinished_seeds"] == [45]
+
+    monkeypatch.setattr(rollout, "run_episode", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main([*args, "--json", str(tmp_path / "none.json")]) == 130    # nothing finished: no report
+    assert not (tmp_path / "none.json").exists()

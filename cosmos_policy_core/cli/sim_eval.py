@@ -66,6 +66,14 @@ def _eval(args) -> int:
     if args.video:
         print(f"rollout GIF (real cameras, predicted t+50 frames below, the value of each chunk under them): "
               f"{args.video}")
+    if report.unfinished_seeds:
+        left = report.unfinished_seeds
+        rest = (f"run them with --seed {left[0]} --episodes {len(left)}" if left == list(range(left[0], left[-1] + 1))
+                else "its unfinished_seeds lists them")
+        print(f"interrupted after {report.episodes} of {c['episodes']} episodes"
+              + (f" (the report {args.json} holds them)" if args.json else "")
+              + f"; {len(left)} seeds not run: {rest}, then join the reports with `cosmos-aloha sim merge`")
+        return 130
     return 0
 
 

@@ -151,7 +151,9 @@ def merge_reports(reports: Sequence[Mapping], names: Sequence[str]) -> dict:
               "per_episode": episodes, "config": config,
               "seconds": round(sum(float(r.get("seconds") or 0.0) for r in reports), 1),
               "rollouts": [r["rollouts"] for r in reports if r.get("rollouts")] or None,
-              "max_rewards": [e.get("max_reward") for e in episodes], "merged_from": list(names)}
+              "max_rewards": [e.get("max_reward") for e in episodes], "merged_from": list(names),
+              "unfinished_seeds": sorted({int(x) for r in reports for x in r.get("unfinished_seeds") or []}
+                                         - set(seen))}
     hold = int(config.get("hold_steps") or 0)
     if hold > 0 and all(r.get("held_successes") is not None for r in reports):
         h = sum(int(e.get("longest_hold", 0)) >= hold for e in episodes)

@@ -174,6 +174,8 @@ class EvalReport:
     held_ci95: tuple[float, float] | None = None
     # With a record directory: where the rollouts went and how many were written / skipped.
     rollouts: dict | None = None
+    # Seeds asked for but not run: the run was interrupted (Ctrl-C) after the episodes it reports.
+    unfinished_seeds: list[int] = field(default_factory=list)
 
     def to_json_dict(self) -> dict:
         out = asdict(self)
@@ -488,6 +490,7 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
         bar.set_postfix(success=f"{k}/{len(results)}", reward=result.max_reward)
 
     workers = min(workers, cfg.episodes)
+    rollouts = None
     try:
         if workers == 1:
             policy, planner = _load(checkpoint, cfg, gif_path is not None)
@@ -516,11 +519,18 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
         if failures:
             raise failures[0]
         rollouts = None if sink is None else sink.commit()
+    except KeyboardInterrupt:
+        if not results:
+            raise
+        # Hours of finished episodes are kept: the report holds them and names the seeds still to run (their
+        # rollouts are not kept: a record directory appears whole or not at all).
     finally:
         if sink is not None:
             sink.writer.abort()   # after a commit: nothing; after an error or Ctrl-C: the directory as it was
     bar.close()
     results.sort(key=lambda r: r.index)
+    done = {r.index for r in results}
+    unfinished = [cfg.seed + i for i in range(cfg.episodes) if i not in done]
     k = sum(r.success for r in results)
     config = {**asdict(cfg), "workers": workers}
     held = {}
@@ -529,7 +539,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, *, gif_path: st
         held = dict(held_successes=h, held_success_rate=h / len(results), held_ci95=wilson_interval(h, len(results)))
     return EvalReport(task=cfg.task, checkpoint=str(checkpoint), episodes=len(results), successes=k,
                       success_rate=k / len(results), ci95=wilson_interval(k, len(results)), per_episode=results,
-                      config=config, seconds=round(time.perf_counter() - start, 1), rollouts=rollouts, **held)
+                      config=config, seconds=round(time.perf_counter() - start, 1), rollouts=rollouts,
+                      unfinished_seeds=unfinished, **held)
 
 
 __all__ = ["wilson_interval", "EvalConfig", "EpisodeResult", "EvalReport", "GifRecorder", "RolloutRecorder",
