@@ -162,8 +162,10 @@ def test_an_evaluation_run_in_pieces_merges_into_one_report(tmp_path, capsys):
 
 # --- the GIF's value strip -------------------------------------------------------------------------------
 def test_scene_map_places_each_episode_where_its_seed_put_the_objects(tmp_path, capsys):
-    from cosmos_policy_core.runtime.comparison import scene_map
-    from cosmos_policy_core.sim.tasks import get_task
+    from cosmos_policy_core.runtime.comparison import REWARD_COLOURS, scene_map
+    from cosmos_policy_core.sim.tasks import MAX_REWARD, get_task
+
+    assert len(REWARD_COLOURS) == MAX_REWARD + 1           # one colour per reward level of the sim's tasks
 
     successes = [i % 3 != 0 for i in range(12)]
     report = _report(successes, seed=500)

@@ -196,7 +196,7 @@ class SceneMap:
 def scene_map(report: Mapping, name: str, bins: int = 3) -> SceneMap:
     """The scene of every episode of a `sim eval --json` report (the objects' poses from its seed) with its
     outcome, and the successes over a `bins` x `bins` grid of the first object's sampling range."""
-    from cosmos_policy_core.sim.tasks import get_task
+    from cosmos_policy_core.sim.tasks import MAX_REWARD, get_task
 
     if not isinstance(bins, int) or bins < 1:
         raise ConfigError(f"bins must be an integer >= 1, got {bins!r}")
@@ -216,11 +216,11 @@ def scene_map(report: Mapping, name: str, bins: int = 3) -> SceneMap:
         wins[j][i] += bool(e["success"])
     return SceneMap(task.name, tuple(o.removesuffix("_joint") for o in task.objects),
                     [[[round(float(v), 4) for v in obj] for obj in pose] for pose in poses],
-                    [int(e.get("max_reward", 4 if e["success"] else 0)) for e in episodes],
+                    [int(e.get("max_reward", MAX_REWARD if e["success"] else 0)) for e in episodes],
                     [bool(e["success"]) for e in episodes], x_edges, y_edges, wins, count)
 
 
-# Colour of each highest reward 0 (red) to 4 (green, the task's success).
+# Colour of each highest reward 0 (red) to sim.tasks.MAX_REWARD (green, the task's success).
 REWARD_COLOURS = ("#b2182b", "#ef8a62", "#d4a000", "#4393c3", "#1a9850")
 
 
@@ -238,7 +238,7 @@ def plot_scene_map(scenes: SceneMap, path: str | Path, title: str = "") -> Path:
         for reward, colour in enumerate(REWARD_COLOURS):
             for success in (True, False):
                 pts = [p[k][:2] for p, r, s in zip(scenes.poses, scenes.max_rewards, scenes.successes)
-                       if max(0, min(r, 4)) == reward and s == success]
+                       if max(0, min(r, len(REWARD_COLOURS) - 1)) == reward and s == success]
                 if pts:
                     ax.scatter(*zip(*pts), color=colour, marker="o" if success else "x", s=36 if success else 48)
         if k == 0:
@@ -250,7 +250,8 @@ def plot_scene_map(scenes: SceneMap, path: str | Path, title: str = "") -> Path:
         ax.set_ylabel("y (m)")
         ax.set_title(obj)
         ax.set_aspect("equal", adjustable="datalim")
-    handles = [Line2D([], [], ls="", marker="o" if r == 4 else "x", color=c, label=f"highest reward {r}")
+    handles = [Line2D([], [], ls="", marker="o" if r == len(REWARD_COLOURS) - 1 else "x", color=c,
+                      label=f"highest reward {r}")
                for r, c in enumerate(REWARD_COLOURS)]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     n, k = len(scenes.successes), sum(scenes.successes)
