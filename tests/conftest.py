@@ -4,12 +4,24 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import signal
 from pathlib import Path
 
 import pytest
 
 HAS_RCLPY = importlib.util.find_spec("rclpy") is not None
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def pytest_configure(config):
+    """A test run a script starts in the background (`make test &`, no job control) begins with SIGINT and SIGQUIT
+    ignored, and every process it starts inherits that: a `ros2 launch` born so never hears the SIGINT that the
+    stop tests send it. Give both back their defaults, as an interactive shell would; an exec'd child then starts
+    with SIG_DFL."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)
@@ -65,3 +77,23 @@ def ros_env_in_process(ros_env, monkeypatch) -> dict:
     for key in (*environment(), "RMW_IMPLEMENTATION"):
         monkeypatch.setenv(key, ros_env[key])
     return ros_env
+
+
+def _signal_dispositions() -> dict[str, str]:
+    """This process's blocked and ignored signal masks (hex), as the kernel reports them."""
+    try:
+        lines = open("/proc/self/status").read().splitlines()
+    except OSError:
+        return {}
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines) if k in ("SigBlk", "SigIgn")}
+
+
+@pytest.fixture(autouse=True)
+def signals_unchanged():
+    """No test may leave this process blocking or ignoring more signals: every process a later test starts inherits
+    both masks, and a `ros2 launch` born with SIGINT blocked or ignored never hears its stop."""
+    before = _signal_dispositions()
+    yield
+    after = _signal_dispositions()
+    if after != before:
+        pytest.fail(f"this test changed the test process's signal masks {before} -> {after}")

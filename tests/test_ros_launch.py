@@ -107,12 +107,27 @@ class Launch:
             self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=graph.STOP_GRACE_S + graph.STOP_KILL_S + 20)
+        except subprocess.TimeoutExpired:
+            time.sleep(1.0)
+            raise AssertionError(f"ros2 launch still running {time.monotonic() - start:.0f} s after SIGINT; its "
+                                 f"output:\n{self.text[-6000:]}\nprocesses:\n{_process_tree(self.proc.pid)}") from None
         finally:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             self._reader.join(timeout=10)
         return time.monotonic() - start
+
+
+def _process_tree(pid: int) -> str:
+    """`ps` lines of the launch's process group: which node was still alive, and in which state."""
+    out = subprocess.run(["ps", "-o", "pid,stat,cls,rtprio,etime,args", "-s", str(pid)],
+                         capture_output=True, text=True)
+    try:
+        masks = [line for line in open(f"/proc/{pid}/status").read().splitlines() if line.startswith("Sig")]
+    except OSError:
+        masks = []
+    return out.stdout[-3000:] + "\nros2 launch " + " ".join(masks)
 
 
 def assert_clean_stop(launch: Launch, nodes: list[str], seconds: float, killed: tuple[int, ...] = ()) -> None:
