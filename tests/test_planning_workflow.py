@@ -540,18 +540,28 @@ def test_planning_config_is_the_reference_planning_recipe_on_the_policys_network
         TrainConfig.for_planning(policy_dir)
 
 
-def test_keep_init_stats_normalizes_as_the_init_checkpoint_whatever_the_demos(policy_dir, tmp_path):
+def test_keep_init_stats_normalizes_as_the_init_checkpoint_whatever_the_demos(policy_dir, tmp_path, caplog):
     from cosmos_policy_core.train.data import resolve_stats
 
     layout = replace(LatentLayout.aloha(), image_size=64)
     kept = load_checkpoint_dir(policy_dir).stats
     ep = _episode(0, 20, True, kept)
+    ep.action[:] = np.clip(ep.action, kept.actions_min, kept.actions_max)
     ep.qpos[:, 1] = kept.proprio_max[1] + 1.0                     # far outside: the plain rule recomputes
     demo = [EpisodeFile(write_episode_hdf5(tmp_path / "episode_0.hdf5", ep))]
     recomputed, source = resolve_stats(None, demo, layout, policy_dir)
     assert source.startswith("computed") and recomputed.to_json_dict() != kept.to_json_dict()
-    same, source = resolve_stats(None, demo, layout, policy_dir, keep_init=True)
+    with caplog.at_level("WARNING", logger="cosmos_policy_core.train.data"):
+        same, source = resolve_stats(None, demo, layout, policy_dir, keep_init=True)
     assert same.to_json_dict() == kept.to_json_dict() and source == str(policy_dir / "stats.json")
+    assert "proprio dims" in caplog.text and "clamped" not in caplog.text   # proprio is never clamped
+
+    ep.action[:, 0] = kept.actions_max[0] + 1.0                   # targets the deployed policy's clamp would cut
+    caplog.clear()
+    demo = [EpisodeFile(write_episode_hdf5(tmp_path / "episode_1.hdf5", ep))]
+    with caplog.at_level("WARNING", logger="cosmos_policy_core.train.data"):
+        resolve_stats(None, demo, layout, policy_dir, keep_init=True)
+    assert "actions dims ['0 (left_waist)']" in caplog.text and "clamped" in caplog.text and "--no-clip" in caplog.text
     with pytest.raises(ConfigError, match="--init"):
         resolve_stats(None, demo, layout, None, keep_init=True)
 

@@ -119,8 +119,10 @@ def resolve_stats(data_dir: str | Path | None, demos: Sequence[EpisodeFrames], l
         kept = read_dataset_stats(init_stats, layout)
         outside = stats_outside(kept, demos, INIT_STATS_MARGIN)
         if outside:
-            log.info("the demos pass the --init statistics (%s); kept, as keep_init_stats asks",
-                     "; ".join(outside.values()))
+            cut = (" The policy's actions are clamped to these statistics when it runs (sim eval and act: --no-clip "
+                   "turns that off), so what it learns beyond them is cut" if "actions" in outside else "")
+            log.warning("the demos pass the --init statistics (%s); kept, as keep_init_stats asks.%s",
+                        "; ".join(outside.values()), cut)
         return kept, str(init_stats)
     for name in STATS_FILES:
         path = None if data_dir is None else Path(data_dir) / name
