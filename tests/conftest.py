@@ -82,7 +82,7 @@ def ros_env_in_process(ros_env, monkeypatch) -> dict:
 def _signal_dispositions() -> dict[str, str]:
     """This process's blocked and ignored signal masks (hex), as the kernel reports them."""
     try:
-        lines = open("/proc/self/status").read().splitlines()
+        lines = Path("/proc/self/status").read_text().splitlines()
     except OSError:
         return {}
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines) if k in ("SigBlk", "SigIgn")}
@@ -90,7 +90,7 @@ def _signal_dispositions() -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def signals_unchanged():
-    """No test may leave this process blocking or ignoring more signals: every process a later test starts inherits
+    """No test may change which signals this process blocks or ignores: every process a later test starts inherits
     both masks, and a `ros2 launch` born with SIGINT blocked or ignored never hears its stop."""
     before = _signal_dispositions()
     yield

@@ -124,7 +124,7 @@ def _process_tree(pid: int) -> str:
     out = subprocess.run(["ps", "-o", "pid,stat,cls,rtprio,etime,args", "-s", str(pid)],
                          capture_output=True, text=True)
     try:
-        masks = [line for line in open(f"/proc/{pid}/status").read().splitlines() if line.startswith("Sig")]
+        masks = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Sig")]
     except OSError:
         masks = []
     return out.stdout[-3000:] + "\nros2 launch " + " ".join(masks)
