@@ -5,6 +5,7 @@ import importlib.util
 import os
 import random
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ def load_benchmark():
     def load(name: str):
         spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCHMARKS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module   # dataclasses look their module up while the file runs
         spec.loader.exec_module(module)
         return module
 

@@ -188,3 +188,52 @@ def test_reward_rules_from_contacts():
     assert insertion_reward(_c(("red_peg", "socket-3"))) == 3
     assert insertion_reward(_c(("red_peg", "socket-3"), ("socket-1", "table"))) == 0
     assert insertion_reward(_c(("red_peg", "pin"), ("red_peg", "table"))) == 4
+
+
+def test_restoring_a_snapshot_replays_the_same_future_bit_for_bit():
+    with AlohaSimEnv("transfer_cube", height=32, width=32, control_hz=25) as env:
+        obs = env.reset(seed=5)
+        a = obs["qpos"].copy()
+        for _ in range(5):
+            a[1] -= 0.03
+            env.step(a)
+        snap = env.snapshot()
+
+        def future():
+            b = a.copy()
+            out = []
+            for t in range(15):
+                b[1] -= 0.03
+                b[6] = 1.0 - t / 15
+                obs, reward = env.step(b, render=t == 14)
+                out.append((obs["qpos"], reward, env.t))
+            return out, obs["images"], env.data.qpos.copy()
+
+        first, images, qpos = future()
+        assert first[0][0].shape == (14,)
+        assert env.t == 40             # physics steps: two per 25 Hz command
+        env.restore(snap)
+        assert env.t == 10
+        second, images2, qpos2 = future()
+        np.testing.assert_array_equal(qpos, qpos2)
+        for (q1, r1, t1), (q2, r2, t2) in zip(first, second):
+            np.testing.assert_array_equal(q1, q2)
+            assert (r1, t1) == (r2, t2)
+        np.testing.assert_array_equal(images["cam_high"], images2["cam_high"])
+        # The snapshot is not consumed, and steps after a restore do not change it.
+        env.restore(snap)
+        third, _, qpos3 = future()
+        np.testing.assert_array_equal(qpos, qpos3)
+        assert snap.t == 10
+
+
+def test_a_step_without_render_leaves_the_images_empty_and_the_physics_unchanged():
+    with AlohaSimEnv("transfer_cube", height=32, width=32, control_hz=25) as env:
+        obs = env.reset(seed=2)
+        a = obs["qpos"].copy()
+        a[0] += 0.05
+        rendered, _ = env.step(a)
+        env.reset(seed=2)
+        blind, _ = env.step(a, render=False)
+        assert blind["images"] == {} and tuple(sorted(rendered["images"])) == CAMS
+        np.testing.assert_array_equal(blind["qpos"], rendered["qpos"])

@@ -6,9 +6,11 @@ actions with normalised grippers (ACT's convention), physics at 50 Hz, optionall
 from __future__ import annotations
 
 import atexit
+import copy
 import logging
 import os
 import weakref
+from dataclasses import dataclass
 
 # The GL backend is chosen when mujoco is first imported; headless machines need EGL.
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -76,6 +78,16 @@ def _ensure_headless_gl() -> None:
     log.warning("mujoco was imported with the GLFW backend and no DISPLAY; rendering with EGL instead "
                 "(set MUJOCO_GL=egl before importing mujoco to silence this)")
     gl_context.GLContext = EGLContext
+
+
+@dataclass(frozen=True)
+class SimSnapshot:
+    """The whole physics state of a sim at one control step (`BimanualSim.snapshot`)."""
+
+    data: mujoco.MjData
+    t: int
+    reward: int
+    max_reward: int
 
 
 class BimanualSim:
@@ -185,6 +197,18 @@ class BimanualSim:
     def observation(self) -> dict:
         return {"qpos": self.qpos(), "images": self.render()}
 
+    def snapshot(self) -> SimSnapshot:
+        """A copy of the current state: `restore` returns to it, and the same commands then give the
+        same episode bit for bit (to try several futures from one state)."""
+        return SimSnapshot(copy.copy(self.data), self.t, self.reward, self.max_reward)
+
+    def restore(self, snapshot: SimSnapshot) -> None:
+        """Back to `snapshot`'s state (of this sim's model); the snapshot stays usable for another restore."""
+        if snapshot.data.qpos.shape != self.data.qpos.shape:
+            raise ConfigError("this snapshot belongs to a sim of another model")
+        self.data = copy.copy(snapshot.data)
+        self.t, self.reward, self.max_reward = snapshot.t, snapshot.reward, snapshot.max_reward
+
     @property
     def success(self) -> bool:
         """True once the task reward reached its maximum at any physics step since reset."""
@@ -247,11 +271,14 @@ class AlohaSimEnv(BimanualSim):
         self._reset_physics(seed, object_poses)
         return self.observation()
 
-    def step(self, action: np.ndarray) -> tuple[dict, int]:
-        """Apply one action for one control period at `control_hz`; reward of the resulting state."""
-        return self.step_hold(action, self.hold)
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict, int]:
+        """Apply one action for one control period at `control_hz`; reward of the resulting state.
 
-    def step_hold(self, action: np.ndarray, n: int) -> tuple[dict, int]:
+        `render=False` leaves the observation's images empty: rendering is most of a step's cost.
+        """
+        return self.step_hold(action, self.hold, render)
+
+    def step_hold(self, action: np.ndarray, n: int, render: bool = True) -> tuple[dict, int]:
         """Hold `action` for `n` physics control periods (50 Hz), then observe once."""
         action = np.asarray(action, dtype=float)
         if action.shape != (STATE_DIM,):
@@ -261,7 +288,8 @@ class AlohaSimEnv(BimanualSim):
         self.data.ctrl[:] = ctrl_from_action(action, self.gripper)
         for _ in range(n):
             self._advance()
-        return self.observation(), self.reward
+        obs = self.observation() if render else {"qpos": self.qpos(), "images": {}}
+        return obs, self.reward
 
 
 def render_reset_scenes(task: str, scenes: int, seed: int, render_size: int = 224) -> list[dict[str, np.ndarray]]:

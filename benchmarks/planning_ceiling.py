@@ -1,0 +1,337 @@
+"""How much could best-of-N raise success with this policy's candidates? Best-of-N judged by the sim itself.
+
+Whole-chunk episodes (the reference's planning mode: one plan per executed 50-step chunk). At every query the
+planner's N candidates (seeds base + i, as `BestOfNPlanner` draws them; candidate 0 is the chunk the policy alone
+would play) are each tried in a copy of the sim (`AlohaSimEnv.snapshot`): the candidate is played, then the
+policy's own chunks with other seeds to the end of the episode. The candidate whose future succeeds is executed
+(ties: the higher reward reached, then the lower index). That is best-of-N with a perfect world model and a
+one-sample V(s') of the policy's own future: the most a learned world model and value could gain with these
+candidates. The same seeds without planning run through `sim eval`'s own loop.
+
+With `--planning-checkpoint P`, the learned planner (`BestOfNPlanner`, the same candidates: seeds base + i, sampled
+together) also values every query's candidates; the judge's choice is still the one played. Where the candidates'
+futures differ, its choice is compared with the judge's: how often it picks a candidate whose future succeeds, against
+chance and against candidate 0.
+
+    MUJOCO_GL=egl python benchmarks/planning_ceiling.py --checkpoint models/aloha_sim_transfer_cube_small \
+        --episodes 100 --seed 40000 --candidates 4 --workers 2 --out benchmarks/results/planning_ceiling
+
+Writes plain.json and ceiling.json (the `sim eval --json` report form, so `cosmos-aloha sim compare` reads them)
+and summary.json (the paired comparison, how often the candidates' futures disagreed, the machine, the times).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+# One query per executed chunk, played whole, on a clock that stops while the model thinks.
+CHUNK = 50
+# Seeds of the policy's chunks inside a lookahead: apart from every seed the real episode or its candidates use.
+LOOKAHEAD_SEED = 1 << 31   # + episode seed * 1000 + query: under 2**32 for seeds below 2,000,000
+
+
+@dataclass
+class Decision:
+    step: int
+    chosen: int
+    futures: list[tuple[bool, int]]     # per candidate: (its future succeeded, highest reward of that future)
+    planner_values: list[float] | None = None   # the learned planner's value of each candidate
+    planner_choice: int | None = None
+
+
+@dataclass
+class CeilingEpisode:
+    seed: int
+    success: bool
+    max_reward: int
+    steps: int
+    queries: int
+    seconds: float
+    decisions: list[Decision] = field(default_factory=list)
+
+
+def _observation(obs: dict, task: str, now_ns: int):
+    from cosmos_policy_core.runtime.policy import Observation
+
+    return Observation(images=obs["images"], proprio=obs["qpos"], task=task, timestamp=now_ns / 1e9)
+
+
+def _chunk(policy, obs: dict, task: str, now_ns: int, seed: int, num_steps: int) -> np.ndarray:
+    return np.asarray(policy.act(_observation(obs, task, now_ns), seed=seed, num_steps=num_steps,
+                                 return_future_images=False).actions, float)
+
+
+def _candidates(policy, obs: dict, task: str, now_ns: int, seeds: list[int], num_steps: int):
+    """The observation's encode and its candidate chunks, sampled together as the planner samples them (the
+    first row is bit for bit the chunk `act` returns for its seed)."""
+    cond = policy.encode_observation(_observation(obs, task, now_ns))
+    return cond, np.asarray(policy.actions_from_latent(policy.sample_actions(cond, seeds, num_steps)), float)
+
+
+def _play(env, executor, chunk_at, obs: dict, start: int, max_steps: int, *, render: bool) -> tuple[int, dict]:
+    """`run_episode`'s loop from control step `start`: the executor observes, a query step submits
+    `chunk_at(step, obs, now_ns)`, the tick's command steps the sim. Stops at success or `max_steps`;
+    returns the last step run and its observation. Without `render` only query steps are rendered."""
+    from cosmos_policy_core.runtime.execution import TimedChunk
+    from cosmos_policy_core.runtime.rollout import STEP_NS
+
+    step = start
+    for step in range(start, max_steps):
+        now_ns = step * STEP_NS
+        executor.observe(obs["qpos"], now_ns)
+        if step % CHUNK == 0:
+            if not obs["images"]:
+                obs = {**obs, "images": env.render()}
+            verdict = executor.submit(TimedChunk(chunk_at(step, obs, now_ns), now_ns), now_ns)
+            if verdict != "accepted":
+                raise RuntimeError(f"step {step}: the executor rejected a chunk ({verdict})")
+        tick = executor.tick(now_ns)
+        command = tick.command if tick.command is not None else obs["qpos"]
+        obs, _ = env.step(command, render=render or (step + 1) % CHUNK == 0)
+        if env.success:
+            break
+    return step, obs
+
+
+def ceiling_episode(policy, env, executor_config, task, seed: int, candidates: int, num_steps: int,
+                    max_steps: int, planner=None) -> CeilingEpisode:
+    """One episode where each query's chunk is the candidate whose tried future in the sim went best;
+    `planner` (a BestOfNPlanner of `candidates`) values the same candidates beside it."""
+    from cosmos_policy_core.runtime.execution import ChunkExecutor
+
+    start = time.perf_counter()
+    executor = ChunkExecutor(executor_config)
+    obs = env.reset(seed=seed)
+    queries = 0
+    decisions: list[Decision] = []
+
+    def lookahead(chunk: np.ndarray, step: int, obs: dict, now_ns: int) -> tuple[bool, int]:
+        snap, trial = env.snapshot(), copy.deepcopy(executor)
+        first = [True]
+
+        def chunk_at(t: int, o: dict, ns: int) -> np.ndarray:
+            if first[0]:
+                first[0] = False
+                return chunk
+            return _chunk(policy, o, task.description, ns, LOOKAHEAD_SEED + seed * 1000 + t // CHUNK, num_steps)
+
+        _play(env, trial, chunk_at, obs, step, max_steps, render=False)
+        outcome = (bool(env.success), int(env.max_reward))
+        env.restore(snap)
+        return outcome
+
+    def choose(step: int, obs: dict, now_ns: int) -> np.ndarray:
+        nonlocal queries
+        base = seed * 1000 + queries          # run_episode's policy seed; the planner's candidate i is base + i
+        cond, chunks = _candidates(policy, obs, task.description, now_ns, [base + i for i in range(candidates)],
+                                   num_steps)
+        queries += 1
+        if candidates == 1:
+            return chunks[0]
+        futures = [lookahead(c, step, obs, now_ns) for c in chunks]
+        best = max(range(candidates), key=lambda i: (futures[i], -i))
+        decision = Decision(step, best, futures)
+        if planner is not None:
+            plan = planner.plan(cond, base_seed=base)
+            decision.planner_values = [c.value for c in sorted(plan.candidates, key=lambda c: c.index)]
+            decision.planner_choice = plan.best_index
+        decisions.append(decision)
+        return chunks[best]
+
+    step, _ = _play(env, executor, choose, obs, 0, max_steps, render=True)
+    return CeilingEpisode(seed, bool(env.success), int(env.max_reward), step + 1, queries,
+                          round(time.perf_counter() - start, 2), decisions)
+
+
+@dataclass(frozen=True)
+class LearnedPlanner:
+    """The planning checkpoint whose planner values the candidates beside the judge, and its ensembles (None: the
+    planner's defaults, the reference's 3 world-model x 5 value samples)."""
+
+    checkpoint: str
+    world_model_samples: int | None = None
+    value_samples: int | None = None
+
+    def load(self, checkpoint: str, candidates: int, num_steps: int):
+        """(policy with this planning checkpoint, BestOfNPlanner over `candidates`)."""
+        from cosmos_policy_core.runtime.planner import BestOfNPlanner, PlannerConfig, planning_value_mode
+        from cosmos_policy_core.runtime.policy import CosmosPolicy, policy_config_for
+
+        policy = CosmosPolicy.from_checkpoint(checkpoint, config=policy_config_for(checkpoint, num_steps=num_steps),
+                                              planning_checkpoint=self.checkpoint)
+        ensembles = {k: getattr(self, k) for k in ("world_model_samples", "value_samples") if getattr(self, k)}
+        config = PlannerConfig(num_candidates=candidates, batch_candidates=candidates, action_steps=num_steps,
+                               value_mode=planning_value_mode(self.checkpoint), **ensembles)
+        return policy, BestOfNPlanner(policy, config)
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(checkpoint: str, task_name: str, candidates: int, num_steps: int, render_size: int, threads: int,
+                 learned: LearnedPlanner | None) -> None:
+    import torch
+
+    from cosmos_policy_core.runtime.execution import ExecutorConfig
+    from cosmos_policy_core.runtime.policy import CosmosPolicy, policy_config_for
+    from cosmos_policy_core.runtime.rollout import CONTROL_HZ
+    from cosmos_policy_core.sim.env import AlohaSimEnv
+    from cosmos_policy_core.sim.tasks import get_task
+
+    torch.set_num_threads(threads)
+    if learned is None:
+        policy = CosmosPolicy.from_checkpoint(checkpoint, config=policy_config_for(checkpoint, num_steps=num_steps))
+        planner = None
+    else:
+        policy, planner = learned.load(checkpoint, candidates, num_steps)
+    env = AlohaSimEnv(task_name, render_size, render_size, control_hz=CONTROL_HZ)
+    env.__enter__()  # closed when the worker exits
+    _WORKER.update(policy=policy, planner=planner, env=env, task=get_task(task_name),
+                   executor_config=ExecutorConfig.aloha(CONTROL_HZ))   # sim eval's, in whole chunks
+
+
+def _worker_episode(seed: int, candidates: int, num_steps: int, max_steps: int) -> CeilingEpisode:
+    w = _WORKER
+    return ceiling_episode(w["policy"], w["env"], w["executor_config"], w["task"], seed, candidates, num_steps,
+                           max_steps or w["task"].episode_len_25hz, w["planner"])
+
+
+def run_ceiling(checkpoint: str, task_name: str, seeds: list[int], candidates: int, num_steps: int,
+                workers: int, render_size: int = 224, max_steps: int = 0,
+                learned: LearnedPlanner | None = None) -> list[CeilingEpisode]:
+    from tqdm import tqdm
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")
+    out = []
+    with ctx.Pool(workers, initializer=_worker_init,
+                  initargs=(checkpoint, task_name, candidates, num_steps, render_size, threads, learned)) as pool:
+        jobs = [pool.apply_async(_worker_episode, (s, candidates, num_steps, max_steps)) for s in seeds]
+        bar = tqdm(total=len(seeds), desc=f"best of {candidates}, judged by the sim", unit="ep")
+        for job in jobs:
+            out.append(job.get())
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(e.success for e in out)}/{len(out)}")
+        bar.close()
+    return out
+
+
+def _report(episodes: list[CeilingEpisode], task: str, checkpoint: str, config: dict, seconds: float) -> dict:
+    """The `sim eval --json` form (the fields `sim compare` and `sim scenes` read)."""
+    from cosmos_policy_core.runtime.rollout import wilson_interval
+
+    k = sum(e.success for e in episodes)
+    per = [{"index": i, "seed": e.seed, "success": e.success, "max_reward": e.max_reward, "steps": e.steps,
+            "queries": e.queries, "seconds": e.seconds, "decisions": [asdict(d) for d in e.decisions]}
+           for i, e in enumerate(episodes)]
+    return {"task": task, "checkpoint": checkpoint, "episodes": len(episodes), "successes": k,
+            "success_rate": k / len(episodes), "ci95": list(wilson_interval(k, len(episodes))),
+            "per_episode": per, "config": config, "seconds": round(seconds, 1),
+            "max_rewards": [e.max_reward for e in episodes]}
+
+
+def disagreement(episodes: list[CeilingEpisode]) -> dict:
+    """How often the candidates' futures differed: where a judge could have changed anything."""
+    decisions = [d for e in episodes for d in e.decisions]
+    split = [d for d in decisions if len({ok for ok, _ in d.futures}) > 1]
+    rescued = [d for d in split if not d.futures[0][0]]          # candidate 0's future failed, another's succeeded
+    return {"decisions": len(decisions),
+            "some_succeed_some_fail": len(split),
+            "candidate_0_fails_another_succeeds": len(rescued),
+            "all_succeed": sum(all(ok for ok, _ in d.futures) for d in decisions),
+            "all_fail": sum(not any(ok for ok, _ in d.futures) for d in decisions),
+            "chose_other_than_0": sum(d.chosen != 0 for d in decisions)}
+
+
+def learned_choices(episodes: list[CeilingEpisode]) -> dict | None:
+    """Where the candidates' futures split: how often the learned planner's choice was a succeeding one, against
+    candidate 0 (the policy alone) and chance (the share of succeeding candidates, summed over those decisions)."""
+    split = [d for e in episodes for d in e.decisions
+             if d.planner_choice is not None and len({ok for ok, _ in d.futures}) > 1]
+    if not any(d.planner_choice is not None for e in episodes for d in e.decisions):
+        return None
+    return {"split_decisions": len(split),
+            "planner_picks_success": sum(d.futures[d.planner_choice][0] for d in split),
+            "candidate_0_succeeds": sum(d.futures[0][0] for d in split),
+            "chance": round(sum(np.mean([ok for ok, _ in d.futures]) for d in split), 1),
+            "planner_picks_other_than_0": sum(d.planner_choice != 0 for d in split)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=40000)
+    p.add_argument("--candidates", type=int, default=4)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-steps", type=int, default=0, help="control steps per episode (default: the task's)")
+    p.add_argument("--out", required=True, help="directory for plain.json, ceiling.json and summary.json")
+    p.add_argument("--planning-checkpoint", default=None,
+                   help="also value every query's candidates with this checkpoint's planner (its choice is not played)")
+    p.add_argument("--world-model-samples", type=int, default=None)
+    p.add_argument("--value-samples", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.candidates < 2:
+        p.error("--candidates must be at least 2 (1 is the policy alone, which plain.json already holds)")
+
+    from cosmos_policy_core.checkpoint import DeploySettings
+    from cosmos_policy_core.runtime.comparison import compare_reports
+    from cosmos_policy_core.runtime.rollout import EvalConfig, evaluate_checkpoint
+    from cosmos_policy_core.sim.tasks import checkpoint_task, get_task
+
+    checkpoint = str(Path(args.checkpoint))
+    deploy = DeploySettings.from_checkpoint(checkpoint)
+    num_steps = args.steps or deploy.num_steps
+    task_name = checkpoint_task(checkpoint) or "transfer_cube"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(args.seed, args.seed + args.episodes))
+
+    t0 = time.perf_counter()
+    cfg = EvalConfig(task=task_name, episodes=args.episodes, seed=args.seed, execution="whole_chunks",
+                     execute_steps=CHUNK, num_steps=num_steps, max_steps=args.max_steps or None)
+    plain = evaluate_checkpoint(checkpoint, cfg, workers=args.workers).to_json_dict()
+    plain_s = time.perf_counter() - t0
+    (out / "plain.json").write_text(json.dumps(plain, indent=1))
+
+    t0 = time.perf_counter()
+    learned = None if args.planning_checkpoint is None else LearnedPlanner(
+        args.planning_checkpoint, args.world_model_samples, args.value_samples)
+    episodes = run_ceiling(checkpoint, task_name, seeds, args.candidates, num_steps, args.workers,
+                           max_steps=args.max_steps, learned=learned)
+    ceiling_s = time.perf_counter() - t0
+    config = {**plain["config"], "planner_candidates": args.candidates, "judge": "the sim: candidate, then the policy"}
+    ceiling = _report(episodes, task_name, checkpoint, config, ceiling_s)
+    (out / "ceiling.json").write_text(json.dumps(ceiling, indent=1))
+
+    comparison = compare_reports(plain, ceiling, "policy alone", f"best of {args.candidates} judged by the sim")
+    summary = {"comparison": comparison.to_json_dict(), "futures": disagreement(episodes),
+               "learned_planner": None if learned is None else {**asdict(learned), **learned_choices(episodes)},
+               "minutes": {"plain": round(plain_s / 60, 1), "ceiling": round(ceiling_s / 60, 1)},
+               "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+               "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                           "python": platform.python_version()},
+               "task": get_task(task_name).name, "checkpoint": checkpoint, "num_steps": num_steps}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for line in comparison.lines():
+        print(line)
+    print("candidates' futures:", json.dumps(summary["futures"]))
+    if learned is not None:
+        print("the learned planner where they split:", json.dumps(summary["learned_planner"]))
+    print(f"minutes: policy alone {summary['minutes']['plain']}, best of {args.candidates} {summary['minutes']['ceiling']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

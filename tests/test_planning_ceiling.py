@@ -1,0 +1,145 @@
+"""benchmarks/planning_ceiling.py: its loop is sim eval's, and its judge executes the candidate whose tried future went best."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "aloha_sim_transfer_cube_small"
+
+
+@pytest.fixture
+def bench(load_benchmark):
+    return load_benchmark("planning_ceiling")
+
+
+class LineEnv:
+    """A sim whose arm goes where it is commanded; joint 0 at 0.75 rad or more is a success (reward 4), below
+    that the reward is int(4 * joint 0). Snapshots copy the whole state."""
+
+    def __init__(self):
+        self.real_steps = 0
+
+    def reset(self, seed):
+        self.qpos, self.t, self.max_reward = np.zeros(14), 0, 0
+        return self.observation()
+
+    def observation(self, render=True):
+        return {"qpos": self.qpos.copy(), "images": {"cam_high": np.zeros((4, 4, 3), np.uint8)} if render else {}}
+
+    def render(self):
+        return self.observation()["images"]
+
+    def step(self, command, render=True):
+        self.qpos, self.t = np.asarray(command, float).copy(), self.t + 1
+        self.max_reward = max(self.max_reward, 4 if self.qpos[0] >= 0.75 else int(4 * self.qpos[0]))
+        return self.observation(render), self.max_reward
+
+    @property
+    def success(self):
+        return self.max_reward >= 4
+
+    def snapshot(self):
+        return copy.deepcopy((self.qpos, self.t, self.max_reward))
+
+    def restore(self, snap):
+        self.qpos, self.t, self.max_reward = copy.deepcopy(snap)
+
+
+class JointZeroPolicy:
+    """Candidate i of a query holds joint 0 at 0.4 * i; the policy's own chunks inside a lookahead hold still."""
+
+    def __init__(self, bench, episode_seed):
+        self.bench, self.episode_seed = bench, episode_seed
+
+    def _actions(self, obs, seed):
+        actions = np.tile(obs.proprio, (50, 1))
+        if seed < self.bench.LOOKAHEAD_SEED:
+            query = round(obs.timestamp * 25) // 50
+            actions[:, 0] = 0.4 * (seed - self.episode_seed * 1000 - query)
+        return actions
+
+    def encode_observation(self, obs):
+        return obs
+
+    def sample_actions(self, cond, seeds, num_steps=None):
+        return [(cond, s) for s in seeds]
+
+    def actions_from_latent(self, latent):
+        return np.stack([self._actions(obs, s) for obs, s in latent])
+
+    def act(self, obs, seed, num_steps=None, return_future_images=False):
+        return type("Chunk", (), {"actions": self._actions(obs, seed)})()
+
+
+def _run(bench, candidates):
+    from cosmos_policy_core.runtime.execution import ExecutorConfig
+    from cosmos_policy_core.sim.tasks import get_task
+
+    return bench.ceiling_episode(JointZeroPolicy(bench, 7), LineEnv(), ExecutorConfig.aloha(25),
+                                 get_task("transfer_cube"), 7, candidates, 1, 120)
+
+
+def test_the_judge_executes_the_candidate_whose_future_succeeds(bench):
+    alone = _run(bench, 1)
+    assert not alone.success and alone.decisions == [] and alone.queries == 3
+    best = _run(bench, 3)
+    assert best.success and best.max_reward == 4
+    first = best.decisions[0]
+    assert first.step == 0 and first.chosen == 2
+    assert first.futures == [(False, 0), (False, 1), (True, 4)]
+    summary = bench.disagreement([best])
+    assert summary["candidate_0_fails_another_succeeds"] >= 1 and summary["chose_other_than_0"] >= 1
+
+
+def test_without_a_success_the_higher_reward_wins_and_ties_keep_candidate_0(bench):
+    two = _run(bench, 2)   # 0 rad or 0.4 rad: neither succeeds
+    assert not two.success
+    assert two.decisions[0].futures == [(False, 0), (False, 1)] and two.decisions[0].chosen == 1
+    # Once joint 0 sits at 0.4 rad, holding it (candidate 0) reaches reward 1 as well: a tie keeps candidate 0.
+    assert two.decisions[1].futures[0] == (False, 1) and two.decisions[1].chosen == 0
+
+
+def test_one_candidate_plays_exactly_what_sim_eval_plays(bench):
+    """The benchmark's loop against `run_episode` with the shipped policy, same seed: the same steps and state."""
+    from cosmos_policy_core.runtime.execution import ExecutorConfig
+    from cosmos_policy_core.runtime.policy import CosmosPolicy, policy_config_for
+    from cosmos_policy_core.runtime.rollout import EvalConfig, run_episode
+    from cosmos_policy_core.sim.env import AlohaSimEnv
+    from cosmos_policy_core.sim.tasks import get_task
+
+    policy = CosmosPolicy.from_checkpoint(SHIPPED, config=policy_config_for(SHIPPED, num_steps=2))
+    cfg = EvalConfig(seed=40001, episodes=1, execution="whole_chunks", execute_steps=50, num_steps=2, max_steps=55)
+    with AlohaSimEnv("transfer_cube", 224, 224, control_hz=25) as env:
+        plain = run_episode(policy, env, ExecutorConfig.aloha(25), cfg, 0)
+        plain_qpos = env.data.qpos.copy()
+        ours = bench.ceiling_episode(policy, env, ExecutorConfig.aloha(25), get_task("transfer_cube"), 40001, 1, 2, 55)
+        np.testing.assert_array_equal(env.data.qpos, plain_qpos)
+        # Two candidates: each query tries both futures with the real policy and sim, then plays one.
+        two = bench.ceiling_episode(policy, env, ExecutorConfig.aloha(25), get_task("transfer_cube"), 40001, 2, 2, 55)
+    assert (ours.steps, ours.queries, ours.max_reward) == (plain.steps, plain.queries, plain.max_reward) == (55, 2, 0)
+    assert two.steps == 55 and [d.step for d in two.decisions] == [0, 50]
+    assert all(len(d.futures) == 2 and d.chosen in (0, 1) for d in two.decisions)
+
+
+def test_the_learned_planner_values_the_same_candidates_without_changing_what_is_played(bench):
+    from cosmos_policy_core.runtime.execution import ExecutorConfig
+    from cosmos_policy_core.sim.env import AlohaSimEnv
+    from cosmos_policy_core.sim.tasks import get_task
+
+    learned = bench.LearnedPlanner(str(SHIPPED.parent / "aloha_sim_transfer_cube_small_planning"), 1, 1)
+    policy, planner = learned.load(str(SHIPPED), 2, 2)
+    args = (ExecutorConfig.aloha(25), get_task("transfer_cube"), 40002, 2, 2, 55)
+    with AlohaSimEnv("transfer_cube", 224, 224, control_hz=25) as env:
+        judged = bench.ceiling_episode(policy, env, *args)
+        both = bench.ceiling_episode(policy, env, *args, planner=planner)
+    assert [(d.chosen, d.futures) for d in both.decisions] == [(d.chosen, d.futures) for d in judged.decisions]
+    for d in both.decisions:
+        assert len(d.planner_values) == 2 and all(0.0 <= v <= 1.0 for v in d.planner_values)
+        assert d.planner_choice == (1 if d.planner_values[1] > d.planner_values[0] else 0)
+    assert judged.decisions[0].planner_values is None
+    assert bench.learned_choices([judged]) is None
+    summary = bench.learned_choices([both])
+    assert summary["split_decisions"] <= 2 and summary["planner_picks_success"] <= summary["split_decisions"]
