@@ -260,11 +260,27 @@ def learned_choices(episodes: list[CeilingEpisode]) -> dict | None:
              if d.planner_choice is not None and len({ok for ok, _ in d.futures}) > 1]
     if not any(d.planner_choice is not None for e in episodes for d in e.decisions):
         return None
+    shares = [float(np.mean([ok for ok, _ in d.futures])) for d in split]   # a random pick's chance of a success
     return {"split_decisions": len(split),
             "planner_picks_success": sum(d.futures[d.planner_choice][0] for d in split),
             "candidate_0_succeeds": sum(d.futures[0][0] for d in split),
-            "chance": round(sum(np.mean([ok for ok, _ in d.futures]) for d in split), 1),
-            "planner_picks_other_than_0": sum(d.planner_choice != 0 for d in split)}
+            "chance": round(sum(shares), 1),
+            "chance_sd": round(float(np.sqrt(sum(q * (1 - q) for q in shares))), 1),
+            "planner_picks_other_than_0": sum(d.planner_choice != 0 for d in split),
+            "pairs_ordered_right": _pairwise(split)}
+
+
+def _pairwise(decisions: list[Decision]) -> float | None:
+    """Of the (succeeding, failing) candidate pairs within each decision, the share the planner values in that
+    order (ties count half): 0.5 is a planner that cannot tell them apart."""
+    right, pairs = 0.0, 0
+    for d in decisions:
+        for v_ok, (ok, _) in zip(d.planner_values, d.futures):
+            for v_bad, (bad_ok, _) in zip(d.planner_values, d.futures):
+                if ok and not bad_ok:
+                    pairs += 1
+                    right += 1.0 if v_ok > v_bad else 0.5 if v_ok == v_bad else 0.0
+    return round(right / pairs, 3) if pairs else None
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -143,3 +143,17 @@ def test_the_learned_planner_values_the_same_candidates_without_changing_what_is
     assert bench.learned_choices([judged]) is None
     summary = bench.learned_choices([both])
     assert summary["split_decisions"] <= 2 and summary["planner_picks_success"] <= summary["split_decisions"]
+
+
+def test_the_learned_planners_choices_are_scored_against_chance_and_pairwise(bench):
+    D = bench.Decision
+    decisions = [D(0, 1, [(False, 2), (True, 4), (False, 1)], [0.2, 0.9, 0.5], 1),     # right: 2 of 2 pairs
+                 D(50, 0, [(True, 4), (False, 2)], [0.3, 0.3], 0),                     # a tie: half
+                 D(100, 0, [(True, 4), (True, 4)], [0.1, 0.8], 1)]                     # not split: left out
+    episode = bench.CeilingEpisode(1, True, 4, 120, 3, 1.0, decisions)
+    summary = bench.learned_choices([episode])
+    assert summary["split_decisions"] == 2 and summary["planner_picks_success"] == 2
+    assert summary["candidate_0_succeeds"] == 1 and summary["planner_picks_other_than_0"] == 1
+    assert summary["chance"] == pytest.approx(1 / 3 + 1 / 2, abs=0.05)
+    assert summary["pairs_ordered_right"] == pytest.approx(2.5 / 3, abs=1e-3)
+    assert bench.disagreement([episode])["some_succeed_some_fail"] == 2
