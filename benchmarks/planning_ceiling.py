@@ -14,7 +14,7 @@ futures differ, its choice is compared with the judge's: how often it picks a ca
 chance and against candidate 0.
 
     MUJOCO_GL=egl python benchmarks/planning_ceiling.py --checkpoint models/aloha_sim_transfer_cube_small \
-        --episodes 100 --seed 40000 --candidates 4 --workers 2 --out benchmarks/results/planning_ceiling
+        --episodes 100 --seed 40000 --candidates 4 --workers 2 --out planning_ceiling
 
 Writes plain.json and ceiling.json (the `sim eval --json` report form, so `cosmos-aloha sim compare` reads them)
 and summary.json (the paired comparison, how often the candidates' futures disagreed, the machine, the times).
@@ -29,7 +29,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -117,11 +117,9 @@ def ceiling_episode(policy, env, executor_config, task, seed: int, candidates: i
 
     def lookahead(chunk: np.ndarray, step: int, obs: dict, now_ns: int) -> tuple[bool, int]:
         snap, trial = env.snapshot(), copy.deepcopy(executor)
-        first = [True]
 
         def chunk_at(t: int, o: dict, ns: int) -> np.ndarray:
-            if first[0]:
-                first[0] = False
+            if t == step:
                 return chunk
             return _chunk(policy, o, task.description, ns, LOOKAHEAD_SEED + seed * 1000 + t // CHUNK, num_steps)
 
