@@ -410,6 +410,26 @@ def test_a_rollout_that_cannot_be_written_stops_the_eval_and_leaves_no_directory
     assert not (tmp_path / "rollouts").exists() and [p.name for p in tmp_path.iterdir()] == []
 
 
+def test_recording_with_workers_keeps_no_written_episode_in_memory(policy_dir, tmp_path, monkeypatch):
+    """Each recorded episode holds its frames; hundreds kept until the eval ends would exhaust the memory."""
+    import weakref
+
+    from cosmos_policy_core.runtime.rollout import evaluate_checkpoint
+
+    put, written, alive_at_put = _RolloutSink.put, [], []
+
+    def watched(self, result, episode):
+        put(self, result, episode)
+        alive_at_put.append(sum(ref() is not None for ref in written))
+        written.append(weakref.ref(episode))
+
+    monkeypatch.setattr(_RolloutSink, "put", watched)
+    cfg = EvalConfig(episodes=8, num_steps=1, max_steps=2, execute_steps=2)
+    report = evaluate_checkpoint(policy_dir, cfg, progress=False, workers=2, record_dir=tmp_path / "rollouts")
+    assert report.rollouts["written"] == 8 and len(alive_at_put) == 8
+    assert max(alive_at_put) <= 2, alive_at_put   # at most the episodes of jobs finishing together
+
+
 def test_sim_eval_loads_the_planning_checkpoint_with_its_value_role(policy_dir, tmp_path):
     from cosmos_policy_core.runtime.rollout import _load
 
