@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cosmos_policy_core.runtime.rollout import EpisodeResult
+
 # One query per executed chunk, played whole, on a clock that stops while the model thinks.
 CHUNK = 50
 # Seeds of the policy's chunks inside a lookahead: apart from every seed the real episode or its candidates use.
@@ -50,13 +52,9 @@ class Decision:
 
 
 @dataclass
-class CeilingEpisode:
-    seed: int
-    success: bool
-    max_reward: int
-    steps: int
-    queries: int
-    seconds: float
+class CeilingEpisode(EpisodeResult):
+    """`sim eval`'s episode result, with what the judge saw at each query."""
+
     decisions: list[Decision] = field(default_factory=list)
 
 
@@ -64,11 +62,6 @@ def _observation(obs: dict, task: str, now_ns: int):
     from cosmos_policy_core.runtime.policy import Observation
 
     return Observation(images=obs["images"], proprio=obs["qpos"], task=task, timestamp=now_ns / 1e9)
-
-
-def _chunk(policy, obs: dict, task: str, now_ns: int, seed: int, num_steps: int) -> np.ndarray:
-    return np.asarray(policy.act(_observation(obs, task, now_ns), seed=seed, num_steps=num_steps,
-                                 return_future_images=False).actions, float)
 
 
 def _candidates(policy, obs: dict, task: str, now_ns: int, seeds: list[int], num_steps: int):
@@ -104,7 +97,7 @@ def _play(env, executor, chunk_at, obs: dict, start: int, max_steps: int, *, ren
 
 
 def ceiling_episode(policy, env, executor_config, task, seed: int, candidates: int, num_steps: int,
-                    max_steps: int, planner=None) -> CeilingEpisode:
+                    max_steps: int, planner=None, index: int = 0) -> CeilingEpisode:
     """One episode where each query's chunk is the candidate whose tried future in the sim went best;
     `planner` (a BestOfNPlanner of `candidates`) values the same candidates beside it."""
     from cosmos_policy_core.runtime.execution import ChunkExecutor
@@ -121,7 +114,8 @@ def ceiling_episode(policy, env, executor_config, task, seed: int, candidates: i
         def chunk_at(t: int, o: dict, ns: int) -> np.ndarray:
             if t == step:
                 return chunk
-            return _chunk(policy, o, task.description, ns, LOOKAHEAD_SEED + seed * 1000 + t // CHUNK, num_steps)
+            own = LOOKAHEAD_SEED + seed * 1000 + t // CHUNK
+            return _candidates(policy, o, task.description, ns, [own], num_steps)[1][0]
 
         _play(env, trial, chunk_at, obs, step, max_steps, render=False)
         outcome = (bool(env.success), int(env.max_reward))
@@ -147,8 +141,9 @@ def ceiling_episode(policy, env, executor_config, task, seed: int, candidates: i
         return chunks[best]
 
     step, _ = _play(env, executor, choose, obs, 0, max_steps, render=True)
-    return CeilingEpisode(seed, bool(env.success), int(env.max_reward), step + 1, queries,
-                          round(time.perf_counter() - start, 2), decisions)
+    return CeilingEpisode(index=index, seed=seed, success=bool(env.success), max_reward=int(env.max_reward),
+                          steps=step + 1, queries=queries, seconds=round(time.perf_counter() - start, 2),
+                          decisions=decisions)
 
 
 @dataclass(frozen=True)
@@ -198,10 +193,10 @@ def _worker_init(checkpoint: str, task_name: str, candidates: int, num_steps: in
                    executor_config=ExecutorConfig.aloha(CONTROL_HZ))   # sim eval's, in whole chunks
 
 
-def _worker_episode(seed: int, candidates: int, num_steps: int, max_steps: int) -> CeilingEpisode:
+def _worker_episode(index: int, seed: int, candidates: int, num_steps: int, max_steps: int) -> CeilingEpisode:
     w = _WORKER
     return ceiling_episode(w["policy"], w["env"], w["executor_config"], w["task"], seed, candidates, num_steps,
-                           max_steps or w["task"].episode_len_25hz, w["planner"])
+                           max_steps or w["task"].episode_len_25hz, w["planner"], index)
 
 
 def run_ceiling(checkpoint: str, task_name: str, seeds: list[int], candidates: int, num_steps: int,
@@ -214,7 +209,8 @@ def run_ceiling(checkpoint: str, task_name: str, seeds: list[int], candidates: i
     out = []
     with ctx.Pool(workers, initializer=_worker_init,
                   initargs=(checkpoint, task_name, candidates, num_steps, render_size, threads, learned)) as pool:
-        jobs = [pool.apply_async(_worker_episode, (s, candidates, num_steps, max_steps)) for s in seeds]
+        jobs = [pool.apply_async(_worker_episode, (i, s, candidates, num_steps, max_steps))
+                for i, s in enumerate(seeds)]
         bar = tqdm(total=len(seeds), desc=f"best of {candidates}, judged by the sim", unit="ep")
         for job in jobs:
             out.append(job.get())
@@ -222,20 +218,6 @@ def run_ceiling(checkpoint: str, task_name: str, seeds: list[int], candidates: i
             bar.set_postfix(success=f"{sum(e.success for e in out)}/{len(out)}")
         bar.close()
     return out
-
-
-def _report(episodes: list[CeilingEpisode], task: str, checkpoint: str, config: dict, seconds: float) -> dict:
-    """The `sim eval --json` form (the fields `sim compare` and `sim scenes` read)."""
-    from cosmos_policy_core.runtime.rollout import wilson_interval
-
-    k = sum(e.success for e in episodes)
-    per = [{"index": i, "seed": e.seed, "success": e.success, "max_reward": e.max_reward, "steps": e.steps,
-            "queries": e.queries, "seconds": e.seconds, "decisions": [asdict(d) for d in e.decisions]}
-           for i, e in enumerate(episodes)]
-    return {"task": task, "checkpoint": checkpoint, "episodes": len(episodes), "successes": k,
-            "success_rate": k / len(episodes), "ci95": list(wilson_interval(k, len(episodes))),
-            "per_episode": per, "config": config, "seconds": round(seconds, 1),
-            "max_rewards": [e.max_reward for e in episodes]}
 
 
 def disagreement(episodes: list[CeilingEpisode]) -> dict:
@@ -301,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from cosmos_policy_core.checkpoint import DeploySettings
     from cosmos_policy_core.runtime.comparison import compare_reports
-    from cosmos_policy_core.runtime.rollout import EvalConfig, evaluate_checkpoint
+    from cosmos_policy_core.runtime.rollout import EvalConfig, EvalReport, evaluate_checkpoint, wilson_interval
     from cosmos_policy_core.sim.tasks import checkpoint_task, get_task
 
     checkpoint = str(Path(args.checkpoint))
@@ -326,7 +308,10 @@ def main(argv: list[str] | None = None) -> dict:
                            max_steps=args.max_steps, learned=learned)
     ceiling_s = time.perf_counter() - t0
     config = {**plain["config"], "planner_candidates": args.candidates, "judge": "the sim: candidate, then the policy"}
-    ceiling = _report(episodes, task_name, checkpoint, config, ceiling_s)
+    k = sum(e.success for e in episodes)
+    ceiling = EvalReport(task=task_name, checkpoint=checkpoint, episodes=len(episodes), successes=k,
+                         success_rate=k / len(episodes), ci95=wilson_interval(k, len(episodes)), per_episode=episodes,
+                         config=config, seconds=round(ceiling_s, 1)).to_json_dict()
     (out / "ceiling.json").write_text(json.dumps(ceiling, indent=1))
 
     comparison = compare_reports(plain, ceiling, "policy alone", f"best of {args.candidates} judged by the sim")

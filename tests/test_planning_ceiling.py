@@ -150,7 +150,8 @@ def test_the_learned_planners_choices_are_scored_against_chance_and_pairwise(ben
     decisions = [D(0, 1, [(False, 2), (True, 4), (False, 1)], [0.2, 0.9, 0.5], 1),     # right: 2 of 2 pairs
                  D(50, 0, [(True, 4), (False, 2)], [0.3, 0.3], 0),                     # a tie: half
                  D(100, 0, [(True, 4), (True, 4)], [0.1, 0.8], 1)]                     # not split: left out
-    episode = bench.CeilingEpisode(1, True, 4, 120, 3, 1.0, decisions)
+    episode = bench.CeilingEpisode(index=0, seed=1, success=True, max_reward=4, steps=120, queries=3, seconds=1.0,
+                                   decisions=decisions)
     summary = bench.learned_choices([episode])
     assert summary["split_decisions"] == 2 and summary["planner_picks_success"] == 2
     assert summary["candidate_0_succeeds"] == 1 and summary["planner_picks_other_than_0"] == 1
