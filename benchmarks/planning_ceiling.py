@@ -13,6 +13,10 @@ together) also values every query's candidates; the judge's choice is still the 
 futures differ, its choice is compared with the judge's: how often it picks a candidate whose future succeeds, against
 chance and against candidate 0.
 
+With `--record-queries DIR`, every judged query is written to DIR (one .npz: the observation, the candidate chunks,
+and each candidate's tried future): labels of which of several actions from one state succeed, the data a Q(s,a)
+value must learn from to rank candidates.
+
     MUJOCO_GL=egl python benchmarks/planning_ceiling.py --checkpoint models/aloha_sim_transfer_cube_small \
         --episodes 100 --seed 40000 --candidates 4 --workers 2 --out planning_ceiling
 
@@ -40,6 +44,7 @@ from cosmos_policy_core.runtime.rollout import EpisodeResult
 CHUNK = 50
 # Seeds of the policy's chunks inside a lookahead: apart from every seed the real episode or its candidates use.
 LOOKAHEAD_SEED = 1 << 31   # + episode seed * 1000 + query: under 2**32 for seeds below 2,000,000
+REPEAT_SEEDS = 100         # a repeated lookahead r adds 100 * r (queries per episode stay under 100)
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Decision:
     futures: list[tuple[bool, int]]     # per candidate: (its future succeeded, highest reward of that future)
     planner_values: list[float] | None = None   # the learned planner's value of each candidate
     planner_choice: int | None = None
+    ends: list[int] = field(default_factory=list)   # per candidate: the last control step of its future
+    repeats: list[list[bool]] | None = None  # per candidate: did its future succeed again, with other policy seeds
 
 
 @dataclass
@@ -97,9 +104,14 @@ def _play(env, executor, chunk_at, obs: dict, start: int, max_steps: int, *, ren
 
 
 def ceiling_episode(policy, env, executor_config, task, seed: int, candidates: int, num_steps: int,
-                    max_steps: int, planner=None, index: int = 0) -> CeilingEpisode:
+                    max_steps: int, planner=None, index: int = 0, record: str | None = None,
+                    lookaheads: int = 1) -> CeilingEpisode:
     """One episode where each query's chunk is the candidate whose tried future in the sim went best;
-    `planner` (a BestOfNPlanner of `candidates`) values the same candidates beside it."""
+    `planner` (a BestOfNPlanner of `candidates`) values the same candidates beside it; with `record` (a
+    directory) every query is written there (`record_query`). With `lookaheads` > 1 each candidate's future is
+    tried again that many times less one, with other seeds for the policy's chunks; the judge still decides on
+    the first (what is played does not change), and the repeats say whether a candidate's outcome is its own or
+    the luck of the policy's later samples."""
     from cosmos_policy_core.runtime.execution import ChunkExecutor
 
     start = time.perf_counter()
@@ -108,17 +120,17 @@ def ceiling_episode(policy, env, executor_config, task, seed: int, candidates: i
     queries = 0
     decisions: list[Decision] = []
 
-    def lookahead(chunk: np.ndarray, step: int, obs: dict, now_ns: int) -> tuple[bool, int]:
+    def lookahead(chunk: np.ndarray, step: int, obs: dict, now_ns: int, repeat: int = 0) -> tuple[bool, int, int]:
         snap, trial = env.snapshot(), copy.deepcopy(executor)
 
         def chunk_at(t: int, o: dict, ns: int) -> np.ndarray:
             if t == step:
                 return chunk
-            own = LOOKAHEAD_SEED + seed * 1000 + t // CHUNK
+            own = LOOKAHEAD_SEED + seed * 1000 + REPEAT_SEEDS * repeat + t // CHUNK
             return _candidates(policy, o, task.description, ns, [own], num_steps)[1][0]
 
-        _play(env, trial, chunk_at, obs, step, max_steps, render=False)
-        outcome = (bool(env.success), int(env.max_reward))
+        end, _ = _play(env, trial, chunk_at, obs, step, max_steps, render=False)
+        outcome = (bool(env.success), int(env.max_reward), end)
         env.restore(snap)
         return outcome
 
@@ -130,20 +142,45 @@ def ceiling_episode(policy, env, executor_config, task, seed: int, candidates: i
         queries += 1
         if candidates == 1:
             return chunks[0]
-        futures = [lookahead(c, step, obs, now_ns) for c in chunks]
+        tried = [lookahead(c, step, obs, now_ns) for c in chunks]
+        futures = [(ok, reward) for ok, reward, _ in tried]
         best = max(range(candidates), key=lambda i: (futures[i], -i))
-        decision = Decision(step, best, futures)
+        decision = Decision(step, best, futures, ends=[end for _, _, end in tried])
+        if lookaheads > 1:
+            decision.repeats = [[lookahead(c, step, obs, now_ns, r)[0] for r in range(1, lookaheads)] for c in chunks]
         if planner is not None:
             plan = planner.plan(cond, base_seed=base)
             decision.planner_values = [c.value for c in sorted(plan.candidates, key=lambda c: c.index)]
             decision.planner_choice = plan.best_index
         decisions.append(decision)
+        if record is not None:
+            record_query(Path(record) / f"seed{seed}_step{step:04d}.npz", obs, chunks, decision, seed, task.name)
         return chunks[best]
 
     step, _ = _play(env, executor, choose, obs, 0, max_steps, render=True)
     return CeilingEpisode(index=index, seed=seed, success=bool(env.success), max_reward=int(env.max_reward),
                           steps=step + 1, queries=queries, seconds=round(time.perf_counter() - start, 2),
                           decisions=decisions)
+
+
+def record_query(path: Path, obs: dict, chunks: np.ndarray, decision: Decision, seed: int, task: str) -> None:
+    """One judged query as a training example for a Q(s,a) value: the observation (camera frames and joint
+    positions), the candidate chunks (raw joint commands) and each candidate's tried future (succeeded, highest
+    reward, last control step; with repeated lookaheads, whether each repeat succeeded), written atomically."""
+    import io
+
+    from cosmos_policy_core.atomic import write_bytes
+
+    fields = {"qpos": np.asarray(obs["qpos"], np.float64), "actions": np.asarray(chunks, np.float64),
+              "success": np.array([ok for ok, _ in decision.futures]),
+              "max_reward": np.array([r for _, r in decision.futures]), "end_step": np.array(decision.ends),
+              "step": decision.step, "seed": seed, "task": task, "cameras": np.array(sorted(obs["images"])),
+              **{f"image_{c}": obs["images"][c] for c in sorted(obs["images"])}}
+    if decision.repeats is not None:
+        fields["success_repeats"] = np.array(decision.repeats, bool)     # (candidates, lookaheads - 1)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **fields)
+    write_bytes(path, buf.getvalue())
 
 
 @dataclass(frozen=True)
@@ -193,15 +230,17 @@ def _worker_init(checkpoint: str, task_name: str, candidates: int, num_steps: in
                    executor_config=ExecutorConfig.aloha(CONTROL_HZ))   # sim eval's, in whole chunks
 
 
-def _worker_episode(index: int, seed: int, candidates: int, num_steps: int, max_steps: int) -> CeilingEpisode:
+def _worker_episode(index: int, seed: int, candidates: int, num_steps: int, max_steps: int,
+                    record: str | None, lookaheads: int) -> CeilingEpisode:
     w = _WORKER
     return ceiling_episode(w["policy"], w["env"], w["executor_config"], w["task"], seed, candidates, num_steps,
-                           max_steps or w["task"].episode_len_25hz, w["planner"], index)
+                           max_steps or w["task"].episode_len_25hz, w["planner"], index, record, lookaheads)
 
 
 def run_ceiling(checkpoint: str, task_name: str, seeds: list[int], candidates: int, num_steps: int,
                 workers: int, render_size: int = 224, max_steps: int = 0,
-                learned: LearnedPlanner | None = None) -> list[CeilingEpisode]:
+                learned: LearnedPlanner | None = None, record: str | None = None,
+                lookaheads: int = 1) -> list[CeilingEpisode]:
     from tqdm import tqdm
 
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -209,7 +248,7 @@ def run_ceiling(checkpoint: str, task_name: str, seeds: list[int], candidates: i
     out = []
     with ctx.Pool(workers, initializer=_worker_init,
                   initargs=(checkpoint, task_name, candidates, num_steps, render_size, threads, learned)) as pool:
-        jobs = [pool.apply_async(_worker_episode, (i, s, candidates, num_steps, max_steps))
+        jobs = [pool.apply_async(_worker_episode, (i, s, candidates, num_steps, max_steps, record, lookaheads))
                 for i, s in enumerate(seeds)]
         bar = tqdm(total=len(seeds), desc=f"best of {candidates}, judged by the sim", unit="ep")
         for job in jobs:
@@ -250,6 +289,31 @@ def learned_choices(episodes: list[CeilingEpisode]) -> dict | None:
             "pairs_ordered_right": _pairwise(split)}
 
 
+def repeatability(episodes: list[CeilingEpisode]) -> dict | None:
+    """Where the first lookaheads split: does a candidate's repeated future (other seeds for the policy's later
+    chunks) follow its first one? And a judge that picks by the repeats alone, scored on the first futures as the
+    learned planner is: the most any value of (state, candidate) could get right there."""
+    split = [d for e in episodes for d in e.decisions
+             if d.repeats is not None and len({ok for ok, _ in d.futures}) > 1]
+    if not split:
+        return None
+    again = {True: [], False: []}
+    picks, shares = 0.0, []
+    for d in split:
+        first = [ok for ok, _ in d.futures]
+        for ok, reps in zip(first, d.repeats):
+            again[ok] += reps
+        rates = [float(np.mean(r)) for r in d.repeats]
+        top = [i for i, r in enumerate(rates) if r == max(rates)]
+        picks += float(np.mean([first[i] for i in top]))              # ties: a random pick among the best
+        shares.append(float(np.mean(first)))
+    return {"split_decisions": len(split), "repeats_per_candidate": len(split[0].repeats[0]),
+            "repeat_succeeds_after_first_success": round(float(np.mean(again[True])), 3),
+            "repeat_succeeds_after_first_failure": round(float(np.mean(again[False])), 3),
+            "repeats_pick_success": round(picks, 1), "chance": round(sum(shares), 1),
+            "chance_sd": round(float(np.sqrt(sum(q * (1 - q) for q in shares))), 1)}
+
+
 def _pairwise(decisions: list[Decision]) -> float | None:
     """Of the (succeeding, failing) candidate pairs within each decision, the share the planner values in that
     order (ties count half): 0.5 is a planner that cannot tell them apart."""
@@ -275,9 +339,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", required=True, help="directory for plain.json, ceiling.json and summary.json")
     p.add_argument("--planning-checkpoint", default=None,
                    help="also value every query's candidates with this checkpoint's planner (its choice is not played)")
+    p.add_argument("--record-queries", default=None, metavar="DIR",
+                   help="write every judged query (observation, candidates, their futures) to DIR, one .npz each: "
+                        "training examples for a Q(s,a) value")
+    p.add_argument("--lookaheads", type=int, default=1,
+                   help="try each candidate's future this many times, with other seeds for the policy's chunks after it; "
+                        "the judge decides on the first, the others measure how much the candidate decides its outcome")
     p.add_argument("--world-model-samples", type=int, default=None)
     p.add_argument("--value-samples", type=int, default=None)
     args = p.parse_args(argv)
+    if args.lookaheads < 1 or args.lookaheads > 10:
+        p.error("--lookaheads must be 1 to 10")
     if args.candidates < 2:
         p.error("--candidates must be at least 2 (1 is the policy alone, which plain.json already holds)")
 
@@ -293,6 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seed, args.seed + args.episodes))
+    if args.record_queries:
+        Path(args.record_queries).mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     cfg = EvalConfig(task=task_name, episodes=args.episodes, seed=args.seed, execution="whole_chunks",
@@ -305,7 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
     learned = None if args.planning_checkpoint is None else LearnedPlanner(
         args.planning_checkpoint, args.world_model_samples, args.value_samples)
     episodes = run_ceiling(checkpoint, task_name, seeds, args.candidates, num_steps, args.workers,
-                           max_steps=args.max_steps, learned=learned)
+                           max_steps=args.max_steps, learned=learned, record=args.record_queries,
+                           lookaheads=args.lookaheads)
     ceiling_s = time.perf_counter() - t0
     config = {**plain["config"], "planner_candidates": args.candidates, "judge": "the sim: candidate, then the policy"}
     k = sum(e.success for e in episodes)
@@ -317,6 +392,7 @@ def main(argv: list[str] | None = None) -> dict:
     comparison = compare_reports(plain, ceiling, "policy alone", f"best of {args.candidates} judged by the sim")
     summary = {"comparison": comparison.to_json_dict(), "futures": disagreement(episodes),
                "learned_planner": None if learned is None else {**asdict(learned), **learned_choices(episodes)},
+               "repeated_lookaheads": repeatability(episodes),
                "minutes": {"plain": round(plain_s / 60, 1), "ceiling": round(ceiling_s / 60, 1)},
                "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
                "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
@@ -326,6 +402,8 @@ def main(argv: list[str] | None = None) -> dict:
     for line in comparison.lines():
         print(line)
     print("candidates' futures:", json.dumps(summary["futures"]))
+    if summary["repeated_lookaheads"] is not None:
+        print("repeated lookaheads where they split:", json.dumps(summary["repeated_lookaheads"]))
     if learned is not None:
         print("the learned planner where they split:", json.dumps(summary["learned_planner"]))
     print(f"minutes: policy alone {summary['minutes']['plain']}, best of {args.candidates} {summary['minutes']['ceiling']}")

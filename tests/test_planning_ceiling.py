@@ -158,3 +158,53 @@ def test_the_learned_planners_choices_are_scored_against_chance_and_pairwise(ben
     assert summary["chance"] == pytest.approx(1 / 3 + 1 / 2, abs=0.05)
     assert summary["pairs_ordered_right"] == pytest.approx(2.5 / 3, abs=1e-3)
     assert bench.disagreement([episode])["some_succeed_some_fail"] == 2
+
+
+def test_recorded_queries_hold_the_observation_the_candidates_and_their_futures(bench, tmp_path):
+    from cosmos_policy_core.runtime.execution import ExecutorConfig
+    from cosmos_policy_core.sim.tasks import get_task
+
+    episode = bench.ceiling_episode(JointZeroPolicy(bench, 7), LineEnv(), ExecutorConfig.aloha(25),
+                                    get_task("transfer_cube"), 7, 3, 1, 120, record=str(tmp_path))
+    files = sorted(tmp_path.glob("*.npz"))
+    assert [f.name for f in files] == [f"seed7_step{d.step:04d}.npz" for d in episode.decisions]
+    with np.load(files[0]) as q:
+        assert (int(q["seed"]), int(q["step"]), str(q["task"])) == (7, 0, "transfer_cube")
+        np.testing.assert_array_equal(q["qpos"], np.zeros(14))
+        np.testing.assert_array_equal(q["actions"][:, :, 0], [[0.0] * 50, [0.4] * 50, [0.8] * 50])
+        assert q["success"].tolist() == [False, False, True] and q["max_reward"].tolist() == [0, 1, 4]
+        # Failing futures run to the last step; the success ends where joint 0 first reaches 0.75 rad.
+        assert q["end_step"].tolist() == [119, 119, episode.decisions[0].ends[2]] and q["end_step"][2] < 50
+        assert [str(c) for c in q["cameras"]] == ["cam_high"] and q["image_cam_high"].shape == (4, 4, 3)
+
+
+def test_repeated_lookaheads_change_nothing_played_and_are_recorded(bench, tmp_path):
+    """In the stand-in the policy's own chunks hold still whatever their seed: every repeat repeats the first."""
+    from cosmos_policy_core.runtime.execution import ExecutorConfig
+    from cosmos_policy_core.sim.tasks import get_task
+
+    args = (JointZeroPolicy(bench, 7), LineEnv(), ExecutorConfig.aloha(25), get_task("transfer_cube"), 7, 3, 1, 120)
+    once = bench.ceiling_episode(*args)
+    thrice = bench.ceiling_episode(*args, record=str(tmp_path), lookaheads=3)
+    assert [(d.step, d.chosen, d.futures) for d in thrice.decisions] == [(d.step, d.chosen, d.futures)
+                                                                          for d in once.decisions]
+    assert once.decisions[0].repeats is None
+    assert thrice.decisions[0].repeats == [[False, False], [False, False], [True, True]]
+    with np.load(tmp_path / "seed7_step0000.npz") as q:
+        assert q["success_repeats"].tolist() == thrice.decisions[0].repeats
+
+
+def test_repeatability_scores_a_judge_of_the_repeats_against_the_first_futures(bench):
+    D = bench.Decision
+    decisions = [D(0, 1, [(False, 2), (True, 4)], repeats=[[False, False], [True, False]]),   # repeats pick 1: right
+                 D(50, 0, [(True, 4), (False, 2)], repeats=[[False, True], [True, False]]),   # a tie: half right
+                 D(100, 0, [(True, 4), (True, 4)], repeats=[[True, True], [True, True]])]    # not split: left out
+    episode = bench.CeilingEpisode(index=0, seed=1, success=True, max_reward=4, steps=120, queries=3, seconds=1.0,
+                                   decisions=decisions)
+    summary = bench.repeatability([episode])
+    assert summary["split_decisions"] == 2 and summary["repeats_per_candidate"] == 2
+    assert summary["repeat_succeeds_after_first_success"] == 0.5      # [True, False] + [False, True]
+    assert summary["repeat_succeeds_after_first_failure"] == 0.25     # [False, False] + [True, False]
+    assert summary["repeats_pick_success"] == 1.5 and summary["chance"] == 1.0
+    assert bench.repeatability([bench.CeilingEpisode(index=0, seed=1, success=False, max_reward=0, steps=1,
+                                                     queries=1, seconds=0.0)]) is None
