@@ -292,12 +292,19 @@ def learned_choices(episodes: list[CeilingEpisode]) -> dict | None:
 def repeatability(episodes: list[CeilingEpisode]) -> dict | None:
     """Where the first lookaheads split: does a candidate's repeated future (other seeds for the policy's later
     chunks) follow its first one? And a judge that picks by the repeats alone, scored on the first futures as the
-    learned planner is: the most any value of (state, candidate) could get right there."""
+    learned planner is: the most any value of (state, candidate) could get right there. Over all such queries and
+    per query step (where in the episode the candidate decides its outcome)."""
     split = [d for e in episodes for d in e.decisions
              if d.repeats is not None and len({ok for ok, _ in d.futures}) > 1]
     if not split:
         return None
-    again = {True: [], False: []}
+    steps = sorted({d.step for d in split})
+    return {**_repeat_stats(split), "repeats_per_candidate": len(split[0].repeats[0]),
+            "by_query_step": {str(t): _repeat_stats([d for d in split if d.step == t]) for t in steps}}
+
+
+def _repeat_stats(split: list[Decision]) -> dict:
+    again: dict[bool, list[bool]] = {True: [], False: []}
     picks, shares = 0.0, []
     for d in split:
         first = [ok for ok, _ in d.futures]
@@ -307,9 +314,13 @@ def repeatability(episodes: list[CeilingEpisode]) -> dict | None:
         top = [i for i, r in enumerate(rates) if r == max(rates)]
         picks += float(np.mean([first[i] for i in top]))              # ties: a random pick among the best
         shares.append(float(np.mean(first)))
-    return {"split_decisions": len(split), "repeats_per_candidate": len(split[0].repeats[0]),
-            "repeat_succeeds_after_first_success": round(float(np.mean(again[True])), 3),
-            "repeat_succeeds_after_first_failure": round(float(np.mean(again[False])), 3),
+
+    def rate(xs):
+        return round(float(np.mean(xs)), 3) if xs else None
+
+    return {"split_decisions": len(split),
+            "repeat_succeeds_after_first_success": rate(again[True]),
+            "repeat_succeeds_after_first_failure": rate(again[False]),
             "repeats_pick_success": round(picks, 1), "chance": round(sum(shares), 1),
             "chance_sd": round(float(np.sqrt(sum(q * (1 - q) for q in shares))), 1)}
 

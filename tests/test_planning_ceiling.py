@@ -206,5 +206,8 @@ def test_repeatability_scores_a_judge_of_the_repeats_against_the_first_futures(b
     assert summary["repeat_succeeds_after_first_success"] == 0.5      # [True, False] + [False, True]
     assert summary["repeat_succeeds_after_first_failure"] == 0.25     # [False, False] + [True, False]
     assert summary["repeats_pick_success"] == 1.5 and summary["chance"] == 1.0
+    assert summary["by_query_step"]["0"]["repeats_pick_success"] == 1.0      # the split queries one by one
+    assert summary["by_query_step"]["50"]["repeat_succeeds_after_first_failure"] == 0.5
+    assert "100" not in summary["by_query_step"]
     assert bench.repeatability([bench.CeilingEpisode(index=0, seed=1, success=False, max_reward=0, steps=1,
                                                      queries=1, seconds=0.0)]) is None
