@@ -14,8 +14,8 @@ futures differ, its choice is compared with the judge's: how often it picks a ca
 chance and against candidate 0.
 
 With `--record-queries DIR`, every judged query is written to DIR (one .npz: the observation, the candidate chunks,
-and each candidate's tried future): labels of which of several actions from one state succeed, the data a Q(s,a)
-value must learn from to rank candidates.
+and each candidate's tried future): labels of which of several actions from one state succeed, for training or
+scoring a value of (state, candidate) outside this benchmark.
 
     MUJOCO_GL=egl python benchmarks/planning_ceiling.py --checkpoint models/aloha_sim_transfer_cube_small \
         --episodes 100 --seed 40000 --candidates 4 --workers 2 --out planning_ceiling
@@ -164,7 +164,7 @@ def ceiling_episode(policy, env, executor_config, task, seed: int, candidates: i
 
 
 def record_query(path: Path, obs: dict, chunks: np.ndarray, decision: Decision, seed: int, task: str) -> None:
-    """One judged query as a training example for a Q(s,a) value: the observation (camera frames and joint
+    """One judged query, labels for a value of (state, candidate): the observation (camera frames and joint
     positions), the candidate chunks (raw joint commands) and each candidate's tried future (succeeded, highest
     reward, last control step; with repeated lookaheads, whether each repeat succeeded), written atomically."""
     import io
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also value every query's candidates with this checkpoint's planner (its choice is not played)")
     p.add_argument("--record-queries", default=None, metavar="DIR",
                    help="write every judged query (observation, candidates, their futures) to DIR, one .npz each: "
-                        "training examples for a Q(s,a) value")
+                        "which of several chunks from one state succeed")
     p.add_argument("--lookaheads", type=int, default=1,
                    help="try each candidate's future this many times, with other seeds for the policy's chunks after it; "
                         "the judge decides on the first, the others measure how much the candidate decides its outcome")
