@@ -44,7 +44,7 @@ from cosmos_policy_core.runtime.rollout import EpisodeResult
 CHUNK = 50
 # Seeds of the policy's chunks inside a lookahead: apart from every seed the real episode or its candidates use.
 LOOKAHEAD_SEED = 1 << 31   # + episode seed * 1000 + query: under 2**32 for seeds below 2,000,000
-REPEAT_SEEDS = 100         # a repeated lookahead r adds 100 * r (queries per episode stay under 100)
+REPEAT_SEEDS = 100         # repeat r (at most 9) adds 100 * r: inside the episode seed's block of 1000 (under 100 queries)
 
 
 @dataclass
@@ -354,8 +354,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="write every judged query (observation, candidates, their futures) to DIR, one .npz each: "
                         "which of several chunks from one state succeed")
     p.add_argument("--lookaheads", type=int, default=1,
-                   help="try each candidate's future this many times, with other seeds for the policy's chunks after it; "
-                        "the judge decides on the first, the others measure how much the candidate decides its outcome")
+                   help="try each candidate's future this many times, with other seeds for the policy's chunks "
+                        "after it; the judge decides on the first, the others measure how much the candidate decides "
+                        "its outcome")
     p.add_argument("--world-model-samples", type=int, default=None)
     p.add_argument("--value-samples", type=int, default=None)
     args = p.parse_args(argv)
