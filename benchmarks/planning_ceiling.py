@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import multiprocessing as mp
 import os
@@ -44,7 +45,7 @@ from cosmos_policy_core.runtime.rollout import EpisodeResult
 CHUNK = 50
 # Seeds of the policy's chunks inside a lookahead: apart from every seed the real episode or its candidates use.
 LOOKAHEAD_SEED = 1 << 31   # + episode seed * 1000 + query: under 2**32 for seeds below 2,000,000
-REPEAT_SEEDS = 100         # repeat r (at most 9) adds 100 * r: inside the episode seed's block of 1000 (under 100 queries)
+REPEAT_SEEDS = 100         # repeat r (at most 9) adds 100 * r: inside the seed's block of 1000 (under 100 queries)
 
 
 @dataclass
@@ -167,8 +168,6 @@ def record_query(path: Path, obs: dict, chunks: np.ndarray, decision: Decision, 
     """One judged query, labels for a value of (state, candidate): the observation (camera frames and joint
     positions), the candidate chunks (raw joint commands) and each candidate's tried future (succeeded, highest
     reward, last control step; with repeated lookaheads, whether each repeat succeeded), written atomically."""
-    import io
-
     from cosmos_policy_core.atomic import write_bytes
 
     fields = {"qpos": np.asarray(obs["qpos"], np.float64), "actions": np.asarray(chunks, np.float64),
@@ -259,10 +258,21 @@ def run_ceiling(checkpoint: str, task_name: str, seeds: list[int], candidates: i
     return out
 
 
+def _split(d: Decision) -> bool:
+    """Some of the candidates' (first) futures succeeded and some failed: where a choice matters."""
+    return len({ok for ok, _ in d.futures}) > 1
+
+
+def _chance(split: list[Decision]) -> dict:
+    """Successes a random pick expects over these decisions (each: its share of succeeding candidates), and their sd."""
+    shares = [float(np.mean([ok for ok, _ in d.futures])) for d in split]
+    return {"chance": round(sum(shares), 1), "chance_sd": round(float(np.sqrt(sum(q * (1 - q) for q in shares))), 1)}
+
+
 def disagreement(episodes: list[CeilingEpisode]) -> dict:
     """How often the candidates' futures differed: where a judge could have changed anything."""
     decisions = [d for e in episodes for d in e.decisions]
-    split = [d for d in decisions if len({ok for ok, _ in d.futures}) > 1]
+    split = [d for d in decisions if _split(d)]
     rescued = [d for d in split if not d.futures[0][0]]          # candidate 0's future failed, another's succeeded
     return {"decisions": len(decisions),
             "some_succeed_some_fail": len(split),
@@ -275,16 +285,13 @@ def disagreement(episodes: list[CeilingEpisode]) -> dict:
 def learned_choices(episodes: list[CeilingEpisode]) -> dict | None:
     """Where the candidates' futures split: how often the learned planner's choice was a succeeding one, against
     candidate 0 (the policy alone) and chance (the share of succeeding candidates, summed over those decisions)."""
-    split = [d for e in episodes for d in e.decisions
-             if d.planner_choice is not None and len({ok for ok, _ in d.futures}) > 1]
+    split = [d for e in episodes for d in e.decisions if d.planner_choice is not None and _split(d)]
     if not any(d.planner_choice is not None for e in episodes for d in e.decisions):
         return None
-    shares = [float(np.mean([ok for ok, _ in d.futures])) for d in split]   # a random pick's chance of a success
     return {"split_decisions": len(split),
             "planner_picks_success": sum(d.futures[d.planner_choice][0] for d in split),
             "candidate_0_succeeds": sum(d.futures[0][0] for d in split),
-            "chance": round(sum(shares), 1),
-            "chance_sd": round(float(np.sqrt(sum(q * (1 - q) for q in shares))), 1),
+            **_chance(split),
             "planner_picks_other_than_0": sum(d.planner_choice != 0 for d in split),
             "pairs_ordered_right": _pairwise(split)}
 
@@ -294,8 +301,7 @@ def repeatability(episodes: list[CeilingEpisode]) -> dict | None:
     chunks) follow its first one? And a judge that picks by the repeats alone, scored on the first futures as the
     learned planner is: the most any value of (state, candidate) could get right there. Over all such queries and
     per query step (where in the episode the candidate decides its outcome)."""
-    split = [d for e in episodes for d in e.decisions
-             if d.repeats is not None and len({ok for ok, _ in d.futures}) > 1]
+    split = [d for e in episodes for d in e.decisions if d.repeats is not None and _split(d)]
     if not split:
         return None
     steps = sorted({d.step for d in split})
@@ -305,7 +311,7 @@ def repeatability(episodes: list[CeilingEpisode]) -> dict | None:
 
 def _repeat_stats(split: list[Decision]) -> dict:
     again: dict[bool, list[bool]] = {True: [], False: []}
-    picks, shares = 0.0, []
+    picks = 0.0
     for d in split:
         first = [ok for ok, _ in d.futures]
         for ok, reps in zip(first, d.repeats):
@@ -313,7 +319,6 @@ def _repeat_stats(split: list[Decision]) -> dict:
         rates = [float(np.mean(r)) for r in d.repeats]
         top = [i for i, r in enumerate(rates) if r == max(rates)]
         picks += float(np.mean([first[i] for i in top]))              # ties: a random pick among the best
-        shares.append(float(np.mean(first)))
 
     def rate(xs):
         return round(float(np.mean(xs)), 3) if xs else None
@@ -321,8 +326,7 @@ def _repeat_stats(split: list[Decision]) -> dict:
     return {"split_decisions": len(split),
             "repeat_succeeds_after_first_success": rate(again[True]),
             "repeat_succeeds_after_first_failure": rate(again[False]),
-            "repeats_pick_success": round(picks, 1), "chance": round(sum(shares), 1),
-            "chance_sd": round(float(np.sqrt(sum(q * (1 - q) for q in shares))), 1)}
+            "repeats_pick_success": round(picks, 1), **_chance(split)}
 
 
 def _pairwise(decisions: list[Decision]) -> float | None:
