@@ -209,6 +209,51 @@ def test_scene_map_places_each_episode_where_its_seed_put_the_objects(tmp_path, 
     assert sum(map(sum, json.loads(out.read_text())["cell_episodes"])) == 12
 
 
+
+def test_failure_stages_count_a_stage_only_when_it_was_held(tmp_path, capsys):
+    from cosmos_policy_core.runtime.comparison import failure_stages
+
+    # Steps at reward 0..4 of each episode (seeds 300-305); a stage counts from 5 steps at its reward or above.
+    steps = [[200, 0, 0, 0, 0],      # never touched the cube
+             [190, 4, 6, 0, 0],      # touched 4 steps and lifted 6: held "lifts it" (10 steps at >= 1, 6 at >= 2)
+             [193, 3, 4, 0, 0],      # 7 steps touched or lifted, 4 lifted: held "touches" only
+             [150, 1, 49, 0, 0],     # lifted for 49 steps, the left finger never came
+             [120, 0, 20, 4, 0],     # the left finger touched for 4 steps: not held
+             [140, 0, 5, 0, 10]]     # a success: not a failure
+    report = _report([False] * 5 + [True], seed=300)
+    for e, n in zip(report["per_episode"], steps):
+        e["reward_steps"] = n
+    stages = failure_stages(report, "eval.json")
+    assert stages.seeds == [[300], [302], [301, 303, 304], []]
+    lines = stages.lines(show_seeds=2)
+    assert lines[0] == "5 failures by the furthest stage held 5+ control steps:"
+    assert lines[1] == '     1  not even "the right finger touches the cube" (seeds 300)'
+    assert lines[3] == ('     3  "the right gripper lifts it", not "the left finger touches it" '
+                        "(seeds 301, 303, ...)")
+    assert failure_stages(report, "eval.json", min_steps=20).seeds == [[300, 301, 302], [], [303, 304], []]
+    insertion = _report([False], task="insertion")
+    insertion["per_episode"][0]["reward_steps"] = [100, 50, 100, 0, 0]
+    assert failure_stages(insertion, "ins.json").lines()[3].endswith(
+        '"both lift them", not "the peg touches the socket in the air" (seeds 100)')
+    report["per_episode"][0].pop("reward_steps")
+    with pytest.raises(ConfigError, match="seed 300 has no reward_steps"):
+        failure_stages(report, "eval.json")
+    with pytest.raises(ConfigError, match="min_steps must be an integer >= 1"):
+        failure_stages(report, "eval.json", min_steps=0)
+
+    # `sim scenes` prints them where the report has the steps, and the scenes alone where it does not.
+    report["per_episode"][0]["reward_steps"] = steps[0]
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(report))
+    assert main(["sim", "scenes", str(path)]) == 0
+    assert "5 failures by the furthest stage held" in capsys.readouterr().out
+    report["per_episode"][0].pop("reward_steps")
+    path.write_text(json.dumps(report))
+    assert main(["sim", "scenes", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1/6 successes" in out and "furthest stage" not in out
+
+
 def test_gif_value_strip_plots_each_chunks_value_over_time():
     gif = GifRecorder(tile=16, every=1, horizon=10)
     frame = {c: np.zeros((8, 8, 3), np.uint8) for c in CAMS}

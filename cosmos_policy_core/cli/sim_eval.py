@@ -13,6 +13,7 @@ from cosmos_policy_core.errors import ConfigError
 
 
 def _eval(args) -> int:
+    from cosmos_policy_core.runtime.comparison import failure_stages
     from cosmos_policy_core.runtime.rollout import EvalConfig, evaluate_checkpoint
     from cosmos_policy_core.sim.tasks import checkpoint_task
 
@@ -56,6 +57,9 @@ def _eval(args) -> int:
               f"{[e.longest_hold for e in report.per_episode]}")
     at_level = [sum(n) for n in zip(*(e.reward_steps for e in report.per_episode))]
     print(f"control steps at reward 0..{len(at_level) - 1}, all episodes: {at_level}")
+    if report.successes < report.episodes:
+        for line in failure_stages(report.to_json_dict(), "this run").lines():
+            print(line)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report.to_json_dict(), indent=2))

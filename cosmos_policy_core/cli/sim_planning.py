@@ -48,11 +48,15 @@ def _merge(args) -> int:
 
 
 def _scenes(args) -> int:
-    from cosmos_policy_core.runtime.comparison import plot_scene_map, scene_map
+    from cosmos_policy_core.runtime.comparison import failure_stages, plot_scene_map, scene_map
 
-    scenes = scene_map(_read_report(args.report), Path(args.report).name, bins=args.bins)
+    report = _read_report(args.report)
+    scenes = scene_map(report, Path(args.report).name, bins=args.bins)
     for line in scenes.lines():
         print(line)
+    if not all(scenes.successes) and all("reward_steps" in e for e in report["per_episode"]):
+        for line in failure_stages(report, Path(args.report).name).lines():
+            print(line)
     if args.plot:
         print(f"plot: {plot_scene_map(scenes, args.plot, title=Path(args.report).stem)}")
     if args.json:
@@ -149,8 +153,9 @@ def add_planning_parsers(sim_commands) -> None:
     g = sim_commands.add_parser(
         "scenes", help="where the objects of a `sim eval --json` report's successes and failures lay",
         description="Each episode's objects at the poses its seed draws (as the sim draws them), with the highest "
-                    "reward it reached: a table of successes over a grid of the first object's sampling range, and "
-                    "with --plot a top view of every episode.",
+                    "reward it reached: a table of successes over a grid of the first object's sampling range, the "
+                    "failures by the furthest stage of the task each held, and with --plot a top view of every "
+                    "episode.",
     )
     g.add_argument("report", help="the `sim eval --json` report (or a `sim merge` of several)")
     g.add_argument("--bins", type=int, default=3, help="grid cells per axis of the table")

@@ -1,7 +1,7 @@
 """Paired comparison of two `sim eval` reports on the same seeds (e.g. with and without planning): both success
 rates with Wilson intervals, the scenes solved by one run only, and the exact McNemar test on those; the merge
-of one evaluation run in pieces (other seeds, other machines) into one report; and where in the scene a
-report's successes and failures lie.
+of one evaluation run in pieces (other seeds, other machines) into one report; where in the scene a report's
+successes and failures lie, and at which stage of the task its failures stopped.
 """
 from __future__ import annotations
 
@@ -264,5 +264,52 @@ def plot_scene_map(scenes: SceneMap, path: str | Path, title: str = "") -> Path:
     return path
 
 
+# Control steps an episode must spend at a reward level or above to count as having reached that stage: a cube
+# nudged off the table for a step is not lifted.
+STAGE_MIN_STEPS = 5
+
+
+@dataclass
+class FailureStages:
+    """The failed episodes of a `sim eval` report by the furthest stage of the task each held: the highest reward
+    level at or above which it spent `min_steps` control steps (0: not even the first stage)."""
+    task: str
+    stages: tuple[str, ...]        # reward 1..MAX_REWARD in words
+    min_steps: int
+    seeds: list[list[int]]         # the failures' seeds by furthest held stage, 0..MAX_REWARD - 1
+
+    def lines(self, show_seeds: int = 6) -> list[str]:
+        n = sum(map(len, self.seeds))
+        out = [f"{n} failure{'' if n == 1 else 's'} by the furthest stage held {self.min_steps}+ control steps:"]
+        for level, seeds in enumerate(self.seeds):
+            reached = f'"{self.stages[level - 1]}", not ' if level else "not even "
+            listed = ", ".join(map(str, seeds[:show_seeds])) + (", ..." if len(seeds) > show_seeds else "")
+            out.append(f"  {len(seeds):>4}  {reached}\"{self.stages[level]}\""
+                       + (f" (seeds {listed})" if seeds else ""))
+        return out
+
+
+def failure_stages(report: Mapping, name: str, min_steps: int = STAGE_MIN_STEPS) -> FailureStages:
+    """Where the failures of a `sim eval --json` report stopped, from the control steps each episode spent at
+    each reward level (`reward_steps`)."""
+    from cosmos_policy_core.sim.tasks import MAX_REWARD, get_task
+
+    if not isinstance(min_steps, int) or min_steps < 1:
+        raise ConfigError(f"min_steps must be an integer >= 1, got {min_steps!r}")
+    _successes_by_seed(report, name)   # checks the per_episode table
+    task = get_task(str(report.get("task")))
+    seeds: list[list[int]] = [[] for _ in range(MAX_REWARD)]
+    for e in sorted(report["per_episode"], key=lambda e: int(e["seed"])):
+        if e["success"]:
+            continue
+        steps = e.get("reward_steps")
+        if not isinstance(steps, list) or len(steps) != MAX_REWARD + 1:
+            raise ConfigError(f"{name}: episode of seed {e['seed']} has no reward_steps (steps at reward "
+                              f"0..{MAX_REWARD}); reports of `sim eval` before they were recorded lack them")
+        held = [level for level in range(MAX_REWARD) if sum(steps[level:]) >= min_steps]
+        seeds[held[-1] if held else 0].append(int(e["seed"]))
+    return FailureStages(task.name, task.stages, min_steps, seeds)
+
+
 __all__ = ["mcnemar_exact", "RunSummary", "PairedComparison", "compare_reports", "merge_reports", "SceneMap",
-           "scene_map", "plot_scene_map"]
+           "scene_map", "plot_scene_map", "FailureStages", "failure_stages"]

@@ -76,6 +76,7 @@ class SimTask:
     ranges: tuple[np.ndarray, ...]       # per object (3, 2) low/high of x, y, z
     reward_geoms: tuple[str, ...]        # geoms the reward looks at (contacts among others ignored)
     episode_len_50hz: int                # physics control steps of one scripted demo
+    stages: tuple[str, ...]              # what reward 1..MAX_REWARD means, in words
 
     @property
     def episode_len_25hz(self) -> int:
@@ -104,6 +105,8 @@ TASKS: dict[str, SimTask] = {
         ranges=(np.array([[0.0, 0.2], [0.4, 0.6], [0.05, 0.05]]),),
         reward_geoms=("red_box", LEFT_FINGER, RIGHT_FINGER, "table"),
         episode_len_50hz=400,
+        stages=("the right finger touches the cube", "the right gripper lifts it", "the left finger touches it",
+                "the left gripper holds it off the table"),
     ),
     "insertion": SimTask(
         name="insertion",
@@ -117,6 +120,8 @@ TASKS: dict[str, SimTask] = {
         ),
         reward_geoms=("red_peg", "pin", "table", LEFT_FINGER, RIGHT_FINGER, *SOCKET_WALLS),
         episode_len_50hz=500,
+        stages=("both grippers touch their objects", "both lift them", "the peg touches the socket in the air",
+                "the peg touches the pin"),
     ),
 }
 
