@@ -23,8 +23,8 @@ def _config_dir(tmp_path, name, **config):
 def test_the_shipped_checkpoint_carries_its_tuned_deployment():
     deploy = DeploySettings.from_checkpoint(SHIPPED)
     assert deploy.execution == "temporal_ensemble" and deploy.temporal_ensemble
-    assert (deploy.ensemble_decay, deploy.query_every_steps, deploy.crop_area) == (0.01, 5, None)
-    assert deploy.executor_ensemble_decay == 0.01
+    assert (deploy.ensemble_decay, deploy.query_every_steps, deploy.crop_area) == (0.2, 5, None)
+    assert deploy.executor_ensemble_decay == 0.2
 
 
 def test_defaults_are_the_reference_deployment_and_old_directories_keep_what_training_implies(tmp_path):
