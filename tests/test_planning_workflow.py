@@ -209,7 +209,6 @@ def test_scene_map_places_each_episode_where_its_seed_put_the_objects(tmp_path, 
     assert sum(map(sum, json.loads(out.read_text())["cell_episodes"])) == 12
 
 
-
 def test_failure_stages_count_a_stage_only_when_it_was_held(tmp_path, capsys):
     from cosmos_policy_core.runtime.comparison import failure_stages
 
