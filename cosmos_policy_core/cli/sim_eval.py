@@ -57,12 +57,13 @@ def _eval(args) -> int:
               f"{[e.longest_hold for e in report.per_episode]}")
     at_level = [sum(n) for n in zip(*(e.reward_steps for e in report.per_episode))]
     print(f"control steps at reward 0..{len(at_level) - 1}, all episodes: {at_level}")
+    report_dict = report.to_json_dict()
     if report.successes < report.episodes:
-        for line in failure_stages(report.to_json_dict(), "this run").lines():
+        for line in failure_stages(report_dict, "this run").lines():
             print(line)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report.to_json_dict(), indent=2))
+        Path(args.json).write_text(json.dumps(report_dict, indent=2))
     if report.rollouts is not None:
         r = report.rollouts
         print(f"rollouts: {r['written']} episodes ({r['successes']} successes) written to {r['dir']}"
