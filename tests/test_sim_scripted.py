@@ -118,3 +118,15 @@ def test_scripted_success_rate_over_20_seeds(task, minimum):
         results = [generator.generate(seed) for seed in range(20)]
     rate = np.mean([r.success for r in results])
     assert rate >= minimum, [r.summary() for r in results if not r.success]
+
+
+def test_scripted_plan_error_moves_only_where_the_script_aims():
+    exact = scripted_rollout("transfer_cube", seed=0)
+    zero = scripted_rollout("transfer_cube", seed=0, plan_error=np.zeros((1, 3)))
+    np.testing.assert_array_equal(zero.commands, exact.commands)
+    # Aiming 6 cm beside the cube, the right fingers close on nothing: nothing is lifted.
+    missed = scripted_rollout("transfer_cube", seed=0, plan_error=[[0.0, 0.06, 0.0]])
+    np.testing.assert_array_equal(missed.object_poses, exact.object_poses)   # the scene is the seed's
+    assert not missed.success and missed.max_reward <= 1
+    with pytest.raises(ConfigError, match=r"plan_error must be \(1, 3\)"):
+        scripted_rollout("transfer_cube", seed=0, plan_error=np.zeros(3))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cosmos_policy_core.data.episode import CAMERAS, Episode
+from cosmos_policy_core.errors import ConfigError
 from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.robot.teleop import TrajectorySource
 from cosmos_policy_core.sim.ee_env import AlohaMocapEnv
@@ -39,7 +40,8 @@ class DemoResult:
                 "final_reward": self.final_reward, "ee_max_reward": self.ee_max_reward}
 
 
-def run_scripted_demo(task: str, seed: int, ee_env: AlohaMocapEnv, env: AlohaSimEnv) -> DemoResult:
+def run_scripted_demo(task: str, seed: int, ee_env: AlohaMocapEnv, env: AlohaSimEnv,
+                      plan_error: np.ndarray | None = None) -> DemoResult:
     """One scripted demo: the mocap sim turns waypoints into joints, the joint-space sim executes them.
 
     Both sims start from the same object poses. Every 2 physics steps (25 Hz) the mocap arm's joints
@@ -49,11 +51,20 @@ def run_scripted_demo(task: str, seed: int, ee_env: AlohaMocapEnv, env: AlohaSim
     policy's replanning looks at the objects in the joint-space sim, so its corrections compensate
     for how the joint servos (which sag under load, unlike the weld) actually carry them. The
     recorded actions, replayed from `reset(object_poses=...)`, reproduce the episode exactly.
+
+    `plan_error` (n_objects, 3) moves where the script believes the objects start, in metres (its first
+    plan; its replans see them where they are): how far off a policy may aim before the task fails.
     """
     spec = get_task(task)
     ee_env.reset(seed=seed)
     obs = env.reset(object_poses=ee_env.object_poses)
-    policy = make_scripted_policy(task, ee_env.initial_mocap, ee_env.object_poses)
+    believed = ee_env.object_poses.copy()
+    if plan_error is not None:
+        plan_error = np.asarray(plan_error, dtype=float)
+        if plan_error.shape != (len(believed), 3):
+            raise ConfigError(f"plan_error must be ({len(believed)}, 3) for {task}, got {plan_error.shape}")
+        believed[:, :3] += plan_error
+    policy = make_scripted_policy(task, ee_env.initial_mocap, believed)
     n_steps = spec.episode_len_50hz // HOLD
     qpos, actions, rewards = [], [], []
     images = {cam: [] for cam in env.cameras}
@@ -93,11 +104,12 @@ class ScriptedRollout:
     max_reward: int
 
 
-def scripted_rollout(task: str, seed: int) -> ScriptedRollout:
-    """The scripted demo of `task` for scene `seed`, physics only (no images)."""
+def scripted_rollout(task: str, seed: int, plan_error: np.ndarray | None = None) -> ScriptedRollout:
+    """The scripted demo of `task` for scene `seed`, physics only (no images); `plan_error` as in
+    `run_scripted_demo`."""
     ee_env = AlohaMocapEnv(task, render=False)
     env = AlohaSimEnv(task, control_hz=DEMO_HZ, render=False)
-    result = run_scripted_demo(task, seed, ee_env, env)
+    result = run_scripted_demo(task, seed, ee_env, env, plan_error)
     return ScriptedRollout(seed, ee_env.object_poses.copy(), result.episode.action, result.success,
                            result.max_reward)
 

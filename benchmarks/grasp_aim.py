@@ -1,0 +1,174 @@
+"""Where a transfer-cube policy aims its grasp, and how much aim error each part of the table tolerates.
+
+Aim: every rollout recorded by `cosmos-aloha sim eval --record-rollouts DIR` is replayed in the physics-only sim
+from its seed. At the control step where the right gripper command closes, the right fingertip centre (between
+the finger pads) is measured against the cube; the same is measured for the scripted demo of that scene, the
+motion the policy was taught. The difference is the policy's aim error, reported by the cube's starting y.
+
+Tolerance (`--tolerance N`): the scripted demos of scenes SEED .. SEED + N - 1 with the cube believed 1 and 2 cm
+off in y (`run_scripted_demo`'s plan_error): how many still lift the cube, and how many still succeed, by the
+same bins of y.
+
+    MUJOCO_GL=egl python benchmarks/grasp_aim.py --rollouts r43000 r43150 --tolerance 200 --seed 41000 \
+        --out grasp_aim.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+
+from cosmos_policy_core.data.episode import load_episode_dir
+from cosmos_policy_core.sim.demos import DEMO_HZ, scripted_rollout
+from cosmos_policy_core.sim.ee_env import GRIPPER_BODIES
+from cosmos_policy_core.sim.env import AlohaSimEnv
+from cosmos_policy_core.sim.scripted import tcp_from_link
+from cosmos_policy_core.sim.tasks import get_task
+
+TASK = "transfer_cube"
+RIGHT_GRIPPER = 13          # the right gripper's entry in a 14-d action
+Y_OFFSETS = (-0.02, -0.01, 0.01, 0.02)
+LIFTED = 2                  # transfer-cube reward 2: the right gripper holds the cube off the table
+
+
+def closing_step(actions: np.ndarray) -> int | None:
+    """The first control step at which the right gripper command closes after having opened."""
+    grip = actions[:, RIGHT_GRIPPER]
+    opened = np.flatnonzero(grip > 0.5)
+    if len(opened) == 0:
+        return None
+    closed = np.flatnonzero(grip[opened[0]:] < 0.5)
+    return None if len(closed) == 0 else int(opened[0] + closed[0])
+
+
+def fingertips_at_close(env: AlohaSimEnv, seed: int, actions: np.ndarray) -> dict:
+    """Replay `actions` from scene `seed`: the cube's start, and the right fingertip centre minus the cube's
+    position at the closing step (None where the gripper never closes)."""
+    body = int(env.model.body(GRIPPER_BODIES[1]).id)
+    env.reset(seed=seed)
+    start = env.object_state()[0, :3].copy()
+    close = closing_step(actions)
+    offset = None
+    for k, action in enumerate(actions):
+        if k == close:
+            tip = tcp_from_link(env.data.xpos[body].copy(), env.data.xquat[body].copy())
+            offset = (tip - env.object_state()[0, :3]).tolist()
+        env.step(action, render=False)
+    return {"cube": start.tolist(), "close_step": close, "offset": offset, "success": bool(env.success)}
+
+
+def bins_of_y() -> np.ndarray:
+    low, high = get_task(TASK).ranges[0][1]
+    return np.linspace(low, high, 11)
+
+
+def bin_label(edges: np.ndarray, i: int) -> str:
+    return f"{edges[i]:.2f}-{edges[i + 1]:.2f}"
+
+
+def bin_index(edges: np.ndarray, y: float) -> int:
+    return int(np.clip(np.searchsorted(edges, y, side="right") - 1, 0, len(edges) - 2))
+
+
+def aim(rollout_dirs: list[str]) -> list[dict]:
+    env = AlohaSimEnv(TASK, control_hz=DEMO_HZ, render=False)
+    rows = []
+    try:
+        for directory in rollout_dirs:
+            for episode in load_episode_dir(directory):
+                seed = int(episode.attrs["seed"])
+                policy = fingertips_at_close(env, seed, episode.action.astype(np.float64))
+                script = fingertips_at_close(env, seed, scripted_rollout(TASK, seed).commands)
+                error = (None if policy["offset"] is None or script["offset"] is None
+                         else np.subtract(policy["offset"], script["offset"]).tolist())
+                rows.append({"seed": seed, "success": episode.success, "cube": policy["cube"],
+                             "replayed_success": policy["success"], "close_step": policy["close_step"],
+                             "script_close_step": script["close_step"], "aim_error": error})
+    finally:
+        env.close()
+    return rows
+
+
+def aim_table(rows: list[dict]) -> list[dict]:
+    edges = bins_of_y()
+    table = []
+    for i in range(len(edges) - 1):
+        group = [r for r in rows if bin_index(edges, r["cube"][1]) == i and r["aim_error"] is not None]
+        if not group:
+            continue
+        err = np.array([r["aim_error"] for r in group]) * 100
+        table.append({"cube_y": bin_label(edges, i), "episodes": len(group),
+                      "successes": sum(r["success"] for r in group),
+                      "y_error_cm": [round(float(err[:, 1].mean()), 2), round(float(err[:, 1].std()), 2)],
+                      "x_error_cm": [round(float(err[:, 0].mean()), 2), round(float(err[:, 0].std()), 2)]})
+    return table
+
+
+def tolerance(seed: int, scenes: int) -> tuple[list[dict], list[dict]]:
+    rows = []
+    for s in range(seed, seed + scenes):
+        exact = scripted_rollout(TASK, s)
+        row = {"seed": s, "cube": exact.object_poses[0, :3].tolist(), "max_reward": {"0": exact.max_reward}}
+        for dy in Y_OFFSETS:
+            row["max_reward"][f"{dy:+.2f}"] = scripted_rollout(TASK, s, plan_error=[[0.0, dy, 0.0]]).max_reward
+        rows.append(row)
+    edges = bins_of_y()
+    table = []
+    for i in range(len(edges) - 1):
+        group = [r for r in rows if bin_index(edges, r["cube"][1]) == i]
+        if not group:
+            continue
+        line = {"cube_y": bin_label(edges, i), "scenes": len(group)}
+        for key in ["0"] + [f"{dy:+.2f}" for dy in Y_OFFSETS]:
+            rewards = [r["max_reward"][key] for r in group]
+            line[key] = {"lifted": sum(m >= LIFTED for m in rewards), "succeeded": sum(m == 4 for m in rewards)}
+        table.append(line)
+    return rows, table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rollouts", nargs="*", default=[], metavar="DIR",
+                        help="transfer-cube rollouts recorded by `sim eval --record-rollouts`")
+    parser.add_argument("--tolerance", type=int, default=0, metavar="N",
+                        help="scripted scenes to misjudge by 1 and 2 cm in y (0: none)")
+    parser.add_argument("--seed", type=int, default=41000, help="first scene of --tolerance")
+    parser.add_argument("--out", default="grasp_aim.json")
+    args = parser.parse_args()
+    if not args.rollouts and not args.tolerance:
+        parser.error("give --rollouts DIR ... and/or --tolerance N")
+
+    report = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()})"}
+    if args.rollouts:
+        t0 = time.perf_counter()
+        rows = aim(args.rollouts)
+        report["aim"] = {"episodes": rows, "by_cube_y": aim_table(rows), "seconds": round(time.perf_counter() - t0)}
+        agree = sum(r["replayed_success"] == r["success"] for r in rows)
+        print(f"aim of {len(rows)} rollouts (replays agreeing on success: {agree}); error = policy - script, "
+              "mean ± sd, cm")
+        print(f"{'cube y (m)':>11} {'episodes':>8} {'successes':>9} {'y error':>14} {'x error':>14}")
+        for line in report["aim"]["by_cube_y"]:
+            print(f"{line['cube_y']:>11} {line['episodes']:>8} {line['successes']:>9} "
+                  f"{line['y_error_cm'][0]:+7.2f} ± {line['y_error_cm'][1]:4.2f} "
+                  f"{line['x_error_cm'][0]:+7.2f} ± {line['x_error_cm'][1]:4.2f}")
+    if args.tolerance:
+        t0 = time.perf_counter()
+        rows, table = tolerance(args.seed, args.tolerance)
+        report["tolerance"] = {"scenes": rows, "by_cube_y": table, "seconds": round(time.perf_counter() - t0)}
+        keys = ["0"] + [f"{dy:+.2f}" for dy in Y_OFFSETS]
+        print(f"scripted demos with the cube believed off in y (m): lifted / succeeded, of {args.tolerance} scenes "
+              f"from seed {args.seed}")
+        print(f"{'cube y (m)':>11} {'scenes':>6} " + " ".join(f"{k:>9}" for k in keys))
+        for line in table:
+            cells = " ".join(f"{line[k]['lifted']:>4}/{line[k]['succeeded']:<4}" for k in keys)
+            print(f"{line['cube_y']:>11} {line['scenes']:>6} {cells}")
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
