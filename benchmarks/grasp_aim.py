@@ -9,8 +9,12 @@ Tolerance (`--tolerance N`): the scripted demos of scenes SEED .. SEED + N - 1 w
 off in y (`run_scripted_demo`'s plan_error): how many still lift the cube, and how many still succeed, by the
 same bins of y.
 
+Probe (`--probe N --checkpoint DIR`): how precisely the checkpoint's VAE latent of the top view locates the cube.
+N reset scenes are rendered and resized as the policy resizes them; ridge regressions from the latent to the
+cube's (x, y), fitted on the first 40, 100, 200 or three quarters of them, are scored on the last quarter.
+
     MUJOCO_GL=egl python benchmarks/grasp_aim.py --rollouts r43000 r43150 --tolerance 200 --seed 41000 \
-        --out grasp_aim.json
+        --probe 800 --checkpoint models/aloha_sim_transfer_cube_small --out grasp_aim.json
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ TASK = "transfer_cube"
 RIGHT_GRIPPER = 13          # the right gripper's entry in a 14-d action
 Y_OFFSETS = (-0.02, -0.01, 0.01, 0.02)
 LIFTED = 2                  # transfer-cube reward 2: the right gripper holds the cube off the table
+PROBE_SEED = 90000          # reset scenes of the probe: apart from the seeds of evaluations and demos
+RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def closing_step(actions: np.ndarray) -> int | None:
@@ -129,6 +135,51 @@ def tolerance(seed: int, scenes: int) -> tuple[list[dict], list[dict]]:
     return rows, table
 
 
+def ridge_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
+    x1 = np.c_[x, np.ones(len(x))]
+    return np.linalg.solve(x1.T @ x1 + ridge * np.eye(x1.shape[1]), x1.T @ y)
+
+
+def ridge_predict(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return np.c_[x, np.ones(len(x))] @ w
+
+
+def rmse_cm(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    return np.sqrt(((pred - truth) ** 2).mean(axis=0)) * 100
+
+
+def latent_probe(checkpoint: str, scenes: int) -> list[dict]:
+    """Ridge probes of the cube's (x, y) from the VAE latent of the top view; the ridge is chosen on the last fifth
+    of each training set, then refitted on all of it."""
+    import torch
+
+    from cosmos_policy_core.checkpoint import load_checkpoint_dir
+    from cosmos_policy_core.runtime.images import client_resize
+    from cosmos_policy_core.sim.env import render_reset_scenes
+    from cosmos_policy_core.train.vae import load_vae
+
+    size = load_checkpoint_dir(checkpoint, load_vae=False).layout.image_size
+    tops = [scene["cam_high"] for scene in render_reset_scenes(TASK, scenes, PROBE_SEED)]
+    cube = np.stack([get_task(TASK).sample_object_poses(PROBE_SEED + i)[0, :2] for i in range(scenes)])
+    pixels = np.stack([client_resize(top, size) for top in tops]).astype(np.float32) / 127.5 - 1
+    vae = load_vae(checkpoint).eval()
+    with torch.no_grad():
+        video = torch.from_numpy(pixels).permute(0, 3, 1, 2)[:, :, None]       # (N, 3, 1, S, S)
+        latent = torch.cat([vae.encode(video[i:i + 64]) for i in range(0, scenes, 64)]).flatten(1).numpy()
+    test = slice(scenes * 3 // 4, scenes)
+    rows = []
+    for n in sorted({40, 100, 200, scenes * 3 // 4}):
+        if n > scenes * 3 // 4:
+            continue
+        fit, val = slice(0, n * 4 // 5), slice(n * 4 // 5, n)
+        best = min(RIDGE, key=lambda r: rmse_cm(ridge_predict(ridge_fit(latent[fit], cube[fit], r), latent[val]),
+                                                cube[val]).sum())
+        err = rmse_cm(ridge_predict(ridge_fit(latent[:n], cube[:n], best), latent[test]), cube[test])
+        rows.append({"training_scenes": n, "test_scenes": scenes - scenes * 3 // 4, "ridge": best,
+                     "rmse_x_cm": round(float(err[0]), 2), "rmse_y_cm": round(float(err[1]), 2)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rollouts", nargs="*", default=[], metavar="DIR",
@@ -136,10 +187,15 @@ def main() -> None:
     parser.add_argument("--tolerance", type=int, default=0, metavar="N",
                         help="scripted scenes to misjudge by 1 and 2 cm in y (0: none)")
     parser.add_argument("--seed", type=int, default=41000, help="first scene of --tolerance")
+    parser.add_argument("--probe", type=int, default=0, metavar="N",
+                        help="reset scenes for the latent probe of the cube's position (0: none; at least 60)")
+    parser.add_argument("--checkpoint", help="the policy checkpoint whose VAE --probe reads")
     parser.add_argument("--out", default="grasp_aim.json")
     args = parser.parse_args()
-    if not args.rollouts and not args.tolerance:
-        parser.error("give --rollouts DIR ... and/or --tolerance N")
+    if not args.rollouts and not args.tolerance and not args.probe:
+        parser.error("give --rollouts DIR ..., --tolerance N and/or --probe N")
+    if args.probe and (args.probe < 60 or not args.checkpoint):
+        parser.error("--probe needs at least 60 scenes and --checkpoint DIR")
 
     report = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()})"}
     if args.rollouts:
@@ -165,6 +221,16 @@ def main() -> None:
         for line in table:
             cells = " ".join(f"{line[k]['lifted']:>4}/{line[k]['succeeded']:<4}" for k in keys)
             print(f"{line['cube_y']:>11} {line['scenes']:>6} {cells}")
+    if args.probe:
+        t0 = time.perf_counter()
+        rows = latent_probe(args.checkpoint, args.probe)
+        report["probe"] = {"checkpoint": args.checkpoint, "seed": PROBE_SEED, "by_training_scenes": rows,
+                           "seconds": round(time.perf_counter() - t0)}
+        print(f"the cube's position from the VAE latent of the top view ({args.checkpoint}), ridge probes, "
+              f"RMSE on {rows[0]['test_scenes']} held-out reset scenes")
+        for row in rows:
+            print(f"  fitted on {row['training_scenes']:>4} scenes: x {row['rmse_x_cm']:.2f} cm, "
+                  f"y {row['rmse_y_cm']:.2f} cm")
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     print(f"wrote {args.out}")
