@@ -174,9 +174,18 @@ def latent_probe(checkpoint: str, scenes: int) -> list[dict]:
         fit, val = slice(0, n * 4 // 5), slice(n * 4 // 5, n)
         best = min(RIDGE, key=lambda r: rmse_cm(ridge_predict(ridge_fit(latent[fit], cube[fit], r), latent[val]),
                                                 cube[val]).sum())
-        err = rmse_cm(ridge_predict(ridge_fit(latent[:n], cube[:n], best), latent[test]), cube[test])
+        pred = ridge_predict(ridge_fit(latent[:n], cube[:n], best), latent[test])
+        err = rmse_cm(pred, cube[test])
+        # Its mean y error in five bins of the cube's y: a bias that follows the position, like the policy's?
+        low, high = get_task(TASK).ranges[0][1]
+        edges = np.linspace(low, high, 6)
+        which = np.clip(np.searchsorted(edges, cube[test][:, 1], side="right") - 1, 0, 4)
+        y_error = (pred - cube[test])[:, 1] * 100
+        bias = {bin_label(edges, b): round(float(y_error[which == b].mean()), 2)
+                for b in range(5) if (which == b).any()}
         rows.append({"training_scenes": n, "test_scenes": scenes - scenes * 3 // 4, "ridge": best,
-                     "rmse_x_cm": round(float(err[0]), 2), "rmse_y_cm": round(float(err[1]), 2)})
+                     "rmse_x_cm": round(float(err[0]), 2), "rmse_y_cm": round(float(err[1]), 2),
+                     "mean_y_error_cm_by_cube_y": bias})
     return rows
 
 
@@ -229,8 +238,9 @@ def main() -> None:
         print(f"the cube's position from the VAE latent of the top view ({args.checkpoint}), ridge probes, "
               f"RMSE on {rows[0]['test_scenes']} held-out reset scenes")
         for row in rows:
+            bias = ", ".join(f"{k} {v:+.2f}" for k, v in row["mean_y_error_cm_by_cube_y"].items())
             print(f"  fitted on {row['training_scenes']:>4} scenes: x {row['rmse_x_cm']:.2f} cm, "
-                  f"y {row['rmse_y_cm']:.2f} cm")
+                  f"y {row['rmse_y_cm']:.2f} cm; mean y error by the cube's y (m): {bias}")
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     print(f"wrote {args.out}")
