@@ -11,7 +11,8 @@ same bins of y.
 
 Probe (`--probe N --checkpoint DIR`): how precisely the checkpoint's VAE latent of the top view locates the cube.
 N reset scenes are rendered and resized as the policy resizes them; ridge regressions from the latent to the
-cube's (x, y), fitted on the first 40, 100, 200 or three quarters of them, are scored on the last quarter.
+cube's (x, y), fitted on the first 40, 100, 200 or three quarters of them, are scored on the last quarter: their
+RMSE, and their mean y error by the cube's y (does it follow the position, as the policy's aim does?).
 
     MUJOCO_GL=egl python benchmarks/grasp_aim.py --rollouts r43000 r43150 --tolerance 200 --seed 41000 \
         --probe 800 --checkpoint models/aloha_sim_transfer_cube_small --out grasp_aim.json
@@ -26,6 +27,7 @@ import time
 import numpy as np
 
 from cosmos_policy_core.data.episode import load_episode_dir
+from cosmos_policy_core.robot import aloha
 from cosmos_policy_core.sim.demos import DEMO_HZ, scripted_rollout
 from cosmos_policy_core.sim.ee_env import GRIPPER_BODIES
 from cosmos_policy_core.sim.env import AlohaSimEnv
@@ -33,7 +35,7 @@ from cosmos_policy_core.sim.scripted import tcp_from_link
 from cosmos_policy_core.sim.tasks import get_task
 
 TASK = "transfer_cube"
-RIGHT_GRIPPER = 13          # the right gripper's entry in a 14-d action
+RIGHT_GRIPPER = aloha.GRIPPER_INDICES[1]   # the right gripper's entry in a 14-d action
 Y_OFFSETS = (-0.02, -0.01, 0.01, 0.02)
 LIFTED = 2                  # transfer-cube reward 2: the right gripper holds the cube off the table
 PROBE_SEED = 90000          # reset scenes of the probe: apart from the seeds of evaluations and demos
