@@ -28,15 +28,16 @@ import numpy as np
 
 from cosmos_policy_core.data.episode import load_episode_dir
 from cosmos_policy_core.robot import aloha
-from cosmos_policy_core.sim.demos import DEMO_HZ, scripted_rollout
+from cosmos_policy_core.sim.demos import DemoGenerator
 from cosmos_policy_core.sim.ee_env import GRIPPER_BODIES
 from cosmos_policy_core.sim.env import AlohaSimEnv
 from cosmos_policy_core.sim.scripted import tcp_from_link
-from cosmos_policy_core.sim.tasks import get_task
+from cosmos_policy_core.sim.tasks import MAX_REWARD, get_task
 
 TASK = "transfer_cube"
 RIGHT_GRIPPER = aloha.GRIPPER_INDICES[1]   # the right gripper's entry in a 14-d action
 Y_OFFSETS = (-0.02, -0.01, 0.01, 0.02)
+TOLERANCE_KEYS = ("0", *(f"{dy:+.2f}" for dy in Y_OFFSETS))   # "0": the script aimed at the cube itself
 LIFTED = 2                  # transfer-cube reward 2: the right gripper holds the cube off the table
 PROBE_SEED = 90000          # reset scenes of the probe: apart from the seeds of evaluations and demos
 RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -68,71 +69,56 @@ def fingertips_at_close(env: AlohaSimEnv, seed: int, actions: np.ndarray) -> dic
     return {"cube": start.tolist(), "close_step": close, "offset": offset, "success": bool(env.success)}
 
 
-def bins_of_y() -> np.ndarray:
+def by_cube_y(cube_y: np.ndarray, bins: int) -> list[tuple[str, np.ndarray]]:
+    """(label, indices) of the nonempty bins of the task's range of cube y, `bins` of equal width."""
     low, high = get_task(TASK).ranges[0][1]
-    return np.linspace(low, high, 11)
+    edges = np.linspace(low, high, bins + 1)
+    which = np.clip(np.searchsorted(edges, cube_y, side="right") - 1, 0, bins - 1)
+    return [(f"{edges[b]:.2f}-{edges[b + 1]:.2f}", np.flatnonzero(which == b)) for b in range(bins)
+            if (which == b).any()]
 
 
-def bin_label(edges: np.ndarray, i: int) -> str:
-    return f"{edges[i]:.2f}-{edges[i + 1]:.2f}"
-
-
-def bin_index(edges: np.ndarray, y: float) -> int:
-    return int(np.clip(np.searchsorted(edges, y, side="right") - 1, 0, len(edges) - 2))
-
-
-def aim(rollout_dirs: list[str]) -> list[dict]:
-    env = AlohaSimEnv(TASK, control_hz=DEMO_HZ, render=False)
+def aim(rollout_dirs: list[str], generator: DemoGenerator) -> list[dict]:
     rows = []
-    try:
-        for directory in rollout_dirs:
-            for episode in load_episode_dir(directory):
-                seed = int(episode.attrs["seed"])
-                policy = fingertips_at_close(env, seed, episode.action.astype(np.float64))
-                script = fingertips_at_close(env, seed, scripted_rollout(TASK, seed).commands)
-                error = (None if policy["offset"] is None or script["offset"] is None
-                         else np.subtract(policy["offset"], script["offset"]).tolist())
-                rows.append({"seed": seed, "success": episode.success, "cube": policy["cube"],
-                             "replayed_success": policy["success"], "close_step": policy["close_step"],
-                             "script_close_step": script["close_step"], "aim_error": error})
-    finally:
-        env.close()
+    for directory in rollout_dirs:
+        for episode in load_episode_dir(directory):
+            seed = int(episode.attrs["seed"])
+            script_actions = generator.generate(seed).episode.action
+            policy = fingertips_at_close(generator.env, seed, episode.action.astype(np.float64))
+            script = fingertips_at_close(generator.env, seed, script_actions)
+            error = (None if policy["offset"] is None or script["offset"] is None
+                     else np.subtract(policy["offset"], script["offset"]).tolist())
+            rows.append({"seed": seed, "success": episode.success, "cube": policy["cube"],
+                         "replayed_success": policy["success"], "close_step": policy["close_step"],
+                         "script_close_step": script["close_step"], "aim_error": error})
     return rows
 
 
 def aim_table(rows: list[dict]) -> list[dict]:
-    edges = bins_of_y()
+    rows = [r for r in rows if r["aim_error"] is not None]
     table = []
-    for i in range(len(edges) - 1):
-        group = [r for r in rows if bin_index(edges, r["cube"][1]) == i and r["aim_error"] is not None]
-        if not group:
-            continue
+    for label, members in by_cube_y(np.array([r["cube"][1] for r in rows]), 10):
+        group = [rows[i] for i in members]
         err = np.array([r["aim_error"] for r in group]) * 100
-        table.append({"cube_y": bin_label(edges, i), "episodes": len(group),
-                      "successes": sum(r["success"] for r in group),
+        table.append({"cube_y": label, "episodes": len(group), "successes": sum(r["success"] for r in group),
                       "y_error_cm": [round(float(err[:, 1].mean()), 2), round(float(err[:, 1].std()), 2)],
                       "x_error_cm": [round(float(err[:, 0].mean()), 2), round(float(err[:, 0].std()), 2)]})
     return table
 
 
-def tolerance(seed: int, scenes: int) -> tuple[list[dict], list[dict]]:
+def tolerance(seed: int, scenes: int, generator: DemoGenerator) -> tuple[list[dict], list[dict]]:
     rows = []
     for s in range(seed, seed + scenes):
-        exact = scripted_rollout(TASK, s)
-        row = {"seed": s, "cube": exact.object_poses[0, :3].tolist(), "max_reward": {"0": exact.max_reward}}
-        for dy in Y_OFFSETS:
-            row["max_reward"][f"{dy:+.2f}"] = scripted_rollout(TASK, s, plan_error=[[0.0, dy, 0.0]]).max_reward
-        rows.append(row)
-    edges = bins_of_y()
+        rewards = {key: generator.generate(s, plan_error=[[0.0, dy, 0.0]]).max_reward
+                   for key, dy in zip(TOLERANCE_KEYS, (0.0, *Y_OFFSETS))}
+        rows.append({"seed": s, "cube": generator.ee_env.object_poses[0, :3].tolist(), "max_reward": rewards})
     table = []
-    for i in range(len(edges) - 1):
-        group = [r for r in rows if bin_index(edges, r["cube"][1]) == i]
-        if not group:
-            continue
-        line = {"cube_y": bin_label(edges, i), "scenes": len(group)}
-        for key in ["0"] + [f"{dy:+.2f}" for dy in Y_OFFSETS]:
-            rewards = [r["max_reward"][key] for r in group]
-            line[key] = {"lifted": sum(m >= LIFTED for m in rewards), "succeeded": sum(m == 4 for m in rewards)}
+    for label, members in by_cube_y(np.array([r["cube"][1] for r in rows]), 10):
+        line = {"cube_y": label, "scenes": len(members)}
+        for key in TOLERANCE_KEYS:
+            rewards = [rows[i]["max_reward"][key] for i in members]
+            line[key] = {"lifted": sum(m >= LIFTED for m in rewards),
+                         "succeeded": sum(m == MAX_REWARD for m in rewards)}
         table.append(line)
     return rows, table
 
@@ -179,12 +165,8 @@ def latent_probe(checkpoint: str, scenes: int) -> list[dict]:
         pred = ridge_predict(ridge_fit(latent[:n], cube[:n], best), latent[test])
         err = rmse_cm(pred, cube[test])
         # Its mean y error in five bins of the cube's y: a bias that follows the position, like the policy's?
-        low, high = get_task(TASK).ranges[0][1]
-        edges = np.linspace(low, high, 6)
-        which = np.clip(np.searchsorted(edges, cube[test][:, 1], side="right") - 1, 0, 4)
         y_error = (pred - cube[test])[:, 1] * 100
-        bias = {bin_label(edges, b): round(float(y_error[which == b].mean()), 2)
-                for b in range(5) if (which == b).any()}
+        bias = {label: round(float(y_error[members].mean()), 2) for label, members in by_cube_y(cube[test][:, 1], 5)}
         rows.append({"training_scenes": n, "test_scenes": scenes - scenes * 3 // 4, "ridge": best,
                      "rmse_x_cm": round(float(err[0]), 2), "rmse_y_cm": round(float(err[1]), 2),
                      "mean_y_error_cm_by_cube_y": bias})
@@ -209,9 +191,10 @@ def main() -> None:
         parser.error("--probe needs at least 60 scenes and --checkpoint DIR")
 
     report = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()})"}
+    generator = DemoGenerator(TASK, render=False)    # the scripted demos, and its sim replays the rollouts
     if args.rollouts:
         t0 = time.perf_counter()
-        rows = aim(args.rollouts)
+        rows = aim(args.rollouts, generator)
         report["aim"] = {"episodes": rows, "by_cube_y": aim_table(rows), "seconds": round(time.perf_counter() - t0)}
         agree = sum(r["replayed_success"] == r["success"] for r in rows)
         print(f"aim of {len(rows)} rollouts (replays agreeing on success: {agree}); error = policy - script, "
@@ -223,14 +206,13 @@ def main() -> None:
                   f"{line['x_error_cm'][0]:+7.2f} ± {line['x_error_cm'][1]:4.2f}")
     if args.tolerance:
         t0 = time.perf_counter()
-        rows, table = tolerance(args.seed, args.tolerance)
+        rows, table = tolerance(args.seed, args.tolerance, generator)
         report["tolerance"] = {"scenes": rows, "by_cube_y": table, "seconds": round(time.perf_counter() - t0)}
-        keys = ["0"] + [f"{dy:+.2f}" for dy in Y_OFFSETS]
         print(f"scripted demos with the cube believed off in y (m): lifted / succeeded, of {args.tolerance} scenes "
               f"from seed {args.seed}")
-        print(f"{'cube y (m)':>11} {'scenes':>6} " + " ".join(f"{k:>9}" for k in keys))
+        print(f"{'cube y (m)':>11} {'scenes':>6} " + " ".join(f"{k:>9}" for k in TOLERANCE_KEYS))
         for line in table:
-            cells = " ".join(f"{line[k]['lifted']:>4}/{line[k]['succeeded']:<4}" for k in keys)
+            cells = " ".join(f"{line[k]['lifted']:>4}/{line[k]['succeeded']:<4}" for k in TOLERANCE_KEYS)
             print(f"{line['cube_y']:>11} {line['scenes']:>6} {cells}")
     if args.probe:
         t0 = time.perf_counter()
@@ -243,6 +225,7 @@ def main() -> None:
             bias = ", ".join(f"{k} {v:+.2f}" for k, v in row["mean_y_error_cm_by_cube_y"].items())
             print(f"  fitted on {row['training_scenes']:>4} scenes: x {row['rmse_x_cm']:.2f} cm, "
                   f"y {row['rmse_y_cm']:.2f} cm; mean y error by the cube's y (m): {bias}")
+    generator.close()
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     print(f"wrote {args.out}")

@@ -123,8 +123,9 @@ class DemoGenerator:
         self.ee_env = AlohaMocapEnv(self.task, render=False)
         self.env = AlohaSimEnv(self.task, height, width, cameras, control_hz=DEMO_HZ, render=render)
 
-    def generate(self, seed: int) -> DemoResult:
-        result = run_scripted_demo(self.task, seed, self.ee_env, self.env)
+    def generate(self, seed: int, plan_error: np.ndarray | None = None) -> DemoResult:
+        """The demo of scene `seed`; `plan_error` as in `run_scripted_demo`."""
+        result = run_scripted_demo(self.task, seed, self.ee_env, self.env, plan_error)
         log.debug("seed %d: %s", seed, result.summary())
         return result
 
