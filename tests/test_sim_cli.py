@@ -41,7 +41,7 @@ def test_demos_command_writes_a_readable_episode_and_report(tmp_path, capsys):
 def _fake_demo(succeed):
     """A stand-in for run_scripted_demo: a 3-step episode, success decided by `succeed(seed)`."""
 
-    def run(task, seed, ee_env, env):
+    def run(task, seed, ee_env, env, plan_error=None):
         ep = Episode(qpos=np.zeros((3, 14)), action=np.zeros((3, 14)),
                      images={cam: np.full((3, 8, 8, 3), seed, np.uint8) for cam in CAMERAS},
                      fps=25.0, task="t", sim=True, attrs={"seed": seed})
