@@ -24,7 +24,7 @@ from cosmos_aloha import topics
 from cosmos_aloha.conversions import stamp_to_ns
 from cosmos_aloha.image_transport import TRANSPORTS, subscribe_image
 from cosmos_aloha.node_runtime import apply_realtime_priority, stop_signals, watch
-from cosmos_aloha.qos import OBSERVER_COMMAND_QOS, profile
+from cosmos_aloha.qos import OBSERVER_COMMAND_QOS, OBSERVER_SENSOR_QOS, profile
 from cosmos_policy_core.robot import aloha
 
 HEARTBEAT = "cosmos_aloha/"
@@ -62,11 +62,11 @@ class LinkMonitor:
         if images != "none":
             for cam in cameras:
                 subscribe_image(node, topics.image(cam).name, images, lambda f, s, c=cam: self._on_image(c, f, s),
-                                profile(topics.image(cam)))
+                                OBSERVER_SENSOR_QOS)
         node.create_subscription(JointTrajectory, topics.ACTION_CHUNK.name, self._on_chunk, profile(topics.ACTION_CHUNK))
         node.create_subscription(JointState, topics.JOINT_COMMAND.name, self._on_command, OBSERVER_COMMAND_QOS)
         node.create_subscription(JointState, topics.JOINT_STATES.name, lambda m: self.joint_states.append(self.now_ns()),
-                                 profile(topics.JOINT_STATES))
+                                 OBSERVER_SENSOR_QOS)
         node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS.name, self._on_diagnostics,
                                  profile(topics.DIAGNOSTICS))
         node.create_subscription(Bool, topics.SIM_SUCCESS.name, self._on_success, profile(topics.SIM_SUCCESS))

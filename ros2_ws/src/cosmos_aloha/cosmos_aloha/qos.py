@@ -55,8 +55,8 @@ OBSERVER_COMMAND_QOS = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 
-# Observers that count sensor messages (graph_monitor): the sensor profile with a 2 s queue, so that the rate
-# they report is the publisher's, not the rate at which a busy observer got the CPU to take them.
+# Observers that count sensor messages (graph_monitor, link_monitor): the sensor profile with a 2 s queue, so
+# that the rate they report is the publisher's, not the rate at which a busy observer got the CPU to take them.
 OBSERVER_SENSOR_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=50,
