@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,16 @@ CLI = "import sys; from cosmos_policy_core.cli import main; sys.exit(main())"
 # exit within 90 s of a 40 s watch in a full run; its 250-deep command queue rides out its waits for a CPU.
 MONITOR = [sys.executable, "-m", "cosmos_aloha.graph_monitor"]
 SENSOR_TOPICS = ("cam_high/image_raw", "cam_left_wrist/image_raw", "cam_right_wrist/image_raw", "joint_states")
+
+
+def spin_until(executor, seconds: float, until=None) -> bool:
+    """Spin `executor` for up to `seconds`: True as soon as `until()` holds (without `until`, after `seconds`)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        executor.spin_once(timeout_sec=0.01)
+        if until is not None and until():
+            return True
+    return until is None
 
 
 def run_monitored_bringup(env: dict, out_dir: Path, bringup_args: list[str], seconds: float,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cosmos_policy_core.runtime.execution import SafetyConfig
+from graph_run import spin_until
 
 CLI = "import sys; from cosmos_policy_core.cli import main; sys.exit(main())"
 MAX_STEP = SafetyConfig.aloha_vx300s().max_step
@@ -53,12 +54,7 @@ class Robot:
         self.qpos = position
 
     def spin(self, seconds: float, until=None) -> bool:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.01)
-            if until is not None and until():
-                return True
-        return until is None
+        return spin_until(self.executor, seconds, until)
 
     def moving(self, since_ns: int) -> bool:
         recent = [c for t, c in self.commands if t >= since_ns]

@@ -11,7 +11,7 @@ import pytest
 
 from cosmos_policy_core.runtime.execution import SafetyConfig
 
-from graph_run import assert_sensor_rates, run_monitored_bringup
+from graph_run import assert_sensor_rates, run_monitored_bringup, spin_until
 from machine_witness import MachineWitness, excused_by
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 PERIOD_S = 0.04
@@ -77,12 +77,7 @@ class SensorProbe:
             self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values} | {"_message": status.message}
 
     def spin(self, seconds: float, until=None) -> bool:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.01)
-            if until is not None and until():
-                return True
-        return until is None
+        return spin_until(self.executor, seconds, until)
 
     def lifecycle(self, node: str, transition: str) -> bool:
         from lifecycle_msgs.msg import Transition

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cosmos_policy_core.runtime.execution import SafetyConfig
-from graph_run import MONITOR, assert_sensor_rates, run_monitored_bringup
+from graph_run import MONITOR, assert_sensor_rates, run_monitored_bringup, spin_until
 
 MAX_STEP = SafetyConfig.aloha_vx300s().max_step
 PERIOD_S = 0.04
@@ -87,16 +87,12 @@ class Probe:
         self.commands.append((self.now(), np.asarray(msg.position, dtype=float)))
 
     def spin(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.01)
+        spin_until(self.executor, seconds)
 
     def call(self, client) -> bool:
         assert client.wait_for_service(timeout_sec=10.0)
         future = client.call_async(self._trigger.Request())
-        end = time.monotonic() + 10.0
-        while not future.done() and time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.01)
+        spin_until(self.executor, 10.0, future.done)
         return bool(future.result().success)
 
     def commands_between(self, t0: float, t1: float) -> np.ndarray:

@@ -13,13 +13,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from cosmos_aloha import graph
 from cosmos_policy_core.runtime.execution import SafetyConfig
+from graph_run import spin_until
 from machine_witness import MachineWitness, excused_by
 
 CLI = "import sys; from cosmos_policy_core.cli import main; sys.exit(main())"
@@ -77,12 +77,7 @@ class Observer:
                 self.events.append((self.now_ns(), status.name, status.message))
 
     def spin(self, seconds: float, until=None) -> bool:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.01)
-            if until is not None and until():
-                return True
-        return until is None
+        return spin_until(self.executor, seconds, until)
 
     def commands_between(self, t0: int, t1: int) -> list[tuple[int, np.ndarray]]:
         return [(t, c) for t, c in self.commands if t0 <= t < t1]
