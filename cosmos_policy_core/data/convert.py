@@ -294,14 +294,7 @@ def convert_bags(bags: Iterable[str | Path], out: str | Path, profile: BagProfil
     paths = expand_bags(bags)
     with DatasetWriter(out, inputs=[*bags, *paths], fps=profile.fps, compress=compress, overwrite=overwrite) as writer:
         for path in _progress(paths, "bags"):
-            try:
-                for item in episodes_from_bag(path, profile, constants, task=task, sim=sim):
-                    if isinstance(item, DataError):
-                        writer.skip(str(path), item)
-                    else:
-                        writer.add(item)
-            except DataError as exc:
-                writer.skip(str(path), exc)
+            writer.add_from(str(path), episodes_from_bag(path, profile, constants, task=task, sim=sim))
         return writer.commit()
 
 

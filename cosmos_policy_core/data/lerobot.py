@@ -418,14 +418,7 @@ def convert_lerobot(sources: Iterable[str | Path], out: str | Path, profile: str
     sources = [Path(s) for s in sources]
     with DatasetWriter(out, inputs=sources, fps=fps, compress=compress, overwrite=overwrite) as writer:
         for root in sources:
-            try:
-                for item in _progress(episodes_from_lerobot(root, profile, fps=fps, task=task), root):
-                    if isinstance(item, DataError):
-                        writer.skip(str(root), item)
-                    else:
-                        writer.add(item)
-            except DataError as exc:
-                writer.skip(str(root), exc)
+            writer.add_from(str(root), _progress(episodes_from_lerobot(root, profile, fps=fps, task=task), root))
         return writer.commit()
 
 

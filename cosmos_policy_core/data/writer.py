@@ -133,6 +133,18 @@ class DatasetWriter:
         ))
         return True
 
+    def add_from(self, source: str, items: Iterable[ConvertedEpisode | DataError]) -> None:
+        """Write every episode one input yields (a bag, a LeRobot dataset); a DataError it yields or raises
+        is a skip of that input, reported, and the conversion goes on with the next input."""
+        try:
+            for item in items:
+                if isinstance(item, DataError):
+                    self.skip(source, item)
+                else:
+                    self.add(item)
+        except DataError as exc:
+            self.skip(source, exc)
+
     def skip(self, source: str, error: Exception) -> None:
         log.warning("skipped %s", error)
         self.report.skipped.append(SkippedRecord(source=source, reason=str(error)))
