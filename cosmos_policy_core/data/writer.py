@@ -134,8 +134,8 @@ class DatasetWriter:
         return True
 
     def add_from(self, source: str, items: Iterable[ConvertedEpisode | DataError]) -> None:
-        """Write every episode one input yields (a bag, a LeRobot dataset); a DataError it yields or raises
-        is a skip of that input, reported, and the conversion goes on with the next input."""
+        """Write every episode one input (a bag, a LeRobot dataset) yields. A DataError it yields is an episode
+        skipped and reported; one it raises ends that input, reported, and the conversion goes on."""
         try:
             for item in items:
                 if isinstance(item, DataError):
