@@ -191,7 +191,8 @@ def main() -> None:
         parser.error("--probe needs at least 60 scenes and --checkpoint DIR")
 
     report = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()})"}
-    generator = DemoGenerator(TASK, render=False)    # the scripted demos, and its sim replays the rollouts
+    # The scripted demos, and its sim replays the rollouts; the probe needs neither.
+    generator = DemoGenerator(TASK, render=False) if args.rollouts or args.tolerance else None
     if args.rollouts:
         t0 = time.perf_counter()
         rows = aim(args.rollouts, generator)
@@ -225,7 +226,8 @@ def main() -> None:
             bias = ", ".join(f"{k} {v:+.2f}" for k, v in row["mean_y_error_cm_by_cube_y"].items())
             print(f"  fitted on {row['training_scenes']:>4} scenes: x {row['rmse_x_cm']:.2f} cm, "
                   f"y {row['rmse_y_cm']:.2f} cm; mean y error by the cube's y (m): {bias}")
-    generator.close()
+    if generator is not None:
+        generator.close()
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     print(f"wrote {args.out}")
